@@ -1,0 +1,324 @@
+"""Configuration: a TOML file validated against a documented schema.
+
+Precedence, highest first: command-line flag > ``MNIC_OPS_*`` environment variable >
+config file > default. Environment names are ``MNIC_OPS_<KEY>`` for top-level keys and
+``MNIC_OPS_<SECTION>__<KEY>`` for keys in a table (lists are comma-separated).
+
+Every error (syntax, unknown key, wrong type, bad value) is an :class:`InputError` naming
+the file, the line and what was expected. The schema below is also the reference
+documentation (``docs/config.md`` is generated from the same table by ``mnic-ops
+config --schema``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mnic_ops.errors import InputError
+from mnic_ops.hostroot import HostRoot
+
+DEFAULT_CONFIG = "/etc/mnic-ops/config.toml"
+HOST_CLASSES = ("laptop", "workstation", "server")
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: its type, default, allowed values and one line of documentation."""
+
+    type: str  # str | int | float | bool | list[str] | table
+    default: Any
+    doc: str
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+
+
+Schema = dict[str, "Key | Section"]
+
+
+@dataclass(frozen=True)
+class Section:
+    keys: Schema
+    doc: str = ""
+    open_keys: Key | Section | None = None  # schema for keys not listed (e.g. per tier)
+
+
+def _days(doc: str, default: float) -> Key:
+    return Key("float", default, doc, minimum=0)
+
+
+SCHEMA: Schema = {
+    "host_class": Key("str", None, "Force the host class instead of detecting it.",
+                      choices=HOST_CLASSES),
+    "projects": Key("list[str]", [], "Framework install folders to manage, as host paths."),
+    "search_paths": Key(
+        "list[str]", ["/opt/my-name-is-claude", "/srv", "/home/*", "/root"],
+        "Where `projects` searches for installs (globs allowed)."),
+    "search_depth": Key("int", 3, "How many folder levels below each search path to look.",
+                        minimum=0),
+    "ssd_path": Key("str", "/mnt/ssd/my-name-is-claude",
+                    "Where `relocate` moves sessions and checkpoints."),
+    "templates_dir": Key("str", None, "Use these templates instead of the shipped ones."),
+    "detect": Section({
+        "server_min_cpus": Key("int", 16, "Resources fallback: at least this many logical "
+                               "CPUs makes a server.", minimum=1),
+        "server_min_memory_gib": Key("float", 48.0, "Resources fallback: at least this much "
+                                     "memory (GiB) makes a server.", minimum=0),
+        "laptop_max_cpus": Key("int", 4, "Resources fallback: at most this many CPUs and ...",
+                               minimum=0),
+        "laptop_max_memory_gib": Key("float", 8.0, "... at most this much memory (GiB) "
+                                     "makes a laptop-sized host; anything else is a "
+                                     "workstation.", minimum=0),
+    }, "Host-class detection thresholds."),
+    # Sections below are owned by their capability modules.
+    "tiers": Section({}, "Per-tier overrides of the tier values in templates/tiers.toml.",
+                     open_keys=Key("table", {}, "Values for one tier.")),
+    "render": Section({}, "Tier config rendering."),
+    "relocate": Section({}, "Moving data to an SSD."),
+    "fstab": Section({}, "noatime proposals."),
+    "clean": Section({}, "Maintenance pass policy."),
+    "cron": Section({}, "Cleanup cron jobs."),
+    "watch": Section({}, "Auto-compression watcher."),
+    "doctor": Section({}, "Health checks."),
+}
+
+
+@dataclass
+class Config:
+    """Validated configuration values plus where they came from."""
+
+    values: dict[str, Any]
+    path: Path | None = None
+    loaded: bool = False
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def get(self, dotted: str, default: Any = None) -> Any:
+        cur: Any = self.values
+        for part in dotted.split("."):
+            if not isinstance(cur, Mapping) or part not in cur:
+                return default
+            cur = cur[part]
+        return cur
+
+    def __getitem__(self, dotted: str) -> Any:
+        return self.get(dotted)
+
+    def set(self, dotted: str, value: Any, source: str = "flag") -> None:
+        """Apply a command-line flag (highest precedence)."""
+        parts = dotted.split(".")
+        cur = self.values
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = value
+        self.sources[dotted] = source
+
+
+def _defaults(schema: Schema) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, spec in schema.items():
+        if isinstance(spec, Section):
+            out[name] = _defaults(spec.keys)
+        else:
+            out[name] = _copy(spec.default)
+    return out
+
+
+def _copy(v: Any) -> Any:
+    if isinstance(v, list):
+        return list(v)
+    if isinstance(v, dict):
+        return {k: _copy(x) for k, x in v.items()}
+    return v
+
+
+def _type_ok(spec: Key, value: Any) -> bool:
+    t = spec.type
+    if t == "str":
+        return isinstance(value, str)
+    if t == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if t == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if t == "bool":
+        return isinstance(value, bool)
+    if t == "list[str]":
+        return isinstance(value, list) and all(isinstance(x, str) for x in value)
+    if t == "table":
+        return isinstance(value, dict)
+    raise AssertionError(t)
+
+
+def _line_of(text: str, dotted: list[str]) -> int | None:
+    """Best-effort line of ``a.b.key`` in TOML text (tomllib gives no positions)."""
+    if not text:
+        return None
+    lines = text.splitlines()
+    section: list[str] = []
+    key = dotted[-1]
+    want = dotted[:-1]
+    hdr = re.compile(r"^\s*\[+\s*([^\]]+?)\s*\]+")
+    for n, line in enumerate(lines, 1):
+        m = hdr.match(line)
+        if m:
+            section = [p.strip().strip('"') for p in m.group(1).split(".")]
+            if section == dotted:
+                return n
+            continue
+        km = re.match(r"^\s*([A-Za-z0-9_.\"-]+)\s*=", line)
+        if km:
+            full = section + [p.strip().strip('"') for p in km.group(1).split(".")]
+            if full[: len(want) + 1] == [*want, key] or full == dotted:
+                return n
+    return None
+
+
+class _Validator:
+    def __init__(self, path: str, text: str) -> None:
+        self.path, self.text = path, text
+
+    def fail(self, dotted: list[str], msg: str) -> InputError:
+        line = _line_of(self.text, dotted)
+        where = f"{self.path}:{line}" if line else self.path
+        return InputError(f"{where}: {'.'.join(dotted)}: {msg}")
+
+    def check(self, schema: Schema, data: Mapping[str, Any], prefix: list[str],
+              open_keys: Key | Section | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, value in data.items():
+            dotted = [*prefix, name]
+            spec = schema.get(name, open_keys)
+            if spec is None:
+                known = ", ".join(sorted(schema)) or "(none)"
+                raise self.fail(dotted, f"unknown key; expected one of: {known}")
+            if isinstance(spec, Section):
+                if not isinstance(value, dict):
+                    raise self.fail(dotted, f"expected a table, got {_tname(value)}")
+                out[name] = self.check(spec.keys, value, dotted, spec.open_keys)
+                continue
+            out[name] = self.value(spec, value, dotted)
+        return out
+
+    def value(self, spec: Key, value: Any, dotted: list[str]) -> Any:
+        if not _type_ok(spec, value):
+            raise self.fail(dotted, f"expected {spec.type}, got {_tname(value)}")
+        if spec.choices is not None and value not in spec.choices:
+            raise self.fail(dotted, f"expected one of {', '.join(spec.choices)}, "
+                                    f"got {value!r}")
+        if spec.minimum is not None and value < spec.minimum:
+            raise self.fail(dotted, f"expected a value >= {spec.minimum:g}, got {value!r}")
+        return float(value) if spec.type == "float" else value
+
+
+def _tname(v: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array",
+            dict: "table"}.get(type(v), type(v).__name__)
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> None:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def _env_value(spec: Key, raw: str) -> Any:
+    t = spec.type
+    if t == "list[str]":
+        return [p.strip() for p in raw.split(",") if p.strip()]
+    if t == "int":
+        return int(raw)
+    if t == "float":
+        return float(raw)
+    if t == "bool":
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(raw)
+    return raw
+
+
+def _env_overrides(env: Mapping[str, str], schema: Schema = SCHEMA) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    skip = {"MNIC_OPS_ROOT", "MNIC_OPS_CONFIG", "MNIC_OPS_JSON", "MNIC_OPS_VERBOSE"}
+    for name, raw in env.items():
+        if not name.startswith("MNIC_OPS_") or name in skip:
+            continue
+        parts = name[len("MNIC_OPS_"):].lower().split("__")
+        spec: Key | Section | None = None
+        cur_schema: Schema | None = schema
+        for p in parts:
+            spec = cur_schema.get(p) if cur_schema is not None else None
+            cur_schema = spec.keys if isinstance(spec, Section) else None
+        if not isinstance(spec, Key):
+            continue  # not a config key (could be an option read by click)
+        try:
+            value = _env_value(spec, raw)
+        except ValueError as exc:
+            raise InputError(f"environment {name}={raw!r}: expected {spec.type}") from exc
+        v = _Validator(f"environment {name}", "")
+        value = v.value(spec, value, parts)
+        cur = out
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = value
+    return out
+
+
+def load(root: HostRoot, path: str | None = None,
+         env: Mapping[str, str] | None = None) -> Config:
+    """Load defaults, then the config file (absent is fine unless named explicitly),
+    then ``MNIC_OPS_*`` environment overrides."""
+    env = os.environ if env is None else env
+    values = _defaults(SCHEMA)
+    explicit = path is not None
+    cfg_path = Path(path) if path is not None else root.path(DEFAULT_CONFIG)
+    loaded = False
+    try:
+        raw = cfg_path.read_bytes()
+    except FileNotFoundError:
+        if explicit:
+            raise InputError(f"{cfg_path}: config file not found") from None
+        raw = None
+    except IsADirectoryError:
+        raise InputError(f"{cfg_path}: is a directory, expected a TOML file") from None
+    except PermissionError:
+        raise InputError(f"{cfg_path}: permission denied") from None
+    if raw is not None:
+        try:
+            text = raw.decode()
+            data = tomllib.loads(text)
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{cfg_path}: not UTF-8 text ({exc.reason})") from None
+        except tomllib.TOMLDecodeError as exc:
+            msg = str(exc)
+            m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+            where = f"{cfg_path}:{m.group(1)}:{m.group(2)}" if m else str(cfg_path)
+            msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg)
+            raise InputError(f"{where}: TOML syntax error: {msg}; expected valid TOML "
+                             "(key = value, [section])") from None
+        _merge(values, _Validator(str(cfg_path), text).check(SCHEMA, data, []))
+        loaded = True
+    _merge(values, _env_overrides(env))
+    return Config(values=values, path=cfg_path, loaded=loaded)
+
+
+def schema_doc(schema: Schema = SCHEMA, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, doc) rows for the documentation."""
+    rows: list[tuple[str, str, str, str]] = []
+    for name, spec in schema.items():
+        full = f"{prefix}{name}"
+        if isinstance(spec, Section):
+            rows.append((f"[{full}]", "table", "", spec.doc))
+            rows.extend(schema_doc(spec.keys, full + "."))
+        else:
+            t = spec.type + (f" ({'|'.join(spec.choices)})" if spec.choices else "")
+            rows.append((full, t, repr(spec.default), spec.doc))
+    return rows

@@ -1,0 +1,104 @@
+"""Plan items for whole-file writes (create or replace), with backup and undo.
+
+Used by every capability that owns or edits a file: the item carries the diff, the
+action writes atomically after a verified backup, and undo restores the backup (or
+removes a file the tool created) only if nobody changed the file since.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from typing import Any
+
+from mnic_ops import safefs
+from mnic_ops.changes import OK, ApplyContext, Item, Undo, undo_handler, unified_diff
+from mnic_ops.errors import OpsError
+from mnic_ops.hostroot import HostRoot
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_item(
+    root: HostRoot,
+    host_path: str,
+    new: bytes | str,
+    *,
+    description: str | None = None,
+    mode: int | None = None,
+    uid: int | None = None,
+    gid: int | None = None,
+    follow: bool = False,
+    item_id: str | None = None,
+) -> Item:
+    """Plan writing ``new`` to ``host_path``: ``ok`` when it already holds exactly that
+    (and the requested mode/owner), else a pending item with a unified diff.
+
+    ``mode``/``uid``/``gid`` apply to a new file; an existing file keeps its own unless
+    given explicitly.
+    """
+    data = new.encode() if isinstance(new, str) else new
+    real = root.path(host_path)
+    try:
+        st: os.stat_result | None = os.lstat(real)
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISLNK(st.st_mode) and follow:
+        real = type(real)(os.path.realpath(real))
+        st = os.lstat(real) if os.path.lexists(real) else None
+    old = b""
+    if st is not None:
+        old = safefs.read_bytes_nofollow(real)
+    iid = item_id or f"file:{host_path}"
+    desc = description or (f"write {host_path}" if st is None else f"update {host_path}")
+    same_meta = st is not None and (
+        (mode is None or stat.S_IMODE(st.st_mode) == mode)
+        and (uid is None or st.st_uid == uid) and (gid is None or st.st_gid == gid)
+    )
+    if st is not None and old == data and same_meta:
+        return Item(id=iid, description=desc, state=OK, reason="already as wanted")
+    try:
+        diff = unified_diff(old.decode(), data.decode(), host_path)
+    except UnicodeDecodeError:
+        diff = f"binary file {host_path} differs\n"
+    if st is not None and old == data:
+        diff = f"{host_path}: mode/owner change\n"
+    before = _sha(old) if st is not None else None
+
+    def action(ctx: ApplyContext) -> Undo:
+        # Re-check: the file must still be what we planned against.
+        cur = safefs.read_bytes_nofollow(real) if os.path.lexists(real) else None
+        if (None if cur is None else _sha(cur)) != before:
+            raise OpsError(f"{host_path}: changed since the plan was made; run again")
+        rec: dict[str, Any] = {"path": host_path, "real": str(real), "after": _sha(data)}
+        if cur is not None:
+            bak = ctx.backup_dir() / real.name
+            safefs.backup(real, bak)
+            rec["backup"] = str(bak)
+        else:
+            rec["created"] = True
+        safefs.atomic_write(real, data, mode=mode, uid=uid, gid=gid, follow=follow)
+        return Undo("file", rec)
+
+    return Item(id=iid, description=desc, diff=diff, action=action,
+                data={"path": host_path})
+
+
+@undo_handler("file")
+def _undo_file(root: HostRoot, rec: dict[str, Any]) -> str:
+    real = rec["real"]
+    if os.path.lexists(real):
+        cur = _sha(safefs.read_bytes_nofollow(real))
+        if cur != rec["after"]:
+            raise OpsError(f"{rec['path']}: changed since mnic-ops wrote it; not reverting "
+                           f"(backup: {rec.get('backup', 'none')})")
+    if rec.get("created"):
+        if os.path.lexists(real):
+            os.unlink(real)
+            safefs.fsync_dir(os.path.dirname(real))
+        return f"removed {rec['path']}"
+    safefs.copy_verified(rec["backup"], real)
+    return f"restored {rec['path']}"

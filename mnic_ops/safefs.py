@@ -1,0 +1,211 @@
+"""Safe file primitives: atomic write, no-follow open, verified copy, backups.
+
+Everything that writes a file a host depends on goes through here, so that a crash or
+``kill -9`` at any instant leaves either the old file or the new one, never a torn one,
+and a root process is never steered through a symlink a user planted.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from mnic_ops.errors import OpsError
+
+TMP_MARK = ".mnic-ops-tmp"
+_CHUNK = 1 << 20
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a rename or unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def tmp_name(name: str) -> str:
+    """Name of a temporary sibling for ``name``; recognisable so stale ones can be removed."""
+    return f".{name}{TMP_MARK}.{os.getpid()}.{secrets.token_hex(4)}"
+
+
+def is_tmp_name(name: str) -> bool:
+    return name.startswith(".") and TMP_MARK in name
+
+
+def atomic_write(
+    path: str | os.PathLike[str],
+    data: bytes | str,
+    *,
+    mode: int | None = None,
+    uid: int | None = None,
+    gid: int | None = None,
+    follow: bool = False,
+) -> Path:
+    """Replace ``path`` with ``data`` atomically and durably.
+
+    The data goes to a temporary file in the same folder (``O_EXCL|O_NOFOLLOW``), is
+    fsynced, given the owner, group and mode of the file it replaces (or the ones given;
+    0644 root for a new file) and renamed over ``path``; then the folder is fsynced.
+    A symlink at ``path`` is refused unless ``follow`` is set, in which case the real
+    file it points to is replaced (as for a symlinked ``/etc/fstab``).
+    Returns the path actually written.
+    """
+    target = Path(path)
+    if isinstance(data, str):
+        data = data.encode()
+    try:
+        st: os.stat_result | None = os.lstat(target)
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        if not follow:
+            raise OpsError(f"{target}: is a symlink; refusing to write through it")
+        target = Path(os.path.realpath(target))
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise OpsError(f"{target}: not a regular file; refusing to replace it")
+    folder = target.parent
+    if mode is None:
+        mode = stat.S_IMODE(st.st_mode) if st is not None else 0o644
+    if uid is None:
+        uid = st.st_uid if st is not None else -1
+    if gid is None:
+        gid = st.st_gid if st is not None else -1
+    tmp = folder / tmp_name(target.name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            if uid != -1 or gid != -1:
+                os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, target)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(folder)
+    return target
+
+
+def open_nofollow(path: str | os.PathLike[str], flags: int = os.O_RDONLY) -> int:
+    """Open ``path`` without following a symlink in its last component."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OpsError(f"{path}: is a symlink; refusing to follow it") from exc
+        raise
+
+
+def open_beneath(base: str | os.PathLike[str], relpath: str, flags: int = os.O_RDONLY) -> int:
+    """Open ``base/relpath`` following no symlink in any component below ``base``.
+
+    Each folder is opened relative to the previous one's descriptor with
+    ``O_NOFOLLOW``, so a link swapped in by a user cannot lead outside ``base``.
+    """
+    parts = [p for p in relpath.split("/") if p and p != "."]
+    if any(p == ".." for p in parts):
+        raise OpsError(f"{relpath}: '..' is not allowed")
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        if not parts:
+            return os.dup(fd)
+        return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise OpsError(f"{base}/{relpath}: a symlink is in the way; refusing to follow it") \
+                from exc
+        raise
+    finally:
+        os.close(fd)
+
+
+def read_bytes_nofollow(path: str | os.PathLike[str]) -> bytes:
+    """Read a whole regular file, refusing a symlink or anything that is not a file."""
+    fd = open_nofollow(path)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise OpsError(f"{path}: not a regular file")
+        return fh.read()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's content (not following a final symlink)."""
+    h = hashlib.sha256()
+    fd = open_nofollow(path)
+    with os.fdopen(fd, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def copy_verified(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], *, keep_owner: bool = True
+) -> None:
+    """Copy a regular file to ``dst`` atomically, keeping mode, owner and times, and check
+    that the copy reads back with the same content before returning.
+    """
+    fd = open_nofollow(src)
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise OpsError(f"{src}: not a regular file")
+        data = fh.read()
+    want = hashlib.sha256(data).hexdigest()
+    written = atomic_write(
+        dst, data, mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid if keep_owner else None, gid=st.st_gid if keep_owner else None,
+    )
+    os.utime(written, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    if sha256_file(written) != want:
+        raise OpsError(f"{dst}: copy does not match {src} after writing")
+
+
+def backup(path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+    """Keep a verified copy of ``path`` at ``dest`` (folders created 0700)."""
+    d = Path(dest)
+    d.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    copy_verified(path, d)
+    return d
+
+
+@contextmanager
+def locked(path: str | os.PathLike[str], *, blocking: bool = True) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path`` (created 0600); yield False when
+    ``blocking`` is off and somebody else holds it."""
+    import fcntl
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
