@@ -91,6 +91,14 @@ SCHEMA: Schema = {
     "cron": Section({}, "Cleanup cron jobs."),
     "watch": Section({}, "Auto-compression watcher."),
     "doctor": Section({}, "Health checks."),
+    "provision": Section({
+        "relocate": Key("bool", True, "Move sessions and checkpoints to ssd_path when an "
+                        "SSD target exists."),
+        "apply_fstab": Key("bool", False, "Write noatime into fstab and remount (else only "
+                           "propose the diff)."),
+        "cron": Key("bool", True, "Install the cleanup cron jobs."),
+        "watcher": Key("bool", True, "Install the auto-compression watcher unit."),
+    }, "What `mnic-ops provision` does."),
 }
 
 

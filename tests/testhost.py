@@ -60,7 +60,8 @@ class TestHost:
             mkdir -p {b}/layers {b}/merged
             mount -t tmpfs -o size=4g tmpfs {b}/layers
             mkdir {b}/layers/upper {b}/layers/work
-            mount -t overlay overlay -o lowerdir=/,upperdir={b}/layers/upper,workdir={b}/layers/work {b}/merged
+            mount -t overlay overlay \
+                -o lowerdir=/,upperdir={b}/layers/upper,workdir={b}/layers/work {b}/merged
             for d in proc sys dev; do mount --rbind /$d {b}/merged/$d; done
             mount -t tmpfs tmpfs {b}/merged/tmp
             mount -t tmpfs tmpfs {b}/merged/run
