@@ -665,7 +665,7 @@ def mounted_over(target: Target, root: HostRoot, mounts: Sequence[facts.Mount]) 
         return None
     for m in mounts:
         if norm_target(m.mount_point) == host:
-            return f"{m.source}{'' if m.root == '/' else m.root}"
+            return m.source if m.root == "/" else f"{m.root} on {m.source}"
     return None
 
 
