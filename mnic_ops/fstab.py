@@ -605,7 +605,9 @@ def locate(root: HostRoot, fstab_file: str | None) -> Target:
         st = os.stat(real)
     except FileNotFoundError:
         hint = "" if fstab_file else " (name another file with --fstab FILE)"
-        raise InputError(f"{display}: no such file{hint}") from None
+        link = f" (a symlink to {host}, which is missing)" if host not in (None, FSTAB) \
+            else ""
+        raise InputError(f"{display}: no such file{link}{hint}") from None
     except OSError as exc:
         raise InputError(f"{display}: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
@@ -669,6 +671,21 @@ def mounted_over(target: Target, root: HostRoot, mounts: Sequence[facts.Mount]) 
     return None
 
 
+def remove_stale_temporaries(real: Path) -> list[str]:
+    """Temporary candidates a killed earlier run left beside the file (its process is
+    gone): the original was never replaced by them, so they are only litter."""
+    removed = []
+    prefix = f".{real.name}{safefs.TMP_MARK}."
+    for name in os.listdir(real.parent):
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+            (real.parent / name).unlink(missing_ok=True)
+            removed.append(name)
+    return removed
+
+
 def fstab_write_item(target: Target, old: bytes, new: bytes,
                      changed: list[str]) -> Item:
     """The pending change of the whole file: diff now; on apply, candidate beside the
@@ -684,6 +701,7 @@ def fstab_write_item(target: Target, old: bytes, new: bytes,
         if not execute.which("findmnt"):
             raise OpsError(f"findmnt not found: cannot verify the new {display}; nothing "
                            "written (install util-linux)")
+        remove_stale_temporaries(real)
         current = findmnt_verify(str(real))
         made: list[Path] = []
 
@@ -839,6 +857,7 @@ def fstab_cmd(app: AppContext, mount_points: tuple[str, ...], fstab_file: str | 
         if not mp.startswith("/"):
             raise InputError(f"--mount-point {mp}: not an absolute path")
     target = locate(app.root, fstab_file)
+    stale = remove_stale_temporaries(target.real) if apply_ else []
     old = safefs.read_bytes_nofollow(target.real)
     fstab = parse(decode(old), target.display)
     mounts = facts.mounts(app.root, facts.Absent())
@@ -858,7 +877,7 @@ def fstab_cmd(app: AppContext, mount_points: tuple[str, ...], fstab_file: str | 
                                         include_network=include_network)
     new = encode(new_fstab.render())
     plan = Plan()
-    extra: list[str] = []
+    extra = [f"removed {n}: a temporary file an interrupted run left behind" for n in stale]
     verify: dict[str, Any] = {}
     if not wanted:
         extra.append("no framework data found and no --mount-point given: nothing to do")

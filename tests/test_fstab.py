@@ -6,9 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,7 @@ from mnic_ops import fstab as F
 from mnic_ops.changes import ApplyContext
 from mnic_ops.errors import InputError, OpsError
 from mnic_ops.hostroot import HostRoot
-from tests.conftest import FIXTURES, run_mnic, write_tree
+from tests.conftest import FIXTURES, REPO, run_mnic, write_tree
 
 CORPUS = sorted((FIXTURES / "fstab").glob("*.fstab"))
 HAVE_FINDMNT = shutil.which("findmnt") is not None
@@ -423,7 +427,7 @@ def test_cli_proposes_for_data_mount_points_and_writes_nothing(fake_root: Path) 
 def test_cli_json_and_mount_point_option(fake_root: Path) -> None:
     root = host(fake_root)
     r = run_mnic("--root", str(root), "fstab", "--mount-point", "/mnt/ssd/", "--json",
-                 "--mount-point", "/srv")
+                 "--mount-point", "/srv", "--remount")
     assert r.code == 3, r.err
     data = json.loads(r.out)
     mps = {d["mount_point"]: d for d in data["mount_points"]}
@@ -432,6 +436,8 @@ def test_cli_json_and_mount_point_option(fake_root: Path) -> None:
     assert "(--mount-point)" in mps["/mnt/ssd"]["holds"]
     assert mps["/srv"]["state"] == "skip" and "no fstab entry" in mps["/srv"]["reason"]
     assert data["counts"]["pending"] == 1
+    remount = {i["id"]: i for i in data["items"]}["remount:/mnt/ssd"]
+    assert remount["state"] == "skipped" and "not the running system" in remount["reason"]
     assert data["items"][0]["diff"].startswith("--- a/etc/fstab\n+++ b/etc/fstab\n")
 
 
@@ -452,6 +458,8 @@ def test_cli_apply_backup_mode_owner_journal_and_undo(fake_root: Path) -> None:
         os.chown(fst, 0, 4)
     original = fst.read_bytes()
     st0 = fst.stat()
+    stale = root / "etc/.fstab.mnic-ops-tmp.999999999.abcd1234"  # left by a kill -9
+    stale.write_text("half a candidate")
     r = run_mnic("--root", str(root), "fstab", "--apply", "--mount-point", "/mnt/ssd")
     assert r.code == 0, r.out + r.err
     assert "changed: [fstab:/etc/fstab]" in r.out
@@ -511,9 +519,26 @@ def test_cli_bad_line_names_number_and_writes_nothing(fake_root: Path) -> None:
     assert not (root / "var/lib/mnic-ops/journal.jsonl").exists()
 
 
+def test_cli_config_nodiratime_and_include_network(fake_root: Path) -> None:
+    root = host(fake_root, FSTAB + "nas:/export /mnt/nas nfs4 defaults,_netdev\n")
+    write_tree(root, {"etc/mnic-ops/config.toml":
+                      "[fstab]\nnodiratime = true\nmount_points = [\"/mnt/nas\"]\n"})
+    r = run_mnic("--root", str(root), "fstab", "--json")
+    mps = {d["mount_point"]: d for d in json.loads(r.out)["mount_points"]}
+    assert mps["/mnt/ssd"]["new_options"] == "defaults,noatime,nodiratime"
+    assert mps["/mnt/nas"]["state"] == "skip" and "network" in mps["/mnt/nas"]["reason"]
+    r = run_mnic("--root", str(root), "fstab", "--json",
+                 env={"MNIC_OPS_FSTAB__INCLUDE_NETWORK": "1"})
+    mps = {d["mount_point"]: d for d in json.loads(r.out)["mount_points"]}
+    assert mps["/mnt/nas"]["new_options"] == "defaults,_netdev,noatime,nodiratime"
+
+
 def test_cli_missing_fstab_is_a_clear_error(fake_root: Path) -> None:
     r = run_mnic("--root", str(fake_root), "fstab", "--mount-point", "/")
     assert r.code == 2 and "error: /etc/fstab: no such file" in r.err
+    (fake_root / "etc/fstab").symlink_to("/etc/gone")
+    r = run_mnic("--root", str(fake_root), "fstab", "--mount-point", "/")
+    assert r.code == 2 and "a symlink to /etc/gone, which is missing" in r.err
     r = run_mnic("--root", str(fake_root), "fstab", "--fstab", str(fake_root / "nope"))
     assert r.code == 2 and "nope: no such file" in r.err
     r = run_mnic("--root", str(fake_root), "fstab", "--mount-point", "relative")
@@ -548,3 +573,29 @@ def test_apply_refuses_a_candidate_with_new_errors(fake_root: Path) -> None:
         item.action(ApplyContext(HostRoot.open(root), "e1", "fstab"))
     assert fst.read_bytes() == old
     assert sorted(p.name for p in (root / "etc").iterdir()) == ["fstab"]
+
+
+@pytest.mark.slow
+@needs_findmnt
+def test_kill_9_during_apply_leaves_old_or_new_and_a_rerun_finishes(fake_root: Path) -> None:
+    root = host(fake_root)
+    fst = root / "etc/fstab"
+    old = fst.read_bytes()
+    _, planned = F.plan_noatime(F.parse(F.decode(old)), {"/": ["x"], "/mnt/ssd": ["x"]}, [])
+    new = F.encode(planned.render())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MNIC_OPS_")}
+    env["PYTHONPATH"] = str(REPO)
+    argv = [sys.executable, "-m", "mnic_ops", "--root", str(root), "fstab", "--apply"]
+    rng = random.Random(5)
+    for _ in range(8):
+        fst.write_bytes(old)
+        p = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, 0.5))
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        assert fst.read_bytes() in (old, new)
+    r = run_mnic("--root", str(root), "fstab", "--apply")
+    assert r.code == 0, r.out + r.err
+    assert fst.read_bytes() == new
+    assert not [x for x in (root / "etc").iterdir() if ".mnic-ops-tmp" in x.name]
