@@ -86,7 +86,15 @@ SCHEMA: Schema = {
                             "/etc/profile.d/mnic-ops.sh and /etc/sysctl.d/60-mnic-ops.conf."),
     }, "Tier config rendering."),
     "relocate": Section({}, "Moving data to an SSD."),
-    "fstab": Section({}, "noatime proposals."),
+    "fstab": Section({
+        "mount_points": Key("list[str]", [], "Mount points `fstab` always considers, besides "
+                            "those holding framework data and any --mount-point."),
+        "nodiratime": Key("bool", False, "Also add nodiratime. Redundant on Linux, where "
+                          "noatime already implies it; for admins whose checklists ask."),
+        "include_network": Key("bool", False, "Also propose noatime for network filesystems "
+                               "(nfs, cifs, ...); off because atime there is the server's "
+                               "business and a remount can hang on a dead server."),
+    }, "noatime proposals for /etc/fstab."),
     "clean": Section({}, "Maintenance pass policy."),
     "cron": Section({}, "Cleanup cron jobs."),
     "watch": Section({}, "Auto-compression watcher."),
