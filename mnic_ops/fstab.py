@@ -672,14 +672,15 @@ def mounted_over(target: Target, root: HostRoot, mounts: Sequence[facts.Mount]) 
 
 
 def remove_stale_temporaries(real: Path) -> list[str]:
-    """Temporary candidates a killed earlier run left beside the file (its process is
-    gone): the original was never replaced by them, so they are only litter."""
+    """Temporaries a killed earlier run left beside the file, for the file itself or for
+    its backup (their process is gone): the original was never replaced by them, so
+    they are only litter."""
     removed = []
-    prefix = f".{real.name}{safefs.TMP_MARK}."
+    mark = safefs.TMP_MARK + "."
     for name in os.listdir(real.parent):
-        if not name.startswith(prefix):
+        if not name.startswith(f".{real.name}") or mark not in name:
             continue
-        pid = name[len(prefix):].split(".", 1)[0]
+        pid = name.split(mark, 1)[1].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not os.path.exists(f"/proc/{pid}"):
             (real.parent / name).unlink(missing_ok=True)
             removed.append(name)
@@ -835,10 +836,13 @@ def report_text(target: Target, decisions: Sequence[Decision], extra: Sequence[s
                    "recorded for `mnic-ops undo`). Without it: propose only.")
 @click.option("--remount", is_flag=True,
               help="Remount each changed mount point with noatime and confirm it is live.")
+@click.option("--check", is_flag=True,
+              help="Propose only (the default without --apply); exit 3 when a change is "
+                   "pending.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_obj
 def fstab_cmd(app: AppContext, mount_points: tuple[str, ...], fstab_file: str | None,
-              apply_: bool, remount: bool, as_json: bool) -> int:
+              apply_: bool, remount: bool, check: bool, as_json: bool) -> int:
     """Propose noatime in /etc/fstab for the filesystems that hold framework data.
 
     For each mount point it prints the governing fstab entry and why it is or is not
@@ -850,6 +854,22 @@ def fstab_cmd(app: AppContext, mount_points: tuple[str, ...], fstab_file: str | 
 
     if as_json:
         app.json = True
+    if check and apply_:
+        raise InputError("--check and --apply exclude each other")
+    plan, title, extra = build(app, mount_points, fstab_file, apply_=apply_,
+                               remount=remount)
+    code = run_plan(app, plan, check=not apply_, diff=True, command="fstab",
+                    title=title, extra=extra)
+    if any(i.state == FAILED for i in plan.items):
+        return EXIT_FAILURE
+    return code
+
+
+def build(app: AppContext, mount_points: Sequence[str] = (), fstab_file: str | None = None,
+          *, apply_: bool = False, remount: bool = False
+          ) -> tuple[Plan, str, dict[str, Any]]:
+    """The fstab plan (the file change, remounts), the report text and the JSON extras.
+    Pure apart from reading, and removing a killed run's temporaries when ``apply_``."""
     cfg = app.config
     nodiratime = bool(cfg.get("fstab.nodiratime", False))
     include_network = bool(cfg.get("fstab.include_network", False))
@@ -913,11 +933,7 @@ def fstab_cmd(app: AppContext, mount_points: tuple[str, ...], fstab_file: str | 
         extra.append("systemd: after applying, `systemctl daemon-reload` lets the mount "
                      "units pick the change up")
 
-    code = run_plan(app, plan, check=not apply_, diff=True, command="fstab",
-                    title=report_text(target, decisions, extra),
-                    extra={"fstab": target.display, "fstab_real": str(target.real),
-                           "mount_points": [d.to_json() for d in decisions],
-                           "verify": verify})
-    if any(i.state == FAILED for i in plan.items):
-        return EXIT_FAILURE
-    return code
+    title = report_text(target, decisions, extra)
+    return plan, title, {"fstab": target.display, "fstab_real": str(target.real),
+                         "mount_points": [d.to_json() for d in decisions],
+                         "verify": verify}
