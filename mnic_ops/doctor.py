@@ -710,31 +710,44 @@ def pythonoptimize_check(root: HostRoot) -> Check:
                  "15-20% faster)", _cmd(root, "render"))
 
 
-def tier_drift_check(app: AppContext, projects: list[Project]) -> Check:
-    """Pending items of ``render``'s plan are drift from the host class. Skipped, with
-    the reason, while the render capability is not installed."""
+def tier_drift_check(app: AppContext, names: Sequence[str]) -> Check:
+    """Pending items of ``render``'s plan are drift from the host class (the same plan
+    ``mnic-ops render --check`` prints). Skipped, with the reason, while the render
+    capability is not installed."""
     if importlib.util.find_spec("mnic_ops.render") is None:
         return Check("tier_drift", "skip", "render capability not installed "
                                            "(mnic_ops/render.py absent); drift not checked")
     mod = importlib.import_module("mnic_ops.render")
-    fn = next((getattr(mod, n) for n in ("plan_render", "build_plan", "plan")
-               if callable(getattr(mod, n, None))), None)
-    if fn is None:
-        return Check("tier_drift", "skip", "mnic_ops.render offers no plan function")
+    build = getattr(mod, "build", None)
+    if not callable(build):
+        return Check("tier_drift", "skip", "mnic_ops.render offers no build(); drift not "
+                                           "checked")
+    again = _cmd(app.root, "render", "--check", "--diff", *names)
     try:
-        plan = fn(app, projects)
+        res = build(app, None, list(names))
     except OpsError as exc:
         return Check("tier_drift", "fail", f"tier configs cannot be planned: {exc.message}",
-                     "fix the file named above, then render", _cmd(app.root, "render",
-                                                                   "--check", "--diff"))
-    pending = [it for it in getattr(plan, "items", []) if it.state == "pending"]
+                     "fix what the message names, then look again", again)
+    except Exception as exc:  # a render bug must not cost the admin the whole report
+        log.debug("render.build failed", exc_info=True)
+        return Check("tier_drift", "skip", f"render could not plan: "
+                                           f"{type(exc).__name__}: {exc}")
+    plan = res[0] if isinstance(res, tuple) else res
+    items = list(getattr(plan, "items", []))
+    refused = [it for it in items if it.state == "failed"]
+    if refused:
+        return Check("tier_drift", "fail",
+                     "tier configs cannot be rendered: "
+                     + _short([it.error or it.description for it in refused]),
+                     "fix the files named, then look again", again,
+                     {"refused": [it.error or it.description for it in refused]})
+    pending = [it.description for it in items if it.state == "pending"]
     if not pending:
         return Check("tier_drift", "ok")
-    descs = [it.description for it in pending]
     return Check("tier_drift", "fail",
-                 f"{len(pending)} tier settings drifted from the host class: {_short(descs)}",
-                 "render the tier configs again (see the diff first with --check --diff)",
-                 _cmd(app.root, "render"), {"pending": descs})
+                 f"{len(pending)} tier configs drifted from the host class: {_short(pending)}",
+                 f"see the diff first: {again}", _cmd(app.root, "render", *names),
+                 {"pending": pending})
 
 
 # --- the run --------------------------------------------------------------------------
@@ -811,7 +824,8 @@ def doctor_project(app: AppContext, p: Project, mounts: list[facts.Mount],
     }
 
 
-def run_doctor(app: AppContext, projects: list[Project]) -> dict[str, Any]:
+def run_doctor(app: AppContext, projects: list[Project], names: Sequence[str] = ()
+               ) -> dict[str, Any]:
     t0 = time.time()
     root = app.root
     mounts = facts.mounts(root, facts.Absent())
@@ -829,7 +843,7 @@ def run_doctor(app: AppContext, projects: list[Project]) -> dict[str, Any]:
                 {"pids": [w.pid for w in found_watchers]}).to_json()
         host_checks = [cron_check(root), watcher_check(root, found_watchers),
                        inotify_check(root, sum(r["watch_dirs"] for r in rows)),
-                       pythonoptimize_check(root), tier_drift_check(app, projects)]
+                       pythonoptimize_check(root), tier_drift_check(app, names)]
     failed = any(c.status == "fail" for c in host_checks) or any(
         c["status"] == "fail" for r in rows for c in r["checks"]) or any(
         f["level"] in ("missed", "unknown") for r in rows for f in r["figures"].values()
@@ -1075,7 +1089,7 @@ def doctor_cmd(app: AppContext, as_json: bool, metrics: str | None,
             raise InputError("--metrics: empty path")
         path = os.path.normpath(os.path.join(os.getcwd(), path)) if not path.startswith(
             "/") else os.path.normpath(path)
-    report = run_doctor(app, select_projects(app, names))
+    report = run_doctor(app, select_projects(app, names), names)
     error: str | None = None
     if path is not None:
         try:

@@ -541,3 +541,51 @@ def test_compress_policy_from_clean_section() -> None:
     assert doctor.policy_days(cfg, "sessions") == 3
     assert doctor.policy_days(cfg, "checkpoints") == 5
     assert doctor.policy_days(Config(values={"clean": {}}), "thinking_logs") == 7
+
+
+def test_tier_drift_uses_render_plan(fake_root: Path, monkeypatch: pytest.MonkeyPatch
+                                     ) -> None:
+    """Drift = pending items of render's plan; refused items fail; a render bug skips.
+    A stand-in module with render's build() shape until render lands on main."""
+    import importlib.machinery
+    import types
+
+    from mnic_ops.changes import Item, Plan
+    from mnic_ops.hostroot import HostRoot
+    from mnic_ops.output import AppContext
+
+    seen: list[Any] = []
+    state: dict[str, Any] = {"items": []}
+
+    def build(app: Any, host_class: Any, names: list[str]) -> tuple[Plan, None, list[Any]]:
+        seen.append((host_class, names))
+        if "raise" in state:
+            raise state["raise"]
+        plan = Plan()
+        for it in state["items"]:
+            plan.add(it)
+        return plan, None, []
+
+    if not RENDER:
+        mod = types.ModuleType("mnic_ops.render")
+        mod.__spec__ = importlib.machinery.ModuleSpec("mnic_ops.render", None)
+        monkeypatch.setitem(sys.modules, "mnic_ops.render", mod)
+    import mnic_ops.render as render_mod
+
+    monkeypatch.setattr(render_mod, "build", build, raising=False)
+    app = AppContext(root=HostRoot.open(fake_root), config_path=None)
+    assert doctor.tier_drift_check(app, ["/home/a/p"]).status == "ok"
+    assert seen == [(None, ["/home/a/p"])]
+    state["items"] = [Item("file:/etc/profile.d/mnic-ops.sh", "write /etc/profile.d/mnic-ops.sh",
+                           state="ok"),
+                      Item("p:maxParallelAgents", "set maxParallelAgents 2 -> 5")]
+    c = doctor.tier_drift_check(app, [])
+    assert c.status == "fail" and c.details["pending"] == ["set maxParallelAgents 2 -> 5"]
+    assert c.command == f"mnic-ops --root {fake_root} render"
+    state["items"] = [Item("x", "merge parallel-agents-config.json", state="failed",
+                           error="x.json:3:5: not valid JSON")]
+    c = doctor.tier_drift_check(app, [])
+    assert c.status == "fail" and "x.json:3:5" in c.finding
+    state["raise"] = RuntimeError("boom")
+    c = doctor.tier_drift_check(app, [])
+    assert c.status == "skip" and "boom" in c.finding
