@@ -11,6 +11,9 @@ Per install it measures on this host (never estimates):
   whose working directory or command line is inside the install; and of a running
   ``mnic-ops watch``.
 
+Times are taken inside the child, so interpreter start-up is not in the figure;
+``details.process_seconds`` has the whole child, like the guide's ``time python3 -c``.
+
 Each figure is placed against the guide's "Expected Performance Metrics" table
 (:data:`FIGURES`): *excellent*, *good*, *target* (meets the target only) or *missed*.
 Then checks, each with a finding and the fix (an mnic-ops command where one exists).
