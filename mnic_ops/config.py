@@ -76,9 +76,15 @@ SCHEMA: Schema = {
                                      "workstation.", minimum=0),
     }, "Host-class detection thresholds."),
     # Sections below are owned by their capability modules.
-    "tiers": Section({}, "Per-tier overrides of the tier values in templates/tiers.toml.",
-                     open_keys=Key("table", {}, "Values for one tier.")),
-    "render": Section({}, "Tier config rendering."),
+    "tiers": Section({
+        name: Key("table", {}, f"Override {name} values of templates/tiers.toml (keys and "
+                               "bounds: docs/tiers.md); checked when rendering.")
+        for name in HOST_CLASSES
+    }, "Per-tier overrides of the tier values in templates/tiers.toml."),
+    "render": Section({
+        "system_files": Key("bool", True, "`render` without PROJECT also writes "
+                            "/etc/profile.d/mnic-ops.sh and /etc/sysctl.d/60-mnic-ops.conf."),
+    }, "Tier config rendering."),
     "relocate": Section({}, "Moving data to an SSD."),
     "fstab": Section({}, "noatime proposals."),
     "clean": Section({}, "Maintenance pass policy."),
