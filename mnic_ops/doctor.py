@@ -25,6 +25,7 @@ Everything is read-only except the optional node_exporter textfile (``--metrics`
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import importlib.util
 import json
@@ -315,13 +316,29 @@ DEFAULT_COMPRESS_DAYS = 7.0
 
 def policy_days(cfg: Config, kind: str) -> float:
     """Days after which ``clean`` compresses files of ``kind``: the ``clean`` config
-    section when it names it, else the guide's 7 days."""
+    section when it names it, else the guide's 7 days; 0 means compression is off."""
     for key in (f"clean.{kind}.compress_after_days", f"clean.{kind}.gzip_after_days",
                 "clean.compress_after_days", "clean.gzip_after_days"):
         v = cfg.get(key)
         if isinstance(v, int | float) and not isinstance(v, bool):
             return float(v)
     return DEFAULT_COMPRESS_DAYS
+
+
+def policy_patterns(cfg: Config, kind: str) -> list[str] | None:
+    """``clean.<kind>.patterns`` (globs; with a ``/`` matched against the path below
+    the data folder), or None for the built-in suffixes."""
+    v = cfg.get(f"clean.{kind}.patterns")
+    return list(v) if isinstance(v, list) and v else None
+
+
+def _compressible(kind: str, rel: str, name: str, patterns: list[str] | None) -> bool:
+    if patterns is not None:
+        return any(fnmatch.fnmatchcase(rel + name if "/" in pat else name, pat)
+                   for pat in patterns)
+    if kind == "cost_records" and not rel.startswith("daily/"):
+        return False
+    return name.endswith(_COMPRESSIBLE.get(kind, ()))
 
 
 @dataclass
@@ -348,8 +365,8 @@ def _storage(root: HostRoot, p: Project, kind: str) -> tuple[str, Path] | None:
     return d.host_path, d.path
 
 
-def scan_data(root: HostRoot, p: Project, kind: str, *, older_than: float,
-              big_bytes: int) -> DirScan | None:
+def scan_data(root: HostRoot, p: Project, kind: str, *, older_than: float | None,
+              big_bytes: int, patterns: list[str] | None = None) -> DirScan | None:
     """One streaming walk of a data folder (relocated: its target), following no
     symlink: folder count (inotify watches), uncompressed files older than the
     policy, and (sessions) files over the size limit."""
@@ -358,7 +375,6 @@ def scan_data(root: HostRoot, p: Project, kind: str, *, older_than: float,
         return None
     host, real = where
     res = DirScan(kind, host)
-    suffixes = _COMPRESSIBLE.get(kind, ())
     try:
         top = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
@@ -401,9 +417,8 @@ def scan_data(root: HostRoot, p: Project, kind: str, *, older_than: float,
                 continue
             if kind == "sessions" and st.st_size > big_bytes and len(res.big) < 20:
                 res.big.append({"path": f"{host}/{rel}{name}", "bytes": st.st_size})
-            if kind == "cost_records" and not rel.startswith("daily/"):
-                continue
-            if name.endswith(suffixes) and st.st_mtime < older_than:
+            if older_than is not None and st.st_mtime < older_than and \
+                    _compressible(kind, rel, name, patterns):
                 res.old_files += 1
                 res.old_bytes += st.st_size
                 if len(res.old_examples) < 5:
@@ -460,8 +475,9 @@ def storage_checks(root: HostRoot, p: Project, mounts: list[facts.Mount]
                         "atime")
             parts.append(f"{mp} ({m.fstype}, {mode}) holds {', '.join(kinds)}")
         c_at = Check("noatime", "fail", "filesystem without noatime: " + "; ".join(parts),
-                     "add noatime to the fstab line and remount",
-                     _cmd(root, "fstab", "--check", "--diff"),
+                     "add noatime to the fstab entry and remount (the command shows the "
+                     "diff first and applies it when asked)",
+                     _cmd(root, "fstab"),
                      {"mounts": sorted(atime)})
     elif atime_known:
         c_at = Check("noatime", "ok")
@@ -843,8 +859,10 @@ def doctor_project(app: AppContext, p: Project, mounts: list[facts.Mount],
     days = {k: policy_days(cfg, k) for k in _COMPRESSIBLE}
     scans: dict[str, DirScan] = {}
     for kind in DATA_KINDS:
-        s = scan_data(app.root, p, kind, older_than=now - days.get(kind, 1e9) * 86400,
-                      big_bytes=session_limit)
+        d = days.get(kind)
+        s = scan_data(app.root, p, kind, big_bytes=session_limit,
+                      older_than=now - d * 86400 if d else None,  # 0: compression off
+                      patterns=policy_patterns(cfg, kind))
         if s is not None:
             scans[kind] = s
 

@@ -253,7 +253,7 @@ umount {mnt}
     assert c["rotational"]["command"] == f"mnic-ops relocate {mnt}/proj"
     assert c["noatime"]["status"] == "fail"
     assert f"{mnt} (ext4, relatime)" in c["noatime"]["finding"]
-    assert c["noatime"]["command"].startswith("mnic-ops fstab")
+    assert c["noatime"]["command"] == "mnic-ops fstab"
     assert rep["projects"][0]["figures"]["agent_activation"]["details"]["agents"] == 3
 
 
@@ -582,6 +582,27 @@ def test_compress_policy_from_clean_section() -> None:
     assert doctor.policy_days(Config(values={"clean": {}}), "thinking_logs") == 7
 
 
+def test_uncompressed_follows_clean_patterns_and_off_switch(fake_root: Path) -> None:
+    root = healthy_host(fake_root)
+    proj = make_install(root / "home/alice/proj", agents=1, extra={
+        "project_archive/sessions/notes.txt": "x" * 100,
+        ".claude/thinking-logs/core/a/old.json": "{}",
+        ".claude/thinking-logs/index.json": "{}",  # read back by name: never counted
+        ".ai-tools/model-config/data/daily/2025-01-01.json": "{}",
+        ".ai-tools/model-config/data/monthly/2025-01.json": "{}",
+    })
+    old = time.time() - 30 * DAY
+    for f in proj.rglob("*"):
+        if f.is_file():
+            os.utime(f, (old, old))
+    _, rep, _ = doctor_json(root)
+    kinds = checks(rep["projects"][0])["uncompressed"]["details"]["kinds"]
+    assert kinds["sessions"]["files"] == 4  # *.json, not SESSION_CURRENT.md or notes.txt
+    assert kinds["thinking_logs"]["files"] == 2  # not index.json
+    assert kinds["cost_records"]["files"] == 1  # daily/ only, not current_session.json
+    assert kinds["checkpoint_store"]["files"] == 1  # metadata, not checkpoint_index.json
+
+
 def test_tier_drift_uses_render_plan(fake_root: Path, monkeypatch: pytest.MonkeyPatch
                                      ) -> None:
     """Drift = pending items of render's plan; refused items fail; a render bug skips.
@@ -628,3 +649,15 @@ def test_tier_drift_uses_render_plan(fake_root: Path, monkeypatch: pytest.Monkey
     state["raise"] = RuntimeError("boom")
     c = doctor.tier_drift_check(app, [])
     assert c.status == "skip" and "boom" in c.finding
+
+
+def test_clean_patterns_replace_the_builtin_suffixes() -> None:
+    cfg = Config(values={"clean": {"logs": {"patterns": ["*.log", "archive/*.txt"]}}})
+    pats = doctor.policy_patterns(cfg, "logs")
+    assert pats == ["*.log", "archive/*.txt"]
+    assert doctor._compressible("logs", "x/", "a.log", pats)
+    assert doctor._compressible("logs", "archive/", "b.txt", pats)
+    assert not doctor._compressible("logs", "other/", "b.txt", pats)
+    assert doctor.policy_patterns(cfg, "sessions") is None
+    assert doctor._compressible("sessions", "", "s.md", None)
+    assert not doctor._compressible("logs", "", "a.log", None)  # clean leaves logs alone
