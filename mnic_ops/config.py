@@ -103,6 +103,14 @@ SCHEMA: Schema = {
         "probe_timeout": Key("float", 60.0, "Seconds a measurement process may take before "
                              "it counts as failed.", minimum=1),
     }, "Health checks and baseline measurements (`mnic-ops doctor`)."),
+    "provision": Section({
+        "relocate": Key("bool", True, "Move sessions and checkpoints to ssd_path when an "
+                        "SSD target exists."),
+        "apply_fstab": Key("bool", False, "Write noatime into fstab and remount (else only "
+                           "propose the diff)."),
+        "cron": Key("bool", True, "Install the cleanup cron jobs."),
+        "watcher": Key("bool", True, "Install the auto-compression watcher unit."),
+    }, "What `mnic-ops provision` does."),
 }
 
 

@@ -90,7 +90,7 @@ def file_item(
         return Undo("file", rec)
 
     return Item(id=iid, description=desc, diff=diff, action=action,
-                data={"path": host_path})
+                data={"path": host_path}, payload=(old if st is not None else None, data))
 
 
 def _file_item_beneath(root: HostRoot, host_path: str, new: bytes | str, beneath: str, *,
@@ -134,7 +134,7 @@ def _file_item_beneath(root: HostRoot, host_path: str, new: bytes | str, beneath
         return Undo("file", rec)
 
     return Item(id=iid, description=desc, diff=diff, action=action,
-                data={"path": host_path})
+                data={"path": host_path}, payload=(old if st is not None else None, data))
 
 
 def _undo_beneath(rec: dict[str, Any]) -> str:
