@@ -90,6 +90,10 @@ def agents(base_fd: int, rel: str, big: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         top = safefs.open_beneath_at(base_fd, rel, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        out["seconds"] = time.perf_counter() - t0
+        out["missing"] = True  # the /opt layout may carry no agents of its own
+        return out
     except (OSError, OpsError) as exc:
         out["seconds"] = time.perf_counter() - t0
         out["fatal"] = f"{rel}: {_err(exc)}"

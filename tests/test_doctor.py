@@ -661,3 +661,18 @@ def test_clean_patterns_replace_the_builtin_suffixes() -> None:
     assert doctor.policy_patterns(cfg, "sessions") is None
     assert doctor._compressible("sessions", "", "s.md", None)
     assert not doctor._compressible("logs", "", "a.log", None)  # clean leaves logs alone
+
+
+def test_opt_layout_without_agents(fake_root: Path) -> None:
+    root = healthy_host(fake_root)
+    write_tree(root / "opt/my-name-is-claude", {
+        "sessions/session_1.json": "{}", "checkpoints/manual/cp.json": "{}",
+        "logs/a.log": "x"})
+    _, rep, _ = doctor_json(root, "/opt/my-name-is-claude")
+    p = rep["projects"][0]
+    assert p["project"] == "/opt/my-name-is-claude"
+    act = p["figures"]["agent_activation"]
+    assert act["details"]["agents"] == 0 and act["level"] == "excellent"
+    assert checks(p)["readable"]["status"] == "ok"
+    ctx = p["figures"]["context_loading"]["details"]
+    assert [f["path"] for f in ctx["files"]] == ["sessions/session_1.json"]
