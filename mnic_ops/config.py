@@ -98,7 +98,19 @@ SCHEMA: Schema = {
     "clean": Section({}, "Maintenance pass policy."),
     "cron": Section({}, "Cleanup cron jobs."),
     "watch": Section({}, "Auto-compression watcher."),
-    "doctor": Section({}, "Health checks."),
+    "doctor": Section({
+        "metrics_file": Key("str", None, "Write the figures as a node_exporter textfile here "
+                            "(host path, e.g. /var/lib/prometheus/node-exporter/"
+                            "mnic_ops.prom) on every run; --metrics overrides."),
+        "session_max_mb": Key("float", 10.0, "A session file larger than this (MiB) is a "
+                              "finding (the guide prunes sessions at 10 MB).", minimum=0),
+        "agent_max_kib": Key("float", 100.0, "An agent definition larger than this (KiB) is "
+                             "a finding (the shipped agents are 5-30 KiB).", minimum=0),
+        "context_files": Key("int", 5, "How many of the newest session files the context "
+                             "measurement reads (besides SESSION_CURRENT.md).", minimum=1),
+        "probe_timeout": Key("float", 60.0, "Seconds a measurement process may take before "
+                             "it counts as failed.", minimum=1),
+    }, "Health checks and baseline measurements (`mnic-ops doctor`)."),
     "provision": Section({
         "relocate": Key("bool", True, "Move sessions and checkpoints to ssd_path when an "
                         "SSD target exists."),

@@ -406,3 +406,34 @@ def locked(path: str | os.PathLike[str], *, blocking: bool = True) -> Iterator[b
         yield True
     finally:
         os.close(fd)
+
+
+def open_beneath_at(dirfd: int, relpath: str, flags: int = os.O_RDONLY) -> int:
+    """Like :func:`open_beneath`, but starting from an open directory descriptor (an
+    ``O_PATH`` one works): every component below it is opened with ``O_NOFOLLOW``.
+
+    Useful after dropping privileges: the descriptor was opened with the caller's
+    rights, everything below it is checked with the current ones.
+    """
+    parts = [p for p in relpath.split("/") if p and p != "."]
+    if any(p == ".." for p in parts):
+        raise OpsError(f"{relpath}: '..' is not allowed")
+    if not parts:
+        return os.open(".", flags | os.O_CLOEXEC, dir_fd=dirfd)
+    fd = dirfd
+    try:
+        for part in parts[:-1]:
+            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=fd)
+            if fd != dirfd:
+                os.close(fd)
+            fd = nfd
+        return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise OpsError(f"{relpath}: a symlink is in the way; refusing to follow it") \
+                from exc
+        raise
+    finally:
+        if fd != dirfd:
+            os.close(fd)
