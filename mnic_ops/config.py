@@ -76,15 +76,49 @@ SCHEMA: Schema = {
                                      "workstation.", minimum=0),
     }, "Host-class detection thresholds."),
     # Sections below are owned by their capability modules.
-    "tiers": Section({}, "Per-tier overrides of the tier values in templates/tiers.toml.",
-                     open_keys=Key("table", {}, "Values for one tier.")),
-    "render": Section({}, "Tier config rendering."),
+    "tiers": Section({
+        name: Key("table", {}, f"Override {name} values of templates/tiers.toml (keys and "
+                               "bounds: docs/tiers.md); checked when rendering.")
+        for name in HOST_CLASSES
+    }, "Per-tier overrides of the tier values in templates/tiers.toml."),
+    "render": Section({
+        "system_files": Key("bool", True, "`render` without PROJECT also writes "
+                            "/etc/profile.d/mnic-ops.sh and /etc/sysctl.d/60-mnic-ops.conf."),
+    }, "Tier config rendering."),
     "relocate": Section({}, "Moving data to an SSD."),
-    "fstab": Section({}, "noatime proposals."),
+    "fstab": Section({
+        "mount_points": Key("list[str]", [], "Mount points `fstab` always considers, besides "
+                            "those holding framework data and any --mount-point."),
+        "nodiratime": Key("bool", False, "Also add nodiratime. Redundant on Linux, where "
+                          "noatime already implies it; for admins whose checklists ask."),
+        "include_network": Key("bool", False, "Also propose noatime for network filesystems "
+                               "(nfs, cifs, ...); off because atime there is the server's "
+                               "business and a remount can hang on a dead server."),
+    }, "noatime proposals for /etc/fstab."),
     "clean": Section({}, "Maintenance pass policy."),
     "cron": Section({}, "Cleanup cron jobs."),
     "watch": Section({}, "Auto-compression watcher."),
-    "doctor": Section({}, "Health checks."),
+    "doctor": Section({
+        "metrics_file": Key("str", None, "Write the figures as a node_exporter textfile here "
+                            "(host path, e.g. /var/lib/prometheus/node-exporter/"
+                            "mnic_ops.prom) on every run; --metrics overrides."),
+        "session_max_mb": Key("float", 10.0, "A session file larger than this (MiB) is a "
+                              "finding (the guide prunes sessions at 10 MB).", minimum=0),
+        "agent_max_kib": Key("float", 100.0, "An agent definition larger than this (KiB) is "
+                             "a finding (the shipped agents are 5-30 KiB).", minimum=0),
+        "context_files": Key("int", 5, "How many of the newest session files the context "
+                             "measurement reads (besides SESSION_CURRENT.md).", minimum=1),
+        "probe_timeout": Key("float", 60.0, "Seconds a measurement process may take before "
+                             "it counts as failed.", minimum=1),
+    }, "Health checks and baseline measurements (`mnic-ops doctor`)."),
+    "provision": Section({
+        "relocate": Key("bool", True, "Move sessions and checkpoints to ssd_path when an "
+                        "SSD target exists."),
+        "apply_fstab": Key("bool", False, "Write noatime into fstab and remount (else only "
+                           "propose the diff)."),
+        "cron": Key("bool", True, "Install the cleanup cron jobs."),
+        "watcher": Key("bool", True, "Install the auto-compression watcher unit."),
+    }, "What `mnic-ops provision` does."),
 }
 
 
