@@ -9,11 +9,17 @@ Fixtures (all session scope, per class where they depend on ``host_class``):
 - ``vm_image``: the cached Debian image (built on first use; see image.py).
 - ``wheelhouse``: mnic-ops and its dependencies as wheels, built on the host.
 - ``vm_keys``: the per-run client key and host key.
-- ``vm``: the booted guest, mnic-ops installed in /opt/mnic-ops; ``vm.run(cmd)``,
-  ``vm.reboot()``, ``vm.port``, ``vm.keys.client``, ``vm.ssh_config``, ``vm.inventory``,
-  ``vm.testinfra_args()``, ``vm.testinfra_host()``, ``vm.ansible_playbook(path)``.
-- ``provisioned_vm``: ``vm`` after ``ansible-playbook tests/vm/provision.yml`` applied
-  ``roles/mnic_ops`` (skips until both exist).
+- ``vm``: the booted guest (systemd finished starting); ``vm.run(cmd)`` ->
+  rc/stdout/stderr, ``vm.reboot()``, ``vm.port``, ``vm.keys.client``, ``vm.ssh_config``,
+  ``vm.inventory`` (Ansible), ``vm.testinfra_args()`` / ``vm.testinfra_host()``,
+  ``vm.ansible_playbook(path)``, ``vm.guest_wheels`` (the wheels, inside the guest).
+- ``mnic_vm``: the same guest with mnic-ops installed in /opt/mnic-ops from the wheels
+  (``vm.mnic(*args)`` runs it).
+- ``provisioned_vm``: the same guest after ``ansible-playbook tests/vm/provision.yml``
+  applied ``roles/mnic_ops`` (skips until that playbook exists).
+
+All three are the same VM per class: what one test changes, later tests of the class see
+(test modules run in file order, tests in definition order).
 
 Environment: ``MNIC_OPS_VM_CACHE`` (image cache folder), ``MNIC_OPS_VM_MIRROR``
 (Debian mirror; default: the one apt uses), ``MNIC_OPS_VM_BOOT_TIMEOUT`` (seconds).
@@ -114,8 +120,8 @@ def host_class(request: pytest.FixtureRequest) -> HostClass:
 @pytest.fixture(scope="session")
 def vm(host_class: HostClass, vm_image: Image, wheelhouse: Path, vm_keys: Keys,
        tmp_path_factory: pytest.TempPathFactory) -> Iterator[VM]:
-    """The booted guest of ``host_class`` with mnic-ops installed. Stopped (by PID) when
-    the class's tests are done, and also when booting or a test fails."""
+    """The booted guest of ``host_class``. Stopped (by PID) when the class's tests are
+    done, and also when booting or a test fails."""
     for other in list(_RUNNING):  # one VM at a time, whatever the test order
         other.stop()
         _RUNNING.remove(other)
@@ -125,12 +131,10 @@ def vm(host_class: HostClass, vm_image: Image, wheelhouse: Path, vm_keys: Keys,
     try:
         machine.start()
         boot = machine.wait_ready(BOOT_TIMEOUT)
-        install = machine.install_mnic_ops()
         TIMINGS[f"{host_class.name} boot"] = (
             f"{boot:.0f} s to systemd {machine.system_state}"
             + (f" (failed: {', '.join(machine.failed_units)})" if machine.failed_units
                else ""))
-        TIMINGS[f"{host_class.name} install"] = f"{install:.0f} s (venv + wheels over 9p)"
         yield machine
     except VMError as exc:
         pytest.fail(str(exc), pytrace=False)
@@ -141,12 +145,26 @@ def vm(host_class: HostClass, vm_image: Image, wheelhouse: Path, vm_keys: Keys,
 
 
 @pytest.fixture(scope="session")
+def mnic_vm(vm: VM) -> VM:
+    """``vm`` with mnic-ops installed in /opt/mnic-ops (pip from the 9p wheels)."""
+    try:
+        seconds = vm.install_mnic_ops()
+    except VMError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    if seconds:
+        TIMINGS[f"{vm.cls.name} install"] = f"{seconds:.0f} s (venv + wheels over 9p)"
+    return vm
+
+
+@pytest.fixture(scope="session")
 def provisioned_vm(vm: VM) -> VM:
     """``vm`` after the playbook applied ``roles/mnic_ops`` over SSH. The playbook (SSD
-    pre-tasks, role vars) lives in tests/vm/provision.yml; it gets the class name as the
-    inventory variable ``mnic_host_class``."""
-    if not (REPO / "roles" / "mnic_ops").is_dir() or not PROVISION_PLAYBOOK.exists():
-        pytest.skip("roles/mnic_ops and tests/vm/provision.yml do not exist yet")
+    pre-tasks, role vars) lives in tests/vm/provision.yml; the inventory gives it
+    ``mnic_host_class``, ``mnic_chassis``, ``mnic_wheels`` (for
+    ``mnic_ops_pip_extra_args: --no-index --find-links {{ mnic_wheels }}``) and
+    ``mnic_ssd_device`` (the non-rotational disk, by id)."""
+    if not PROVISION_PLAYBOOK.exists():
+        pytest.skip("tests/vm/provision.yml (the role run for the VMs) does not exist yet")
     t0 = time.monotonic()
     r = vm.ansible_playbook(PROVISION_PLAYBOOK)
     assert r.rc == 0, f"ansible-playbook failed:\n{r}"

@@ -30,16 +30,20 @@ from pathlib import Path
 
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-# Field notes section 7, plus sudo (an Ansible role with `become: true` calls sudo even
-# as root) and util-linux tools the later fstab/SSD checks use (findmnt, lsblk).
+# Field notes section 7, plus sudo (an Ansible play with `become: true` calls sudo even
+# as root) and python3-apt (Ansible's apt module, which the role uses to check
+# python3-venv, would otherwise try to download it: the guest has no network).
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "linux-image-amd64", "initramfs-tools", "cron",
     "python3", "python3-venv", "openssh-server", "udev", "kmod", "e2fsprogs", "procps",
-    "iproute2", "sudo",
+    "iproute2", "sudo", "python3-apt",
 )
 IMAGE_SIZE = "3G"
 # Bump when build() changes what lands in the image in a way the recipe does not show.
 BUILD_STEPS_VERSION = 1
+# pip, unpacked from Debian's own wheel and byte-compiled at build time (natively): under
+# emulation, pip run from its wheel spends a minute compiling itself on every start.
+GUEST_PIP = "/usr/local/lib/mnic-vm-pip"
 # Where the guest mounts the host's 9p share (seed files and wheels).
 GUEST_SHARE = "/mnt/mnic-share"
 SHARE_TAG = "mnicshare"
@@ -75,15 +79,34 @@ WantedBy=multi-user.target
 RequiredBy=ssh.service
 """
 
+NET_UNIT = """[Unit]
+Description=mnic-ops VM harness: static address on qemu's user network
+BindsTo=sys-subsystem-net-devices-eth0.device
+After=sys-subsystem-net-devices-eth0.device
+Before=network.target
+Wants=network.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/sbin/ip link set lo up
+ExecStart=/sbin/ip link set eth0 up
+ExecStart=/sbin/ip address replace 10.0.2.15/24 dev eth0
+ExecStart=/sbin/ip route replace default via 10.0.2.2
+
+[Install]
+WantedBy=multi-user.target
+"""
+
 # Files written into the image: path -> (content, mode). Part of the recipe hash.
 GUEST_FILES: dict[str, tuple[str, int]] = {
     "/etc/fstab": ("/dev/vda / ext4 rw,errors=remount-ro 0 0\n", 0o644),
     "/etc/hostname": ("mnic-vm\n", 0o644),
     "/etc/hosts": ("127.0.0.1 localhost\n127.0.1.1 mnic-vm\n", 0o644),
-    # Static address on qemu's user network: no DHCP wait at boot.
-    "/etc/systemd/network/10-mnic-vm.network": (
-        "[Match]\nName=en* eth*\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\n"
-        "LinkLocalAddressing=no\nIPv6AcceptRA=no\n", 0o644),
+    # Static address on qemu's user network (the kernel command line sets
+    # net.ifnames=0): three `ip` calls start in a fraction of systemd-networkd's time
+    # under emulation, and sshd waits for network.target.
+    "/etc/systemd/system/mnic-vm-net.service": (NET_UNIT, 0o644),
     "/etc/ssh/sshd_config.d/mnic-vm.conf": (
         "# mnic-ops VM harness: key-only root login; the host key comes from the seed.\n"
         "HostKey /etc/ssh/ssh_host_ed25519_key\nPermitRootLogin prohibit-password\n"
@@ -95,10 +118,9 @@ GUEST_FILES: dict[str, tuple[str, int]] = {
     "/etc/initramfs-tools/modules": ("virtio_pci\nvirtio_blk\next4\n", 0o644),
     "/etc/systemd/system/mnic-vm-seed.service": (SEED_UNIT, 0o644),
 }
-ENABLE_UNITS = ("mnic-vm-seed.service", "systemd-networkd.service")
-# Nothing waits for "network online" in a guest whose only peer is the slirp gateway;
+ENABLE_UNITS = ("mnic-vm-seed.service", "mnic-vm-net.service")
 # e2scrub_reap looks for LVM snapshots the image never has (10 s of boot under TCG).
-MASK_UNITS = ("systemd-networkd-wait-online.service", "e2scrub_reap.service")
+MASK_UNITS = ("e2scrub_reap.service",)
 DEFAULT_TARGET = "multi-user.target"
 
 ARTIFACTS = ("root.img", "vmlinuz", "initrd.img")
@@ -184,7 +206,7 @@ def recipe(mirror: str) -> dict[str, object]:
         "packages": sorted(PACKAGES), "size": IMAGE_SIZE,
         "files": {p: [c, oct(m)] for p, (c, m) in sorted(GUEST_FILES.items())},
         "enable": list(ENABLE_UNITS), "mask": list(MASK_UNITS), "target": DEFAULT_TARGET,
-        "steps": BUILD_STEPS_VERSION,
+        "pip": GUEST_PIP, "steps": BUILD_STEPS_VERSION,
     }
 
 
@@ -333,6 +355,12 @@ def _build_artifacts(dest: Path, mirror: str, log: Path) -> None:
              "systemctl set-default", env=env)
         _run([*chroot, "update-initramfs", "-u", "-k", "all"], log, "update-initramfs",
              env=env)
+        _run([*chroot, "python3", "-c",
+              "import glob, zipfile; zipfile.ZipFile(sorted(glob.glob("
+              f"'/usr/share/python-wheels/pip-*.whl'))[-1]).extractall('{GUEST_PIP}')"],
+             log, "unpack pip", env=env)
+        _run([*chroot, "python3", "-m", "compileall", "-q", GUEST_PIP], log,
+             "compile pip", env=env)
         _run([*chroot, "apt-get", "clean"], log, "apt-get clean", env=env)
         for p in (rootdir / "etc/ssh").glob("ssh_host_*"):
             p.unlink()  # per boot from the seed; never baked into the cache

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.vm.image import GUEST_SHARE, SHARE_TAG, Image
+from tests.vm.image import GUEST_PIP, GUEST_SHARE, SHARE_TAG, Image
 
 HERE = Path(__file__).resolve().parent
 CLASSES_FILE = HERE / "classes.json"
@@ -159,6 +159,7 @@ class VM:
         self.control_path = self.dir / "ctl"
         self._master: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.guest_wheels = f"{GUEST_SHARE}/wheels"
         self.proc: subprocess.Popen[bytes] | None = None
         self.boot_seconds: float | None = None
         self.failed_units: list[str] = []
@@ -205,7 +206,8 @@ class VM:
             f"ansible_ssh_private_key_file={self.keys.client} "
             f"ansible_python_interpreter=/usr/bin/python3 "
             f"ansible_ssh_common_args='-F {self.ssh_config}' "
-            f"mnic_host_class={self.cls.name} mnic_chassis={self.cls.chassis}\n")
+            f"mnic_host_class={self.cls.name} mnic_chassis={self.cls.chassis} "
+            f"mnic_wheels={self.guest_wheels} mnic_ssd_device={SSD_BY_ID}\n")
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -217,7 +219,8 @@ class VM:
             "-accel", "tcg,thread=multi,tb-size=256", "-cpu", "max",
             "-smp", str(c.cpus), "-m", str(c.memory_mb),
             "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-            "-append", f"root=/dev/vda rw console=ttyS0 systemd.hostname={self.name}",
+            "-append", f"root=/dev/vda rw console=ttyS0 net.ifnames=0 "
+                                  f"systemd.hostname={self.name}",
             "-drive", f"file={self.image.root},if=virtio,format=raw",
             "-device", "virtio-scsi-pci,id=scsi0",
             "-drive", f"file={self.ssd},if=none,id=ssd,format=raw",
@@ -314,15 +317,31 @@ class VM:
         return self.boot_seconds
 
     def _wait_ssh(self, deadline: float, not_boot_id: str | None = None) -> None:
+        """Poll for sshd's banner on the forwarded port (cheap, every half second; an
+        ssh probe can hang on slirp for its whole timeout while the guest boots), then
+        log in; with ``not_boot_id``, until a different boot answers."""
         while True:
             if not self.alive():
                 raise self._fail("qemu exited while waiting for SSH")
-            r = self.run("cat /proc/sys/kernel/random/boot_id", timeout=20, connect_timeout=5)
-            if r.rc == 0 and r.stdout.strip() and r.stdout.strip() != not_boot_id:
-                return
+            if self._banner():
+                r = self.run("cat /proc/sys/kernel/random/boot_id", timeout=30,
+                             connect_timeout=10)
+                if r.rc == 0 and r.stdout.strip() and r.stdout.strip() != not_boot_id:
+                    return
+                last = str(r)
+            else:
+                last = "no SSH banner"
             if time.monotonic() > deadline:
-                raise self._fail(f"no SSH on 127.0.0.1:{self.port} in time (last: {r})")
-            time.sleep(1)
+                raise self._fail(f"no SSH on 127.0.0.1:{self.port} in time (last: {last})")
+            time.sleep(0.5)
+
+    def _banner(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+                s.settimeout(3)
+                return s.recv(64).startswith(b"SSH-")
+        except OSError:
+            return False
 
     def _wait_systemd(self, deadline: float) -> None:
         left = max(5.0, deadline - time.monotonic())
@@ -379,19 +398,23 @@ class VM:
 
     def install_mnic_ops(self, venv: str = GUEST_VENV) -> float:
         """Create ``venv`` in the guest and install mnic-ops from the host-built wheels on
-        the 9p share (the guest has no network). Returns the seconds it took.
+        the 9p share (the guest has no network). Returns the seconds it took; nothing to
+        do when mnic-ops is already there (say, the role installed it).
 
-        Under emulation ``python3 -m venv`` spends minutes in ensurepip, so the venv is
-        made without pip and Debian's own pip wheel (python3-venv ships it) installs
-        into it; ``--no-compile`` leaves byte-compiling to the first import."""
+        Under emulation ``python3 -m venv`` spends minutes byte-compiling pip in
+        ensurepip, and pip run from its wheel compiles itself again on every start. So
+        the venv is made without pip, and the image's pre-compiled copy of Debian's pip
+        (image.GUEST_PIP) installs, in one run, pip itself (so the venv has bin/pip, as
+        Ansible's pip module expects) and mnic-ops with its dependencies."""
         t0 = time.monotonic()
-        wheels = f"{GUEST_SHARE}/wheels"
-        self.run(f"test -x {venv}/bin/python || python3 -m venv --without-pip {venv}",
-                 check=True, timeout=600)
-        self.run("set -e; pip=$(ls /usr/share/python-wheels/pip-*.whl | tail -n 1); "
-                 f"PIP_DISABLE_PIP_VERSION_CHECK=1 {venv}/bin/python \"$pip/pip\" install -q "
-                 f"--no-cache-dir --no-compile --no-index --find-links {wheels} mnic-ops",
-                 check=True, timeout=600)
+        if self.run(f"test -x {venv}/bin/mnic-ops").rc == 0:
+            return 0.0
+        self.run("set -e; whl=$(ls /usr/share/python-wheels/pip-*.whl | tail -n 1); "
+                 f"test -x {venv}/bin/python || python3 -m venv --without-pip {venv}; "
+                 f"PYTHONPATH={GUEST_PIP} PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 "
+                 f"{venv}/bin/python -m pip install -q --no-compile --no-index "
+                 f"--find-links {self.guest_wheels} \"$whl\" mnic-ops",
+                 check=True, timeout=900)
         return time.monotonic() - t0
 
     def mnic(self, *args: str, venv: str = GUEST_VENV, timeout: float = 120) -> GuestResult:

@@ -184,7 +184,7 @@ def test_killed_build_leaves_no_entry_and_next_run_cleans_up(tmp_path: Path,
     stale.mkdir()
     (stale / "root.img").write_bytes(b"half")
     monkeypatch.setattr(image, "_build_artifacts", _fake_artifacts)
-    img, built = image.ensure_image(tmp_path, "http://m/debian")
+    _, built = image.ensure_image(tmp_path, "http://m/debian")
     assert built is not None and not stale.exists()
 
 

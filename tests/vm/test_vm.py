@@ -30,8 +30,9 @@ def test_memory_and_cpus_match_the_class(vm: VM, host_class: HostClass) -> None:
     assert host_class.memory_mb * 0.85 < mem_mib <= host_class.memory_mb
 
 
-def test_detect_reports_the_class_from_the_firmware_chassis(vm: VM,
+def test_detect_reports_the_class_from_the_firmware_chassis(mnic_vm: VM,
                                                           host_class: HostClass) -> None:
+    vm = mnic_vm
     chassis = vm.run("cat /sys/class/dmi/id/chassis_type", check=True).stdout.strip()
     assert chassis == str(host_class.chassis)
     # No override anywhere: no config, no machine-info, no environment.
@@ -45,7 +46,8 @@ def test_detect_reports_the_class_from_the_firmware_chassis(vm: VM,
     assert decision["facts"]["dmi"]["chassis_type"] == host_class.chassis
 
 
-def test_second_disk_is_non_rotational_and_root_disk_is_not(vm: VM) -> None:
+def test_second_disk_is_non_rotational_and_root_disk_is_not(mnic_vm: VM) -> None:
+    vm = mnic_vm
     ssd = vm.run(f"basename $(readlink -f {SSD_BY_ID})", check=True).stdout.strip()
     assert ssd.startswith("sd"), ssd
     rot = vm.run(f"cat /sys/block/{ssd}/queue/rotational /sys/block/vda/queue/rotational",
@@ -72,7 +74,8 @@ def test_ansible_reaches_the_vm(vm: VM) -> None:
     assert "failed=0" in r.stdout
 
 
-def test_reboot_comes_back_with_systemd_running_and_disk_changes_kept(vm: VM) -> None:
+def test_reboot_comes_back_with_systemd_running_and_disk_changes_kept(mnic_vm: VM) -> None:
+    vm = mnic_vm
     before = vm.boot_id()
     vm.run("echo kept > /root/reboot-marker && sync", check=True)
     seconds = vm.reboot()
