@@ -31,6 +31,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,12 +158,16 @@ class VM:
         self.known_hosts = self.dir / "known_hosts"
         self.inventory = self.dir / "inventory.ini"
         self.control_path = self.dir / "ctl"
+        if len(str(self.control_path)) > 100:  # a unix socket path has ~108 bytes
+            self.control_path = Path(tempfile.mkdtemp(prefix="mnic-ssh-")) / "ctl"
         self._master: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.guest_wheels = f"{GUEST_SHARE}/wheels"
         self.proc: subprocess.Popen[bytes] | None = None
         self.boot_seconds: float | None = None
         self.failed_units: list[str] = []
+        self.system_state = ""
+        self._t0 = 0.0
         self._ssd_size = ssd_size
         self._prepare_share(wheels)
 

@@ -215,3 +215,20 @@ def test_remove_tree_unmounts_instead_of_deleting_through_a_mount(tmp_path: Path
     assert p.returncode == 0, p.stderr
     assert not tree.exists()
     assert (outside / "precious").read_text() == "keep"
+
+
+@pytest.mark.parametrize("missing,package", [("qemu-system-x86_64", "qemu-system-x86"),
+                                             ("debootstrap", "debootstrap")])
+def test_vm_tests_skip_with_the_reason_when_a_tool_is_missing(
+        monkeypatch: pytest.MonkeyPatch, missing: str, package: str) -> None:
+    import shutil
+
+    from tests.vm import conftest as vmconf
+
+    real = shutil.which
+    monkeypatch.setattr(vmconf.shutil, "which",
+                        lambda name, *a, **k: None if name == missing else real(name))
+    monkeypatch.setattr(vmconf.os, "geteuid", lambda: 0)
+    assert vmconf.vm_unavailable() == f"{missing} not installed (apt-get install {package})"
+    monkeypatch.setattr(vmconf.os, "geteuid", lambda: 1000)
+    assert "root" in (vmconf.vm_unavailable() or "")
