@@ -65,7 +65,7 @@ SCHEMA: Schema = {
                     "Where `relocate` moves sessions and checkpoints."),
     "templates_dir": Key("str", None, "Use these templates instead of the shipped ones."),
     "detect": Section({
-        "server_min_cpus": Key("int", 16, "Resources fallback: at least this many logical "
+        "server_min_cpus": Key("int", 32, "Resources fallback: at least this many logical "
                                "CPUs makes a server.", minimum=1),
         "server_min_memory_gib": Key("float", 48.0, "Resources fallback: at least this much "
                                      "memory (GiB) makes a server.", minimum=0),

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mnic_ops.errors import OpsError
 from mnic_ops.hostroot import HostRoot
 
 CHASSIS_NAMES = {
@@ -55,6 +56,10 @@ _DMI_VIRT = [
     (r"Google Compute Engine", "google"), (r"OpenStack", "openstack"), (r"bhyve", "bhyve"),
     (r"DigitalOcean", "digitalocean"), (r"Hetzner.*vServer", "kvm"),
 ]
+
+
+_CONTAINERS = frozenset({"openvz", "lxc", "lxc-libvirt", "systemd-nspawn", "docker",
+                         "podman", "rkt", "wsl", "proot", "pouch"})
 
 
 class Absent(dict[str, str]):
@@ -188,7 +193,7 @@ def virtualization(root: HostRoot, dmi_facts: dict[str, Any], cpu_flags: set[str
             evidence.append(f"DMI vendor/product {ident.strip()!r} looks like {name}")
             break
     if "hypervisor" in cpu_flags:
-        vm = vm or "vm"
+        vm = vm or "hypervisor"
         evidence.append("/proc/cpuinfo has the hypervisor flag")
     if root.path("/.dockerenv").exists():
         container = "docker"
@@ -204,19 +209,18 @@ def virtualization(root: HostRoot, dmi_facts: dict[str, Any], cpu_flags: set[str
         from mnic_ops import execute
 
         if execute.which("systemd-detect-virt"):
-            for flag in ("--vm", "--container"):
-                try:
-                    r = execute.run(["systemd-detect-virt", flag], check=False, timeout=5)
-                except Exception as exc:
-                    absent[f"virtualization.systemd_detect_virt{flag}"] = str(exc)
-                    continue
+            # One call: it names the container when there is one, else the VM.
+            try:
+                r = execute.run(["systemd-detect-virt"], check=False, timeout=5)
                 val = r.stdout.strip()
                 if val and val != "none":
-                    if flag == "--vm":
-                        vm = val
-                    else:
+                    if val in _CONTAINERS:
                         container = val
-                    evidence.append(f"systemd-detect-virt {flag}: {val}")
+                    else:
+                        vm = val
+                    evidence.append(f"systemd-detect-virt: {val}")
+            except OpsError as exc:
+                absent["virtualization.systemd_detect_virt"] = exc.message
         else:
             absent["virtualization.systemd_detect_virt"] = "systemd-detect-virt not installed"
     else:
@@ -259,19 +263,15 @@ def cpu(root: HostRoot, absent: Absent) -> tuple[dict[str, Any], set[str]]:
             elif k == "core id":
                 core = v
                 cores.add((phys, core))
-    if root.live:
-        import psutil
-
-        out["logical"] = psutil.cpu_count(logical=True)
-        out["physical"] = psutil.cpu_count(logical=False)
-    else:
-        online = _read(root, "/sys/devices/system/cpu/online", Absent(), "cpu.online")
-        try:
-            out["logical"] = _parse_ranges(online) if online else (processors or None)
-        except ValueError:
-            absent["cpu.online"] = f"/sys/devices/system/cpu/online: garbled {online!r:.40}"
-            out["logical"] = processors or None
-        out["physical"] = len(cores) or out["logical"]
+    # One code path for the live host and --root: sysfs and procfs are what psutil
+    # reads too, and parsing them here keeps `detect` free of psutil's import cost.
+    online = _read(root, "/sys/devices/system/cpu/online", Absent(), "cpu.online")
+    try:
+        out["logical"] = _parse_ranges(online) if online else (processors or None)
+    except ValueError:
+        absent["cpu.online"] = f"/sys/devices/system/cpu/online: garbled {online!r:.40}"
+        out["logical"] = processors or None
+    out["physical"] = len(cores) or out["logical"]
     if not out.get("logical"):
         out.pop("logical", None)
         absent.setdefault("cpu.logical", "no CPU count in /proc/cpuinfo or sysfs")
@@ -281,14 +281,6 @@ def cpu(root: HostRoot, absent: Absent) -> tuple[dict[str, Any], set[str]]:
 
 
 def memory(root: HostRoot, absent: Absent) -> dict[str, Any]:
-    if root.live:
-        try:
-            import psutil
-
-            return {"total_bytes": int(psutil.virtual_memory().total)}
-        except (OSError, RuntimeError, ValueError) as exc:
-            absent["memory.total_bytes"] = f"psutil: {exc}"
-            return {}
     raw = _read(root, "/proc/meminfo", absent, "memory.total_bytes")
     if raw is None:
         return {}

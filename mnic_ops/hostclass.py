@@ -41,7 +41,7 @@ class Decision:
 def classify(facts: dict[str, Any], *, override: str | None = None,
              thresholds: dict[str, Any] | None = None) -> Decision:
     """Decide the class from gathered facts (pure: no I/O)."""
-    th = {"server_min_cpus": 16, "server_min_memory_gib": 48.0, "laptop_max_cpus": 4,
+    th = {"server_min_cpus": 32, "server_min_memory_gib": 48.0, "laptop_max_cpus": 4,
           "laptop_max_memory_gib": 8.0, **(thresholds or {})}
     reasons: list[str] = []
     absent = facts.get("absent", {})
@@ -89,7 +89,7 @@ def classify(facts: dict[str, Any], *, override: str | None = None,
     reasons.append("no system battery")
 
     virt = facts.get("virtualization", {})
-    what = [f"{k} {virt[k]}" for k in ("vm", "container") if virt.get(k)]
+    what = [f"{k}={virt[k]}" for k in ("vm", "container") if virt.get(k)]
     if what:
         reasons.append("virtualised (" + ", ".join(what) + "): sizing by resources")
     cpus = facts.get("cpu", {}).get("logical")

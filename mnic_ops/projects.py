@@ -1,0 +1,496 @@
+"""The data map: where the framework's installs are and where each keeps its data.
+
+One module that render, relocate, fstab, clean, watch and doctor share, so that they all
+agree on what an install is (``.claude/agents/`` plus ``.ai-tools/``, or the enterprise
+``/opt/my-name-is-claude`` layout) and where its sessions, checkpoints, thinking logs,
+cost records, logs and task results live (field notes section 1).
+
+The search runs as root over user-writable trees, so it never follows a symlink, stays
+on the search path's filesystem, and skips folders that cannot hold an install
+(``.git``, ``node_modules``, virtualenvs) and the framework's own folders inside one.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import re
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from mnic_ops import safefs
+from mnic_ops.errors import EXIT_CODES_HELP, EXIT_OK, InputError, OpsError
+from mnic_ops.hostroot import HostRoot
+
+if TYPE_CHECKING:
+    from mnic_ops.config import Config
+    from mnic_ops.output import AppContext
+
+log = logging.getLogger(__name__)
+
+DATA_KINDS = ("sessions", "checkpoints", "checkpoint_store", "thinking_logs",
+              "cost_records", "logs", "task_results")
+# Names the framework reads back by exact name: never compress/move apart.
+PROTECTED_NAMES = frozenset({"checkpoint_index.json", "agent_coordination.json",
+                             "index.json", "state.json", "current_session.json",
+                             "SESSION_CURRENT.md"})
+
+# Data folders relative to the install root, per layout.
+PROJECT_PATHS = {
+    "sessions": "project_archive/sessions",
+    "checkpoints": ".claude/checkpoints",
+    "checkpoint_store": ".ai-tools/checkpoint/storage",  # default of storage.base_path
+    "thinking_logs": ".claude/thinking-logs",
+    "cost_records": ".ai-tools/model-config/data",
+    "logs": "project_archive/logs",
+    "task_results": "project_archive/background-tasks/results",
+}
+OPT_PATHS = {**PROJECT_PATHS, "sessions": "sessions", "checkpoints": "checkpoints",
+             "logs": "logs"}
+OPT_ROOT = "/opt/my-name-is-claude"
+CHECKPOINT_CONFIG = ".claude/config/checkpoint-config.json"
+
+# Folders the search never enters: they cannot hold an install and can be huge.
+SKIP_NAMES = frozenset({".git", ".hg", ".svn", "node_modules", "__pycache__", ".venv",
+                        ".tox", ".nox", ".mypy_cache", ".pytest_cache", ".ruff_cache",
+                        ".cache", "site-packages", "lost+found"})
+# The framework's own folders inside an install: no nested install lives there.
+INSTALL_OWN = frozenset({".claude", ".ai-tools", "project_archive"})
+
+
+@dataclass
+class DataDir:
+    kind: str              # one of DATA_KINDS
+    host_path: str         # host path, e.g. /home/alice/p/project_archive/sessions
+    path: Path             # real path under --root: root.path(host_path); may be a symlink
+    exists: bool           # lexists
+    is_link: bool
+    link_target: str | None  # host path the link points to (absolute, clamped at the root)
+
+
+@dataclass
+class Project:
+    host_path: str         # install root as a host path
+    path: Path             # real path under --root
+    uid: int
+    gid: int
+    user: str
+    group: str
+    version: str | None    # framework version where readable
+    layout: str            # "project" (per-project install) or "opt" (/opt enterprise layout)
+    data: dict[str, DataDir] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.host_path.rstrip("/")) or "/"
+
+    def to_json(self, sizes: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "root": self.host_path, "user": self.user, "group": self.group,
+            "uid": self.uid, "gid": self.gid, "version": self.version,
+            "layout": self.layout, "data": {}}
+        for kind, d in self.data.items():
+            dd: dict[str, Any] = {"path": d.host_path, "exists": d.exists,
+                                  "is_link": d.is_link, "link_target": d.link_target}
+            if sizes:
+                dd["bytes"], dd["files"] = measure(d) if d.exists else (0, 0)
+            out["data"][kind] = dd
+        return out
+
+
+# --- recognising an install ----------------------------------------------------------
+
+def _is_dir_nofollow(p: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(p).st_mode)
+    except OSError:
+        return False
+
+
+def layout_of(root: HostRoot, host_path: str) -> str | None:
+    """``"project"``, ``"opt"`` or None when ``host_path`` is no install."""
+    real = root.path(host_path)
+    if _is_dir_nofollow(real / ".claude") and _is_dir_nofollow(real / ".claude" / "agents") \
+            and _is_dir_nofollow(real / ".ai-tools"):
+        return "project"
+    if os.path.normpath(host_path) == OPT_ROOT and any(
+            _is_dir_nofollow(real / d) for d in ("sessions", "checkpoints", "logs", ".claude")):
+        return "opt"
+    return None
+
+
+# --- reading small facts from an install (never through a symlink) ------------------
+
+def _read_beneath(base: Path, rel: str, limit: int = 1 << 20) -> bytes | None:
+    try:
+        fd = safefs.open_beneath(base, rel)
+    except (OSError, OpsError):
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return None
+        return fh.read(limit)
+
+
+_VERSION_RE = re.compile(r"\d+\.\d+(?:\.\d+)?(?:[-+.][0-9A-Za-z.]+)?")
+_README_VERSION_RE = re.compile(
+    r"(?:Framework|framework_version|FRAMEWORK_VERSION)\b[^\n]{0,60}?\bv?(\d+\.\d+\.\d+)")
+
+
+def read_version(path: Path) -> str | None:
+    """The framework version: the ``VERSION`` file its copy script installs, else the
+    version named in ``FRAMEWORK_README.md``; None when neither says."""
+    for rel in ("VERSION", ".claude/VERSION"):
+        raw = _read_beneath(path, rel, 256)
+        if raw:
+            m = _VERSION_RE.search(raw.decode(errors="replace"))
+            if m:
+                return m.group(0)
+    raw = _read_beneath(path, "FRAMEWORK_README.md", 64 * 1024)
+    if raw:
+        m = _README_VERSION_RE.search(raw.decode(errors="replace"))
+        if m:
+            return m.group(1)
+    return None
+
+
+def _checkpoint_store_rel(path: Path, host_path: str) -> str:
+    """``storage.base_path`` from checkpoint-config.json, relative to the install.
+
+    A value that leaves the install (absolute elsewhere, ``..``) is ignored with a
+    warning: a user-writable file must not point a root process at other folders.
+    """
+    default = PROJECT_PATHS["checkpoint_store"]
+    raw = _read_beneath(path, CHECKPOINT_CONFIG)
+    if raw is None:
+        return default
+    try:
+        base = json.loads(raw).get("storage", {}).get("base_path")
+    except (ValueError, AttributeError):
+        log.warning("%s/%s: not valid JSON; assuming the default checkpoint store %s",
+                    host_path, CHECKPOINT_CONFIG, default)
+        return default
+    if not isinstance(base, str) or not base.strip():
+        return default
+    joined = os.path.normpath(os.path.join(host_path, base))
+    if not (joined == host_path or joined.startswith(host_path.rstrip("/") + "/")):
+        log.warning("%s/%s: storage.base_path %r is outside the install; ignored "
+                    "(using %s)", host_path, CHECKPOINT_CONFIG, base, default)
+        return default
+    return os.path.relpath(joined, host_path)
+
+
+def _data_dir(root: HostRoot, kind: str, host_path: str) -> DataDir:
+    real = root.path(host_path)
+    try:
+        st: os.stat_result | None = os.lstat(real)
+    except OSError:
+        st = None
+    is_link = st is not None and stat.S_ISLNK(st.st_mode)
+    target = None
+    if is_link:
+        raw = os.readlink(real)
+        # normpath of an absolute path clamps "..": the target never leaves the root.
+        target = os.path.normpath(os.path.join(os.path.dirname(host_path), raw))
+    return DataDir(kind=kind, host_path=host_path, path=real, exists=st is not None,
+                   is_link=is_link, link_target=target)
+
+
+# --- owner names from the host's own files (the --root may be another system) --------
+
+def _id_names(root: HostRoot, file: str) -> dict[int, str]:
+    names: dict[int, str] = {}
+    try:
+        text = root.path(file).read_text(errors="replace")
+    except OSError:
+        return names
+    for line in text.splitlines():
+        parts = line.split(":")
+        if len(parts) >= 3 and parts[2].isdigit():
+            names.setdefault(int(parts[2]), parts[0])
+    return names
+
+
+class _Names:
+    def __init__(self, root: HostRoot) -> None:
+        self.root = root
+        self._users: dict[int, str] | None = None
+        self._groups: dict[int, str] | None = None
+
+    def user(self, uid: int) -> str:
+        if self.root.live:
+            import pwd
+
+            try:
+                return pwd.getpwuid(uid).pw_name
+            except KeyError:
+                return str(uid)
+        if self._users is None:
+            self._users = _id_names(self.root, "/etc/passwd")
+        return self._users.get(uid, str(uid))
+
+    def group(self, gid: int) -> str:
+        if self.root.live:
+            import grp
+
+            try:
+                return grp.getgrgid(gid).gr_name
+            except KeyError:
+                return str(gid)
+        if self._groups is None:
+            self._groups = _id_names(self.root, "/etc/group")
+        return self._groups.get(gid, str(gid))
+
+
+def load_project(root: HostRoot, host_path: str, layout: str,
+                 names: _Names | None = None) -> Project:
+    """Build the data map of one install (read-only)."""
+    names = names or _Names(root)
+    host_path = os.path.normpath(host_path)
+    real = root.path(host_path)
+    st = os.lstat(real)
+    paths = dict(OPT_PATHS if layout == "opt" else PROJECT_PATHS)
+    paths["checkpoint_store"] = _checkpoint_store_rel(real, host_path)
+    data = {kind: _data_dir(root, kind, os.path.normpath(f"{host_path}/{paths[kind]}"))
+            for kind in DATA_KINDS}
+    return Project(host_path=host_path, path=real, uid=st.st_uid, gid=st.st_gid,
+                   user=names.user(st.st_uid), group=names.group(st.st_gid),
+                   version=read_version(real), layout=layout, data=data)
+
+
+# --- the search --------------------------------------------------------------------
+
+def _expand(root: HostRoot, pattern: str) -> list[str]:
+    """Host paths matching a search path (globs allowed), symlinks left out."""
+    if not pattern.startswith("/"):
+        raise InputError(f"search_paths: {pattern!r} is not an absolute path")
+    real_pattern = str(root.path(pattern))
+    if glob.has_magic(pattern):
+        matches = sorted(glob.glob(glob.escape(str(root.root)).rstrip("/") + "/"
+                                   + os.path.normpath(pattern).lstrip("/")))
+    else:
+        matches = [real_pattern]
+    return [root.host(m) for m in matches if _is_dir_nofollow(Path(m))]
+
+
+def search(root: HostRoot, start_host: str, depth: int) -> Iterator[tuple[str, str]]:
+    """(host path, layout) of installs at or below ``start_host``, at most ``depth``
+    levels down, without following symlinks or leaving the start's filesystem."""
+    start = root.path(start_host)
+    try:
+        dev = os.lstat(start).st_dev
+    except OSError:
+        return
+    start_layout = layout_of(root, start_host)
+    if start_layout:
+        yield start_host, start_layout
+    stack: list[tuple[str, int, bool]] = [(str(start), 0, start_layout is not None)]
+    while stack:
+        real, level, is_install = stack.pop()
+        if level >= depth:
+            continue
+        try:
+            it = os.scandir(real)
+        except OSError:
+            continue
+        subdirs: list[os.DirEntry[str]] = []
+        with it:
+            for e in it:
+                if e.name == "pyvenv.cfg":
+                    subdirs = []  # a virtualenv: nothing below it is an install
+                    break
+                try:
+                    if not e.is_dir(follow_symlinks=False):
+                        continue
+                except OSError:
+                    continue
+                if e.name in SKIP_NAMES or (is_install and e.name in INSTALL_OWN):
+                    continue
+                subdirs.append(e)
+        for e in subdirs:
+            try:
+                if e.stat(follow_symlinks=False).st_dev != dev:
+                    continue  # another filesystem (like find -xdev)
+            except OSError:
+                continue
+            host = root.host(e.path)
+            lay = _layout_from_scan(e.path)
+            if lay is None and host == OPT_ROOT:
+                lay = layout_of(root, host)
+            if lay:
+                yield host, lay
+            stack.append((e.path, level + 1, lay is not None))
+
+
+def _layout_from_scan(real: str) -> str | None:
+    """Cheap test for the per-project layout: two lstat calls, no directory listing."""
+    try:
+        if not stat.S_ISDIR(os.lstat(os.path.join(real, ".ai-tools")).st_mode):
+            return None
+        if not stat.S_ISDIR(os.lstat(os.path.join(real, ".claude", "agents")).st_mode):
+            return None
+        if not stat.S_ISDIR(os.lstat(os.path.join(real, ".claude")).st_mode):
+            return None
+    except OSError:
+        return None
+    return "project"
+
+
+def find_projects(root: HostRoot, cfg: Config) -> list[Project]:
+    """Installs from the config's ``projects`` list (in that order), then those found
+    below ``search_paths`` (sorted); each install once."""
+    names = _Names(root)
+    found: list[tuple[str, str]] = []
+    seen: set[tuple[int, int]] = set()
+
+    def add(host: str, layout: str) -> None:
+        try:
+            st = os.lstat(root.path(host))
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            found.append((os.path.normpath(host), layout))
+
+    for p in cfg.get("projects") or []:
+        if not p.startswith("/"):
+            raise InputError(f"projects: {p!r} is not an absolute path")
+        real = root.path(p)
+        if os.path.islink(real):
+            log.warning("projects: %s is a symlink; list the folder it points to", p)
+            continue
+        lay = layout_of(root, p)
+        if lay is None:
+            log.warning("projects: %s is not a framework install (no .claude/agents/ and "
+                        ".ai-tools/)", p)
+            continue
+        add(p, lay)
+    depth = int(cfg.get("search_depth", 3))
+    searched: list[tuple[str, str]] = []
+    for pattern in cfg.get("search_paths") or []:
+        for start in _expand(root, pattern):
+            searched.extend(search(root, start, depth))
+    for host, lay in sorted(searched):
+        add(host, lay)
+    return [load_project(root, h, lay, names) for h, lay in found]
+
+
+def select_projects(app: AppContext, names: Sequence[str]) -> list[Project]:
+    """The installs named on the command line (host path or unique folder name); all
+    found ones when none is named. An unknown or ambiguous name is an input error."""
+    found = find_projects(app.root, app.config)
+    if not names:
+        return found
+    out: list[Project] = []
+    for name in names:
+        if name.startswith("/"):
+            norm = os.path.normpath(name)
+            match = [p for p in found if p.host_path == norm]
+            if not match:
+                if os.path.islink(app.root.path(norm)):
+                    raise InputError(f"{name}: is a symlink; name the install folder itself")
+                lay = layout_of(app.root, norm)
+                if lay is None:
+                    raise InputError(f"{name}: not a framework install (expected "
+                                     ".claude/agents/ and .ai-tools/ in it)")
+                match = [load_project(app.root, norm, lay)]
+        else:
+            match = [p for p in found if p.name == name]
+            if not match:
+                known = ", ".join(p.host_path for p in found) or "none found"
+                raise InputError(f"{name}: no such framework install (known: {known})")
+            if len(match) > 1:
+                raise InputError(f"{name}: ambiguous, matches "
+                                 + ", ".join(p.host_path for p in match)
+                                 + "; give the full path")
+        for p in match:
+            if all(p.host_path != q.host_path for q in out):
+                out.append(p)
+    return out
+
+
+def measure(d: DataDir) -> tuple[int, int]:
+    """(bytes, files) of the regular files below a data folder, following no symlink
+    inside it. For a folder that is itself a link (relocated data) the link's target
+    is measured, because that is where the data is."""
+    top: str = str(d.path)
+    if d.is_link:
+        if d.link_target is None:
+            return 0, 0
+        # d.path is root.path(host_path): strip host_path to get the root back.
+        root_dir = str(d.path)[: len(str(d.path)) - len(d.host_path)] or "/"
+        top = str(HostRoot(Path(root_dir)).path(d.link_target))
+    total = files = 0
+    try:
+        st = os.lstat(top)
+    except OSError:
+        return 0, 0
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size, 1
+    if not stat.S_ISDIR(st.st_mode):
+        return 0, 0
+    for _dirpath, _dirs, filenames, dirfd in os.fwalk(top, follow_symlinks=False):
+        for fn in filenames:
+            try:
+                fst = os.stat(fn, dir_fd=dirfd, follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISREG(fst.st_mode):
+                total += fst.st_size
+                files += 1
+    return total, files
+
+
+# --- the command ---------------------------------------------------------------------
+
+def human(n: int) -> str:
+    f = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if f < 1024 or unit == "TiB":
+            return f"{f:.0f} {unit}" if unit == "B" else f"{f:.1f} {unit}"
+        f /= 1024
+    raise AssertionError
+
+
+def _text(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no framework installs found (see search_paths and projects in the config)"
+    lines: list[str] = []
+    for r in rows:
+        lines.append(f"{r['root']}  owner {r['user']}:{r['group']}  "
+                     f"version {r['version'] or 'unknown'}  layout {r['layout']}")
+        for kind, d in r["data"].items():
+            if not d["exists"]:
+                state = "absent"
+            else:
+                state = f"{human(d['bytes'])} in {d['files']} files"
+                if d["is_link"]:
+                    state += f" (link -> {d['link_target']})"
+            lines.append(f"  {kind:<17} {d['path']}: {state}")
+    return "\n".join(lines)
+
+
+@click.command("projects", epilog=EXIT_CODES_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (same as "
+              "the global --json).")
+@click.argument("names", nargs=-1, metavar="[PROJECT]...")
+@click.pass_obj
+def projects_cmd(app: AppContext, as_json: bool, names: tuple[str, ...]) -> int:
+    """List framework installs: root, owner, version, data folders with size and file
+    count (read-only). PROJECT narrows the list to installs named by path or folder name.
+    """
+    from mnic_ops.output import emit
+
+    if as_json:
+        app.json = True
+
+    rows = [p.to_json(sizes=True) for p in select_projects(app, names)]
+    emit(app, {"projects": rows}, lambda: _text(rows))
+    return EXIT_OK

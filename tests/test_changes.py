@@ -1,0 +1,105 @@
+"""The change model: plan, apply (stop at first failure), journal, undo."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from mnic_ops import changes
+from mnic_ops.changes import ApplyContext, Item, Plan, Undo
+from mnic_ops.errors import OpsError
+from mnic_ops.filechange import file_item
+from mnic_ops.hostroot import HostRoot
+from tests.conftest import run_mnic
+
+
+def test_file_item_ok_pending_and_diff(fake_root: Path) -> None:
+    root = HostRoot.open(fake_root)
+    (fake_root / "etc" / "x.conf").write_text("a\nb\n")
+    assert file_item(root, "/etc/x.conf", "a\nb\n").state == "ok"
+    it = file_item(root, "/etc/x.conf", "a\nc\n")
+    assert it.state == "pending"
+    assert "-b\n+c\n" in it.diff and "a/etc/x.conf" in it.diff
+
+
+def test_apply_journal_and_undo_restore_bytes(fake_root: Path) -> None:
+    root = HostRoot.open(fake_root)
+    f = fake_root / "etc" / "x.conf"
+    f.write_text("original\n")
+    os.chmod(f, 0o640)
+    plan = Plan([file_item(root, "/etc/x.conf", "new\n"),
+                 file_item(root, "/etc/created.conf", "c\n", mode=0o600)])
+    changes.apply_plan(plan, root, command="test")
+    assert plan.counts()["changed"] == 2
+    assert f.read_text() == "new\n" and f.stat().st_mode & 0o777 == 0o640
+    journal = changes.read_journal(root)
+    assert [e["change"] for e in journal] == ["file:/etc/x.conf", "file:/etc/created.conf"]
+    changes.undo_entries(root, journal)
+    assert f.read_text() == "original\n" and f.stat().st_mode & 0o777 == 0o640
+    assert not (fake_root / "etc" / "created.conf").exists()
+    assert all(e.get("undone") for e in changes.read_journal(root))
+
+
+def test_undo_refuses_when_file_changed_since(fake_root: Path) -> None:
+    root = HostRoot.open(fake_root)
+    f = fake_root / "etc" / "y"
+    f.write_text("1")
+    changes.apply_plan(Plan([file_item(root, "/etc/y", "2")]), root)
+    f.write_text("admin edited")
+    with pytest.raises(OpsError, match="changed since"):
+        changes.undo_entries(root, changes.read_journal(root))
+    assert f.read_text() == "admin edited"
+
+
+def test_apply_stops_at_first_failure(fake_root: Path) -> None:
+    root = HostRoot.open(fake_root)
+    ran: list[str] = []
+
+    def good(ctx: ApplyContext) -> Undo:
+        ran.append("good")
+        return Undo("file", {})
+
+    def bad(ctx: ApplyContext) -> Undo:
+        raise OpsError("disk on fire")
+
+    plan = Plan([Item("a", "first", action=good), Item("b", "second", action=bad),
+                 Item("c", "third", action=good), Item("d", "already", state="ok")])
+    changes.apply_plan(plan, root)
+    assert [i.state for i in plan.items] == ["changed", "failed", "skipped", "ok"]
+    assert plan.items[1].error == "disk on fire" and ran == ["good"]
+
+
+def test_plan_fails_if_file_changed_between_plan_and_apply(fake_root: Path) -> None:
+    root = HostRoot.open(fake_root)
+    f = fake_root / "etc" / "z"
+    f.write_text("1")
+    item = file_item(root, "/etc/z", "2")
+    f.write_text("someone else")
+    changes.apply_plan(Plan([item]), root)
+    assert item.state == "failed" and "changed since the plan" in item.error
+    assert f.read_text() == "someone else"
+
+
+def test_undo_cli(fake_root: Path) -> None:
+    root = HostRoot.open(fake_root)
+    for n in range(3):
+        changes.apply_plan(Plan([file_item(root, f"/etc/f{n}", f"{n}\n")]), root)
+    r = run_mnic("--root", str(fake_root), "--json", "undo", "--list")
+    assert [e["change"] for e in json.loads(r.out)] == ["file:/etc/f0", "file:/etc/f1",
+                                                        "file:/etc/f2"]
+    r = run_mnic("--root", str(fake_root), "undo", "--last", "--check")
+    assert r.code == 3 and "file:/etc/f2" in r.out and (fake_root / "etc/f2").exists()
+    r = run_mnic("--root", str(fake_root), "undo", "--last")
+    assert r.code == 0 and not (fake_root / "etc/f2").exists()
+    r = run_mnic("--root", str(fake_root), "undo", "file:/etc/f0")
+    assert r.code == 0 and not (fake_root / "etc/f0").exists()
+    assert (fake_root / "etc/f1").exists()
+    r = run_mnic("--root", str(fake_root), "undo", "nope")
+    assert r.code == 2 and "no such recorded change" in r.err
+    r = run_mnic("--root", str(fake_root), "undo", "--all")
+    assert r.code == 0 and not (fake_root / "etc/f1").exists()
+    r = run_mnic("--root", str(fake_root), "undo", "--all")
+    assert r.code == 0 and "nothing to revert" in r.out
