@@ -76,9 +76,15 @@ SCHEMA: Schema = {
                                      "workstation.", minimum=0),
     }, "Host-class detection thresholds."),
     # Sections below are owned by their capability modules.
-    "tiers": Section({}, "Per-tier overrides of the tier values in templates/tiers.toml.",
-                     open_keys=Key("table", {}, "Values for one tier.")),
-    "render": Section({}, "Tier config rendering."),
+    "tiers": Section({
+        name: Key("table", {}, f"Override {name} values of templates/tiers.toml (keys and "
+                               "bounds: docs/tiers.md); checked when rendering.")
+        for name in HOST_CLASSES
+    }, "Per-tier overrides of the tier values in templates/tiers.toml."),
+    "render": Section({
+        "system_files": Key("bool", True, "`render` without PROJECT also writes "
+                            "/etc/profile.d/mnic-ops.sh and /etc/sysctl.d/60-mnic-ops.conf."),
+    }, "Tier config rendering."),
     "relocate": Section({}, "Moving data to an SSD."),
     "fstab": Section({}, "noatime proposals."),
     "clean": Section({
@@ -123,6 +129,14 @@ SCHEMA: Schema = {
     }, "Cleanup cron jobs."),
     "watch": Section({}, "Auto-compression watcher."),
     "doctor": Section({}, "Health checks."),
+    "provision": Section({
+        "relocate": Key("bool", True, "Move sessions and checkpoints to ssd_path when an "
+                        "SSD target exists."),
+        "apply_fstab": Key("bool", False, "Write noatime into fstab and remount (else only "
+                           "propose the diff)."),
+        "cron": Key("bool", True, "Install the cleanup cron jobs."),
+        "watcher": Key("bool", True, "Install the auto-compression watcher unit."),
+    }, "What `mnic-ops provision` does."),
 }
 
 

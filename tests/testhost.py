@@ -1,0 +1,152 @@
+"""A throwaway test host built on this machine: an overlay of ``/`` in a private mount
+namespace, with a loop-device SSD and a framework project inside, reachable with
+``chroot``. Writes land in a tmpfs upper layer; the machine's own files, fstab and
+mounts never change, and everything goes when the namespace's holder process ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FIXTURE_CONFIGS = Path(__file__).resolve().parent / "fixtures" / "framework-configs"
+
+
+@dataclass
+class TestHost:
+    base: Path
+    holder: subprocess.Popen[bytes] | None = None
+    loops: list[str] = field(default_factory=list)
+
+    __test__ = False  # not a pytest class
+
+    @property
+    def root(self) -> Path:
+        return self.base / "merged"
+
+    # --- running things inside the namespace -------------------------------------
+    def ns(self, argv: Sequence[str], *, check: bool = True, timeout: float = 600,
+           env: dict[str, str] | None = None, input: str | None = None,
+           ) -> subprocess.CompletedProcess[str]:
+        assert self.holder is not None
+        full = ["nsenter", f"--mount=/proc/{self.holder.pid}/ns/mnt", "--", *argv]
+        p = subprocess.run(full, capture_output=True, text=True, timeout=timeout,
+                           env=env, input=input)
+        if check and p.returncode != 0:
+            raise AssertionError(f"{argv} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
+        return p
+
+    def chroot(self, argv: Sequence[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+               "HOME": "/root", "LANG": "C.UTF-8"}
+        env.update(kw.pop("env", None) or {})  # type: ignore[arg-type]
+        return self.ns(["chroot", str(self.root), *argv], env=env, **kw)  # type: ignore[arg-type]
+
+    def sh(self, script: str, **kw: object) -> subprocess.CompletedProcess[str]:
+        return self.ns(["sh", "-euc", script], **kw)  # type: ignore[arg-type]
+
+    # --- building -------------------------------------------------------------------
+    def start(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.holder = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sleep", "infinity"])
+        b = self.base
+        self.sh(f"""
+            mkdir -p {b}/layers {b}/merged
+            mount -t tmpfs -o size=4g tmpfs {b}/layers
+            mkdir {b}/layers/upper {b}/layers/work
+            mount -t overlay overlay \
+                -o lowerdir=/,upperdir={b}/layers/upper,workdir={b}/layers/work {b}/merged
+            for d in proc sys dev; do mount --rbind /$d {b}/merged/$d; done
+            mount -t tmpfs tmpfs {b}/merged/tmp
+            mount -t tmpfs tmpfs {b}/merged/run
+            mkdir -p {b}/merged/var/spool/cron/crontabs
+            mount -t tmpfs tmpfs {b}/merged/var/spool/cron/crontabs
+        """)
+
+    def add_ssd(self, mount_point: str = "/mnt/ssd", size_mb: int = 512,
+                rotational: int = 0, fstab_opts: str = "defaults") -> str:
+        """An ext4 loop device flagged non-rotational, mounted at ``mount_point`` with an
+        fstab line (what an admin's playbook would leave)."""
+        img = self.base / f"ssd{len(self.loops)}.img"
+        with open(img, "wb") as fh:
+            fh.truncate(size_mb << 20)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
+        dev = subprocess.run(["losetup", "-f", "--show", str(img)], check=True,
+                             capture_output=True, text=True).stdout.strip()
+        self.loops.append(dev)
+        Path(f"/sys/block/{os.path.basename(dev)}/queue/rotational").write_text(
+            f"{rotational}\n")
+        mp = self.root / mount_point.lstrip("/")
+        self.sh(f"mkdir -p {mp} && mount -o relatime {dev} {mp}")
+        with open(self.root / "etc" / "fstab", "a") as fh:
+            fh.write(f"{dev}\t{mount_point}\text4\t{fstab_opts}\t0\t2\n")
+        return dev
+
+    def add_project(self, host_path: str = "/home/alice/proj", uid: int = 4242,
+                    gid: int = 4242, user: str = "alice") -> Path:
+        """A framework install with the real config files, sessions and checkpoints,
+        owned by a user."""
+        p = self.root / host_path.lstrip("/")
+        for d in (".claude/agents", ".claude/config", ".claude/checkpoints/manual",
+                  ".ai-tools/checkpoint/storage/metadata", "project_archive/sessions",
+                  "project_archive/logs"):
+            (p / d).mkdir(parents=True, exist_ok=True)
+        (p / ".claude/agents/backend-engineer.md").write_text(
+            "---\nname: backend-engineer\ndescription: builds APIs\n---\nBody\n")
+        for f in FIXTURE_CONFIGS.glob("*.json"):
+            shutil.copy2(f, p / ".claude/config" / f.name)
+        for n in range(20):
+            (p / f"project_archive/sessions/SESSION_SUMMARY_{n:03}.md").write_text(
+                f"session {n}\n" * 200)
+        (p / "project_archive/sessions/SESSION_CURRENT.md").write_text("now\n")
+        (p / ".claude/checkpoints/manual/cp_1.json").write_text('{"id": 1}\n')
+        (p / ".ai-tools/checkpoint/storage/checkpoint_index.json").write_text("{}\n")
+        (p / ".ai-tools/checkpoint/storage/metadata/cp_20260101_000000_deadbeef.json"
+         ).write_text('{"x": 1}\n')
+        with open(self.root / "etc/passwd", "a") as fh:
+            fh.write(f"{user}:x:{uid}:{gid}::/home/{user}:/bin/sh\n")
+        with open(self.root / "etc/group", "a") as fh:
+            fh.write(f"{user}:x:{gid}:\n")
+        for dirpath, dirnames, filenames in os.walk(self.root / "home" / user):
+            for n in [*dirnames, *filenames]:
+                os.lchown(os.path.join(dirpath, n), uid, gid)
+        os.lchown(self.root / "home" / user, uid, gid)
+        return p
+
+    def stop(self) -> None:
+        if self.holder is not None:
+            # Ending the holder ends the namespace and every mount in it.
+            self.holder.send_signal(signal.SIGKILL)
+            self.holder.wait()
+            self.holder = None
+        for dev in self.loops:
+            subprocess.run(["losetup", "-d", dev], capture_output=True)
+        self.loops.clear()
+
+
+def tree_hash(root: Path, rel: str) -> dict[str, tuple[str, int, int, int]]:
+    """{path: (sha256 or link target or 'dir', mode, uid, gid)} of a tree, for
+    byte-identity checks before and after."""
+    import hashlib
+
+    out: dict[str, tuple[str, int, int, int]] = {}
+    top = root / rel.lstrip("/")
+    for dirpath, dirnames, filenames in os.walk(top):
+        for n in sorted([*dirnames, *filenames]):
+            p = os.path.join(dirpath, n)
+            st = os.lstat(p)
+            if os.path.islink(p):
+                what = "link:" + os.readlink(p)
+            elif os.path.isdir(p):
+                what = "dir"
+            else:
+                with open(p, "rb") as fh:
+                    what = hashlib.sha256(fh.read()).hexdigest()
+            out[os.path.relpath(p, root)] = (what, st.st_mode, st.st_uid, st.st_gid)
+    return out
