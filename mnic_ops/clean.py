@@ -579,15 +579,19 @@ class Pass:
 
 # --- output -----------------------------------------------------------------------
 
+_TOTAL_FIELDS = ("compressed", "finished", "bytes_before", "bytes_after", "expired",
+                 "expired_bytes", "recovered", "failed", "would_compress",
+                 "would_compress_bytes", "would_expire", "would_expire_bytes")
+
+
 def _totals(reports: list[ProjectReport]) -> dict[str, Any]:
-    t: Counter[str] = Counter()
+    t: Counter[str] = Counter({f: 0 for f in _TOTAL_FIELDS})
+    t["projects_locked"] = 0
     skipped: Counter[str] = Counter()
     for r in reports:
         t["projects_locked"] += r.status == "locked"
         for k in r.kinds.values():
-            for f in ("compressed", "finished", "bytes_before", "bytes_after", "expired",
-                      "expired_bytes", "recovered", "failed", "would_compress",
-                      "would_compress_bytes", "would_expire", "would_expire_bytes"):
+            for f in _TOTAL_FIELDS:
                 t[f] += getattr(k, f)
             skipped.update(k.skipped)
     out: dict[str, Any] = dict(t)
@@ -648,6 +652,10 @@ def _esc(v: str) -> str:
     return printable(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _num(v: float) -> str:
+    return f"{v:.3f}".rstrip("0").rstrip(".") if isinstance(v, float) else str(v)
+
+
 def textfile_body(reports: list[ProjectReport], totals: dict[str, Any], started: float,
                   duration: float) -> str:
     """node_exporter textfile collector format."""
@@ -656,8 +664,7 @@ def textfile_body(reports: list[ProjectReport], totals: dict[str, Any], started:
     def metric(name: str, help_: str, rows: list[tuple[str, float]]) -> None:
         m.append(f"# HELP mnic_ops_clean_{name} {help_}")
         m.append(f"# TYPE mnic_ops_clean_{name} gauge")
-        m.extend(f"mnic_ops_clean_{name}{labels} {value:g}" if isinstance(value, float)
-                 else f"mnic_ops_clean_{name}{labels} {value}" for labels, value in rows)
+        m.extend(f"mnic_ops_clean_{name}{labels} {_num(value)}" for labels, value in rows)
 
     def per_project(fn: Any) -> list[tuple[str, float]]:
         return [(f'{{project="{_esc(r.project)}"}}', fn(r)) for r in reports
@@ -694,7 +701,7 @@ def write_textfile(app: AppContext, body: str) -> str | None:
         raise InputError(f"clean.textfile: {path!r} is not an absolute path")
     real = app.root.path(path)
     if not real.parent.is_dir():
-        log.info("%s: folder absent (node_exporter not installed?); textfile not written",
+        log.debug("%s: folder absent (node_exporter not installed?); textfile not written",
                  real.parent)
         return None
     safefs.atomic_write(real, body, mode=0o644)

@@ -348,15 +348,29 @@ def is_ours(name: str) -> bool:
     return parse_stale(name) is not None
 
 
-def _pid_alive(pid: int) -> bool:
+def _pid_alive(pid: int, since: float | None = None) -> bool:
+    """Is ``pid`` a running process (not a zombie) that started no later than ``since``
+    (the temporary's creation: a later start means the PID was reused)?"""
     if pid == os.getpid():
         return True
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read()
+    except OSError:
         return False
-    except PermissionError:
-        return True
+    fields = raw[raw.rfind(b")") + 2:].split()
+    if not fields or fields[0] in (b"Z", b"X"):
+        return False
+    if since is not None and len(fields) > 19:
+        try:
+            hz = os.sysconf("SC_CLK_TCK")
+            with open("/proc/stat", "rb") as fh:
+                btime = next(int(line.split()[1]) for line in fh if line.startswith(b"btime"))
+            started = btime + int(fields[19]) / hz
+            if started > since + 2:  # clock-tick rounding
+                return False
+        except (OSError, ValueError, StopIteration):
+            pass
     return True
 
 
@@ -680,11 +694,11 @@ def recover_stale(dirfd: int, name: str, opts: Options) -> Outcome:
         return Outcome(name, SKIPPED, "changed")
     orig, kind, pid = parsed
     try:
-        if _pid_alive(pid):
-            raise Skip("tmp_in_use")
         lst = _lstat(dirfd, name)
         if lst is None:
             raise Skip("vanished")
+        if _pid_alive(pid, lst.st_ctime):
+            raise Skip("tmp_in_use")
         if stat.S_ISLNK(lst.st_mode) or not stat.S_ISREG(lst.st_mode):
             raise Skip("symlink" if stat.S_ISLNK(lst.st_mode) else "not_regular")
         if kind == "tmp":

@@ -132,11 +132,12 @@ def log_redirect(app: AppContext, target: Target) -> str:
 
 
 def job_lines(app: AppContext, target: Target) -> dict[str, tuple[str, str]]:
-    """marker -> (schedule, command) for our jobs; ``%`` escaped for cron."""
+    """marker -> (schedule, command) for our jobs (python-crontab escapes ``%`` as
+    ``\\%`` when rendering, as cron needs)."""
     cmd = mnic_command(app)
     redirect = log_redirect(app, target)
     scheds = schedules(app)
-    return {f"{MARK}{job}": (scheds[job], f"{cmd} {args} {redirect}".replace("%", "\\%"))
+    return {f"{MARK}{job}": (scheds[job], f"{cmd} {args} {redirect}")
             for job, (args, _) in JOBS.items()}
 
 
