@@ -452,8 +452,11 @@ class Daemon:
                               default=str)
         else:
             line = (time.strftime("%Y-%m-%d %H:%M:%S ") if self.timestamps else "") + text
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except OSError:  # nobody reads stdout any more: the work goes on regardless
+            pass
 
     def wake(self) -> None:
         self.q.put(_WAKE)
@@ -505,8 +508,8 @@ class Daemon:
 
     def _schedule(self, r: WatchRoot) -> None:
         """Watch one ready root; ENOSPC/EMFILE switch everything to polling."""
-        obs = self._observer(r.poll)
         try:
+            obs = self._observer(r.poll)  # inotify_init itself can fail (EMFILE)
             r.watch = obs.schedule(self.handler, r.real, recursive=True,
                                    event_filter=self._filter(r.poll))
         except OSError as exc:
@@ -575,13 +578,9 @@ class Daemon:
                 r.dirs = count_dirs(self.app, r, self.pass_)
         return roots
 
-    def _index(self) -> None:
-        self.by_real = {r.real: r for r in self.roots if r.state == WATCHING}
-
-    def start(self) -> None:
-        """Find the folders, check the inotify limits, watch, and pick up what was
-        written while starting (and what the last run left settling)."""
-        self.roots = self._setup_roots(self.projects)
+    def _watch_all(self) -> None:
+        """Check that the folders fit the inotify limits (else poll, saying how to fix
+        them), then watch every ready root."""
         for r in self.roots:
             if r.state == REFUSED:
                 log.warning("%s: not watched: %s", cl.printable(r.host_path), r.note)
@@ -600,6 +599,15 @@ class Daemon:
             if r.state == READY:
                 self._schedule(r)
         self._index()
+
+    def _index(self) -> None:
+        self.by_real = {r.real: r for r in self.roots if r.state == WATCHING}
+
+    def start(self) -> None:
+        """Find the folders, check the inotify limits, watch, and pick up what was
+        written while starting (and what the last run left settling)."""
+        self.roots = self._setup_roots(self.projects)
+        self._watch_all()
         now = time.time()
         self.next_root_check = now + ROOT_CHECK
         self.next_periodic = now + self.rescan_every if self.rescan_every else float("inf")
@@ -928,7 +936,8 @@ class Daemon:
             host = r.project.host_path
             if r.state == READ_ONLY:
                 continue
-            if _lident(r.project.data[r.kind].path) != r.link_ident:
+            if _lident(r.project.data[r.kind].path) != r.link_ident or (
+                    r.state == ABSENT and r.real and os.path.lexists(r.real)):
                 changed.setdefault(host, set())
                 continue
             if r.state == WATCHING:
@@ -1005,12 +1014,7 @@ class Daemon:
                 carried.append((key, due - r.settle))  # back to the event time
         self._stop_observers()
         self.roots = roots
-        for r in self.roots:
-            if r.state == READY:
-                self._schedule(r)
-            elif r.state == REFUSED:
-                log.warning("%s: not watched: %s", cl.printable(r.host_path), r.note)
-        self._index()
+        self._watch_all()
         self.pending, self.heap = {}, []
         for (real, reldir, name), t in carried:
             nr = self.by_real.get(real)

@@ -250,6 +250,24 @@ def test_relocated_folder_is_watched_and_links_inside_are_not_followed(
     assert gzip.decompress((ssd / "on-ssd.json.gz").read_bytes()) == payload(8)
 
 
+def test_relocation_target_that_appears_later_is_watched(fake_root: Path) -> None:
+    make_project(fake_root, files=0)
+    base = fake_root / BASE
+    shutil.rmtree(base / "project_archive/sessions")
+    (base / "project_archive/sessions").symlink_to("/mnt/ssd/my-name-is-claude/p/sessions")
+    write_config(fake_root)
+    with Watcher(fake_root, env=settle_env(0.2)) as w:
+        ready = w.ready()
+        assert next(r for r in ready["roots"] if r["kind"] == "sessions")["state"] == "absent"
+        ssd = fake_root / "mnt/ssd/my-name-is-claude/p/sessions"
+        ssd.mkdir(parents=True)  # the SSD gets mounted / the folder created
+        time.sleep(2.5)
+        (ssd / "late.json").write_bytes(payload(1))
+        assert w.wait_for(lambda: len(w.compressed()) == 1, 30), w.stderr()
+        assert w.stop() == 0
+    assert w.compressed() == [host("project_archive/sessions/late.json")]
+
+
 def test_deleted_and_recreated_folder_is_watched_again(fake_root: Path) -> None:
     make_project(fake_root, files=0)
     write_config(fake_root)
