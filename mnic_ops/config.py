@@ -86,7 +86,15 @@ SCHEMA: Schema = {
                             "/etc/profile.d/mnic-ops.sh and /etc/sysctl.d/60-mnic-ops.conf."),
     }, "Tier config rendering."),
     "relocate": Section({}, "Moving data to an SSD."),
-    "fstab": Section({}, "noatime proposals."),
+    "fstab": Section({
+        "mount_points": Key("list[str]", [], "Mount points `fstab` always considers, besides "
+                            "those holding framework data and any --mount-point."),
+        "nodiratime": Key("bool", False, "Also add nodiratime. Redundant on Linux, where "
+                          "noatime already implies it; for admins whose checklists ask."),
+        "include_network": Key("bool", False, "Also propose noatime for network filesystems "
+                               "(nfs, cifs, ...); off because atime there is the server's "
+                               "business and a remount can hang on a dead server."),
+    }, "noatime proposals for /etc/fstab."),
     "clean": Section({
         **{kind: Section({
             "patterns": Key("list[str]", None, "Names to gzip (globs; with a `/` they match "
@@ -151,7 +159,19 @@ SCHEMA: Schema = {
                               "(after an inotify queue overflow one runs at once); 0 = only "
                               "after overflows.", minimum=0),
     }, "Auto-compression watcher (`mnic-ops watch`)."),
-    "doctor": Section({}, "Health checks."),
+    "doctor": Section({
+        "metrics_file": Key("str", None, "Write the figures as a node_exporter textfile here "
+                            "(host path, e.g. /var/lib/prometheus/node-exporter/"
+                            "mnic_ops.prom) on every run; --metrics overrides."),
+        "session_max_mb": Key("float", 10.0, "A session file larger than this (MiB) is a "
+                              "finding (the guide prunes sessions at 10 MB).", minimum=0),
+        "agent_max_kib": Key("float", 100.0, "An agent definition larger than this (KiB) is "
+                             "a finding (the shipped agents are 5-30 KiB).", minimum=0),
+        "context_files": Key("int", 5, "How many of the newest session files the context "
+                             "measurement reads (besides SESSION_CURRENT.md).", minimum=1),
+        "probe_timeout": Key("float", 60.0, "Seconds a measurement process may take before "
+                             "it counts as failed.", minimum=1),
+    }, "Health checks and baseline measurements (`mnic-ops doctor`)."),
     "provision": Section({
         "relocate": Key("bool", True, "Move sessions and checkpoints to ssd_path when an "
                         "SSD target exists."),

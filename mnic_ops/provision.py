@@ -47,8 +47,28 @@ def _step_render(ctx: Context) -> list[Item]:
     return plan.items
 
 
+def _step_fstab(ctx: Context) -> list[Item]:
+    """noatime for the filesystems holding framework data: applied (and remounted) only
+    with --apply-fstab / provision.apply_fstab, else shown as a proposal."""
+    from mnic_ops import fstab
+
+    root = ctx.app.root
+    if not root.path("/etc/fstab").exists():
+        return [Item(id="fstab", description="noatime in /etc/fstab", state=SKIPPED,
+                     reason="no /etc/fstab on this host")]
+    plan, _title, _extra = fstab.build(ctx.app, apply_=ctx.apply_fstab and not ctx.verifying,
+                                       remount=ctx.apply_fstab)
+    if not ctx.apply_fstab:
+        for it in plan.items:
+            if it.state == PENDING:
+                it.state, it.action = SKIPPED, None
+                it.reason = "proposal only: apply with --apply-fstab (diff with --diff)"
+    return plan.items
+
+
 STEPS: list[tuple[str, str, Step]] = [
     ("render", "", _step_render),
+    ("fstab", "", _step_fstab),
 ]
 
 

@@ -12,7 +12,7 @@ import hashlib
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -48,6 +48,7 @@ def atomic_write(
     uid: int | None = None,
     gid: int | None = None,
     follow: bool = False,
+    before_rename: Callable[[Path], None] | None = None,
 ) -> Path:
     """Replace ``path`` with ``data`` atomically and durably.
 
@@ -56,6 +57,10 @@ def atomic_write(
     0644 root for a new file) and renamed over ``path``; then the folder is fsynced.
     A symlink at ``path`` is refused unless ``follow`` is set, in which case the real
     file it points to is replaced (as for a symlinked ``/etc/fstab``).
+    ``before_rename`` is called with the finished temporary file (content, owner and mode
+    final, fsynced) just before the rename: it can check the very bytes that will land
+    (``findmnt --verify --tab-file``) or take a backup; if it raises, the temporary file
+    is removed and ``path`` is left untouched.
     Returns the path actually written.
     """
     target = Path(path)
@@ -96,6 +101,8 @@ def atomic_write(
             os.fsync(fd)
         finally:
             os.close(fd)
+        if before_rename is not None:
+            before_rename(tmp)
         os.rename(tmp, target)
     except BaseException:
         with suppress(FileNotFoundError):
@@ -103,6 +110,46 @@ def atomic_write(
         raise
     fsync_dir(folder)
     return target
+
+
+def resolve_beneath(base: str | os.PathLike[str], path: str, *, max_links: int = 40) -> str:
+    """Resolve the symlinks in ``path`` as if ``base`` were ``/`` (like a chroot): an
+    absolute link target starts again at ``base`` and ``..`` stops at it, so a link can
+    never lead outside ``base``. Returns the resolved path relative to ``base`` in
+    absolute form (a host path under ``--root``). Components that do not exist are kept
+    as they are; a link loop or more than ``max_links`` links is an error.
+    """
+    if not path.startswith("/"):
+        raise ValueError(f"path must be absolute: {path!r}")
+    basep = os.fspath(base)
+    todo = [p for p in path.split("/") if p][::-1]  # a stack: next component last
+    done: list[str] = []
+    links = 0
+    while todo:
+        part = todo.pop()
+        if part == ".":
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        real = os.path.join(basep, *done, part)
+        try:
+            st = os.lstat(real)
+        except (FileNotFoundError, NotADirectoryError):
+            done.append(part)
+            continue
+        if not stat.S_ISLNK(st.st_mode):
+            done.append(part)
+            continue
+        links += 1
+        if links > max_links:
+            raise OpsError(f"{path}: too many levels of symbolic links")
+        target = os.readlink(real)
+        if target.startswith("/"):
+            done = []
+        todo.extend([p for p in target.split("/") if p][::-1])
+    return "/" + "/".join(done)
 
 
 def open_nofollow(path: str | os.PathLike[str], flags: int = os.O_RDONLY) -> int:
@@ -359,3 +406,34 @@ def locked(path: str | os.PathLike[str], *, blocking: bool = True) -> Iterator[b
         yield True
     finally:
         os.close(fd)
+
+
+def open_beneath_at(dirfd: int, relpath: str, flags: int = os.O_RDONLY) -> int:
+    """Like :func:`open_beneath`, but starting from an open directory descriptor (an
+    ``O_PATH`` one works): every component below it is opened with ``O_NOFOLLOW``.
+
+    Useful after dropping privileges: the descriptor was opened with the caller's
+    rights, everything below it is checked with the current ones.
+    """
+    parts = [p for p in relpath.split("/") if p and p != "."]
+    if any(p == ".." for p in parts):
+        raise OpsError(f"{relpath}: '..' is not allowed")
+    if not parts:
+        return os.open(".", flags | os.O_CLOEXEC, dir_fd=dirfd)
+    fd = dirfd
+    try:
+        for part in parts[:-1]:
+            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=fd)
+            if fd != dirfd:
+                os.close(fd)
+            fd = nfd
+        return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise OpsError(f"{relpath}: a symlink is in the way; refusing to follow it") \
+                from exc
+        raise
+    finally:
+        if fd != dirfd:
+            os.close(fd)

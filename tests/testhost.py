@@ -2,19 +2,34 @@
 namespace, with a loop-device SSD and a framework project inside, reachable with
 ``chroot``. Writes land in a tmpfs upper layer; the machine's own files, fstab and
 mounts never change, and everything goes when the namespace's holder process ends.
+
+The test process joins the namespace (``setns``) for the host's lifetime, so it can
+write into the overlay and start chroot, ansible-playbook and testinfra in it; it
+returns to its own namespace in :meth:`TestHost.stop`.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 FIXTURE_CONFIGS = Path(__file__).resolve().parent / "fixtures" / "framework-configs"
+_CLONE_NEWNS = 0x00020000
+
+
+def _setns_fd(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, _CLONE_NEWNS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
 
 
 @dataclass
@@ -22,6 +37,8 @@ class TestHost:
     base: Path
     holder: subprocess.Popen[bytes] | None = None
     loops: list[str] = field(default_factory=list)
+    _home_ns: int = -1
+    _cwd: str = "/"
 
     __test__ = False  # not a pytest class
 
@@ -29,38 +46,34 @@ class TestHost:
     def root(self) -> Path:
         return self.base / "merged"
 
-    # --- running things inside the namespace -------------------------------------
-    def ns(self, argv: Sequence[str], *, check: bool = True, timeout: float = 600,
-           env: dict[str, str] | None = None, input: str | None = None,
-           ) -> subprocess.CompletedProcess[str]:
-        assert self.holder is not None
-        full = ["nsenter", f"--mount=/proc/{self.holder.pid}/ns/mnt", "--", *argv]
-        p = subprocess.run(full, capture_output=True, text=True, timeout=timeout,
-                           env=env, input=input)
-        if check and p.returncode != 0:
-            raise AssertionError(f"{argv} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
-        return p
-
-    def chroot(self, argv: Sequence[str], **kw: object) -> subprocess.CompletedProcess[str]:
-        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-               "HOME": "/root", "LANG": "C.UTF-8"}
-        env.update(kw.pop("env", None) or {})  # type: ignore[arg-type]
-        return self.ns(["chroot", str(self.root), *argv], env=env, **kw)  # type: ignore[arg-type]
-
-    def sh(self, script: str, **kw: object) -> subprocess.CompletedProcess[str]:
-        return self.ns(["sh", "-euc", script], **kw)  # type: ignore[arg-type]
-
-    # --- building -------------------------------------------------------------------
     def start(self) -> None:
+        """Make the namespace, join it, and build the overlay root with fresh /tmp,
+        /run and crontab spool."""
         self.base.mkdir(parents=True, exist_ok=True)
         self.holder = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sleep", "infinity"])
+        self._cwd = os.getcwd()
+        self._home_ns = os.open("/proc/self/ns/mnt", os.O_RDONLY)
+        mine = os.readlink("/proc/self/ns/mnt")
+        for _ in range(500):
+            try:
+                if os.readlink(f"/proc/{self.holder.pid}/ns/mnt") != mine:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.01)
+        fd = os.open(f"/proc/{self.holder.pid}/ns/mnt", os.O_RDONLY)
+        try:
+            _setns_fd(fd)
+        finally:
+            os.close(fd)
+        os.chdir(self._cwd)
         b = self.base
         self.sh(f"""
             mkdir -p {b}/layers {b}/merged
             mount -t tmpfs -o size=4g tmpfs {b}/layers
             mkdir {b}/layers/upper {b}/layers/work
-            mount -t overlay overlay \
+            mount -t overlay overlay \\
                 -o lowerdir=/,upperdir={b}/layers/upper,workdir={b}/layers/work {b}/merged
             for d in proc sys dev; do mount --rbind /$d {b}/merged/$d; done
             mount -t tmpfs tmpfs {b}/merged/tmp
@@ -69,10 +82,41 @@ class TestHost:
             mount -t tmpfs tmpfs {b}/merged/var/spool/cron/crontabs
         """)
 
+    def stop(self) -> None:
+        if self.holder is not None:
+            _setns_fd(self._home_ns)
+            os.close(self._home_ns)
+            os.chdir(self._cwd)
+            # Ending the holder ends the namespace and every mount in it.
+            self.holder.send_signal(signal.SIGKILL)
+            self.holder.wait()
+            self.holder = None
+        for dev in self.loops:
+            subprocess.run(["losetup", "-d", dev], capture_output=True)
+        self.loops.clear()
+
+    def sh(self, script: str, *, check: bool = True, timeout: float = 600
+           ) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run(["sh", "-euc", script], capture_output=True, text=True,
+                           timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError(f"{script}\n-> {p.returncode}\n{p.stdout}\n{p.stderr}")
+        return p
+
+    def chroot(self, argv: Sequence[str], *, check: bool = True, timeout: float = 900,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        e = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+             "HOME": "/root", "LANG": "C.UTF-8", **(env or {})}
+        p = subprocess.run(["chroot", str(self.root), *argv], capture_output=True,
+                           text=True, timeout=timeout, env=e)
+        if check and p.returncode != 0:
+            raise AssertionError(f"{argv} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
+        return p
+
     def add_ssd(self, mount_point: str = "/mnt/ssd", size_mb: int = 512,
-                rotational: int = 0, fstab_opts: str = "defaults") -> str:
-        """An ext4 loop device flagged non-rotational, mounted at ``mount_point`` with an
-        fstab line (what an admin's playbook would leave)."""
+                rotational: int = 0) -> str:
+        """An ext4 loop device flagged non-rotational, mounted at ``mount_point`` with
+        relatime and an fstab line (what an admin's playbook would leave)."""
         img = self.base / f"ssd{len(self.loops)}.img"
         with open(img, "wb") as fh:
             fh.truncate(size_mb << 20)
@@ -84,8 +128,8 @@ class TestHost:
             f"{rotational}\n")
         mp = self.root / mount_point.lstrip("/")
         self.sh(f"mkdir -p {mp} && mount -o relatime {dev} {mp}")
-        with open(self.root / "etc" / "fstab", "a") as fh:
-            fh.write(f"{dev}\t{mount_point}\text4\t{fstab_opts}\t0\t2\n")
+        fstab = self.root / "etc" / "fstab"
+        fstab.write_text(fstab.read_text() + f"{dev}\t{mount_point}\text4\tdefaults\t0\t2\n")
         return dev
 
     def add_project(self, host_path: str = "/home/alice/proj", uid: int = 4242,
@@ -109,37 +153,31 @@ class TestHost:
         (p / ".ai-tools/checkpoint/storage/checkpoint_index.json").write_text("{}\n")
         (p / ".ai-tools/checkpoint/storage/metadata/cp_20260101_000000_deadbeef.json"
          ).write_text('{"x": 1}\n')
-        with open(self.root / "etc/passwd", "a") as fh:
-            fh.write(f"{user}:x:{uid}:{gid}::/home/{user}:/bin/sh\n")
-        with open(self.root / "etc/group", "a") as fh:
-            fh.write(f"{user}:x:{gid}:\n")
-        for dirpath, dirnames, filenames in os.walk(self.root / "home" / user):
+        passwd, group = self.root / "etc/passwd", self.root / "etc/group"
+        passwd.write_text(passwd.read_text() + f"{user}:x:{uid}:{gid}::/home/{user}:/bin/sh\n")
+        group.write_text(group.read_text() + f"{user}:x:{gid}:\n")
+        home = self.root / "home" / user
+        for dirpath, dirnames, filenames in os.walk(home):
             for n in [*dirnames, *filenames]:
                 os.lchown(os.path.join(dirpath, n), uid, gid)
-        os.lchown(self.root / "home" / user, uid, gid)
+        os.lchown(home, uid, gid)
         return p
 
-    def stop(self) -> None:
-        if self.holder is not None:
-            # Ending the holder ends the namespace and every mount in it.
-            self.holder.send_signal(signal.SIGKILL)
-            self.holder.wait()
-            self.holder = None
-        for dev in self.loops:
-            subprocess.run(["losetup", "-d", dev], capture_output=True)
-        self.loops.clear()
 
-
-def tree_hash(root: Path, rel: str) -> dict[str, tuple[str, int, int, int]]:
-    """{path: (sha256 or link target or 'dir', mode, uid, gid)} of a tree, for
+def tree_hash(root: Path, rel: str, *, skip: Sequence[str] = ()
+              ) -> dict[str, tuple[str, int, int, int, int]]:
+    """{path: (sha256 | link target | 'dir', mode, uid, gid, mtime_ns)} of a tree, for
     byte-identity checks before and after."""
-    import hashlib
-
-    out: dict[str, tuple[str, int, int, int]] = {}
+    out: dict[str, tuple[str, int, int, int, int]] = {}
     top = root / rel.lstrip("/")
     for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = [d for d in dirnames
+                       if os.path.relpath(os.path.join(dirpath, d), root) not in skip]
         for n in sorted([*dirnames, *filenames]):
             p = os.path.join(dirpath, n)
+            rel_p = os.path.relpath(p, root)
+            if rel_p in skip:
+                continue
             st = os.lstat(p)
             if os.path.islink(p):
                 what = "link:" + os.readlink(p)
@@ -148,5 +186,6 @@ def tree_hash(root: Path, rel: str) -> dict[str, tuple[str, int, int, int]]:
             else:
                 with open(p, "rb") as fh:
                     what = hashlib.sha256(fh.read()).hexdigest()
-            out[os.path.relpath(p, root)] = (what, st.st_mode, st.st_uid, st.st_gid)
+            out[rel_p] = (what, st.st_mode, st.st_uid, st.st_gid,
+                          0 if os.path.isdir(p) else st.st_mtime_ns)
     return out
