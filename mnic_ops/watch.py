@@ -336,6 +336,31 @@ def read_limits(root: HostRoot) -> Limits:
     return lim
 
 
+def inotify_watched_inodes() -> set[int] | None:
+    """Inode numbers this process's inotify instances watch (from /proc/self/fdinfo).
+    watchdog skips a subfolder it cannot watch without a word (ENOSPC included): this
+    is how the watcher notices."""
+    found: set[int] | None = None
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as fh:
+                found = found if found is not None else set()
+                for line in fh:
+                    if line.startswith("inotify wd:"):
+                        m = re.search(r"\bino:([0-9a-f]+)", line)
+                        if m:
+                            found.add(int(m.group(1), 16))
+        except OSError:
+            continue
+    return found
+
+
 # --- the daemon ------------------------------------------------------------------------
 
 Key = tuple[str, str, str]  # (watched folder real path, folder below it, name)
@@ -387,6 +412,8 @@ class Daemon:
         self.seq = itertools.count()
         self.given_up: dict[Key, tuple[int, int]] = {}  # until the file changes
         self.new_dirs: dict[str, WatchRoot] = {}
+        self.unverified: list[tuple[str, int]] = []  # new folders: did inotify take them?
+        self.next_verify = 0.0
         self.started = time.time()
         # ctime at or after it: written (or moved here) since start; the margin covers
         # the kernel's coarse file timestamps
@@ -611,10 +638,12 @@ class Daemon:
         now = time.time()
         self.next_root_check = now + ROOT_CHECK
         self.next_periodic = now + self.rescan_every if self.rescan_every else float("inf")
+        folders: list[tuple[str, int]] = []
         for r in self.roots:
             if r.state == WATCHING:
                 self.rescan(r, "", "all" if self.once_settled else "since_start",
-                            recover=True)
+                            recover=True, folders=folders)
+        self._verify_watched(folders)
         self._load_pending()
         self._announce()
 
@@ -695,11 +724,13 @@ class Daemon:
 
     # -- rescans (safety nets) ------------------------------------------------------------
 
-    def rescan(self, r: WatchRoot, sub: str, mode: str, *, recover: bool = False) -> None:
+    def rescan(self, r: WatchRoot, sub: str, mode: str, *, recover: bool = False,
+               folders: list[tuple[str, int]] | None = None) -> None:
         """List a watched folder (or ``sub`` below it) for candidates. ``mode``: ``new``
         (a folder that appeared: every file is new), ``since_start`` (files whose
         ctime says they were written or moved here since start), ``all``
-        (--once-settled). ``recover`` also finishes temporaries a killed run left."""
+        (--once-settled). ``recover`` also finishes temporaries a killed run left;
+        ``folders`` collects (path, inode) of every folder listed."""
         parts = r.parts + tuple(sub.split("/")) if sub else r.parts
         try:
             top = cl.open_tree(self.app.root, r.prefix or "/", parts)
@@ -711,8 +742,10 @@ class Daemon:
             if os.fstat(top).st_dev != r.dev:
                 return
             rep = cl.KindReport(r.host_path, r.policy)
-            for reldir, _dparts, _ident, entries in self.pass_._walk(top, r.dev, rep):
+            for reldir, _dparts, ident, entries in self.pass_._walk(top, r.dev, rep):
                 rd = f"{sub}/{reldir}".strip("/") if sub else reldir
+                if folders is not None and r.observer == "inotify":
+                    folders.append((os.path.join(r.real, rd) if rd else r.real, ident[1]))
                 for name, st in entries:
                     if cz.is_ours(name):
                         if recover:
@@ -772,7 +805,34 @@ class Daemon:
             p = os.path.dirname(path)
             if any(a in dirs for a in _ancestors(p, r.real)):
                 continue  # its new parent's listing covers it
-            self.rescan(r, path[len(r.real) + 1:], "new")
+            self.rescan(r, path[len(r.real) + 1:], "new", folders=self.unverified)
+        if self.unverified and time.time() >= self.next_verify:
+            folders, self.unverified = self.unverified, []
+            self.next_verify = time.time() + 1.0
+            self._verify_watched(folders)
+
+    def _verify_watched(self, folders: list[tuple[str, int]]) -> None:
+        """Fall back to polling when inotify could not watch some of these folders."""
+        if self.inotify is None or not folders:
+            return
+        have = inotify_watched_inodes()
+        if have is None:
+            return
+        missing = []
+        for path, ino in folders:
+            if ino in have:
+                continue
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue  # gone meanwhile
+            if stat.S_ISDIR(st.st_mode) and st.st_ino == ino:
+                missing.append(path)
+        if missing:
+            self._fall_back_to_polling(
+                f"inotify could not watch {len(missing)} folder(s) (the first: "
+                f"{cl.printable(self.app.root.host(missing[0]))}): the watch limit is "
+                "reached")
 
     # -- compressing ---------------------------------------------------------------------
 
@@ -1073,6 +1133,8 @@ class Daemon:
             t = min(t, self.heap[0][0] + BATCH_WINDOW)
         if self.new_dirs:
             t = 0.0
+        if self.unverified:
+            t = min(t, self.next_verify)
         if self.overflow:
             t = min(t, self.next_overflow_scan)
         return t
@@ -1110,7 +1172,7 @@ class Daemon:
             self.next_root_check = time.time() + ROOT_CHECK
             if self.stopping:
                 return
-        if self.new_dirs:
+        if self.new_dirs or self.unverified:
             self._scan_new_dirs()
         if self.overflow and now >= self.next_overflow_scan:
             self.overflow = False

@@ -30,7 +30,7 @@ from tests.cleanhelp import (
     make_project,
     write_config,
 )
-from tests.conftest import REPO, run_mnic
+from tests.conftest import REPO, require, run_mnic
 
 KINDS = ("sessions", "checkpoints", "checkpoint_store", "thinking_logs", "cost_records",
          "logs", "task_results")
@@ -47,12 +47,12 @@ class Watcher:
     """``mnic-ops --json --root ROOT watch ARGS`` in a subprocess; stdout events parsed."""
 
     def __init__(self, root: Path, *args: str, env: dict[str, str] | None = None,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, prefix: list[str] | None = None) -> None:
         e = {k: v for k, v in os.environ.items() if not k.startswith("MNIC_OPS_")}
         e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
         e.update(env or {})
-        cmd = [sys.executable, "-m", "mnic_ops", "--json", *(["-v"] if verbose else []),
-               "--root", str(root), "watch", *args]
+        cmd = [*(prefix or []), sys.executable, "-m", "mnic_ops", "--json",
+               *(["-v"] if verbose else []), "--root", str(root), "watch", *args]
         self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, env=e)
         self.events: list[dict[str, Any]] = []
@@ -370,6 +370,48 @@ def test_inotify_limit_too_small_falls_back_to_polling(fake_root: Path) -> None:
         (fake_root / BASE / ".claude/checkpoints/new/q.json").write_bytes(payload(2))
         assert w.wait_for(lambda: len(w.compressed()) == 2, 30), w.stderr()
         assert w.stop() == 0
+
+
+def _userns_watch_limit(n: int) -> list[str]:
+    """Run the watcher in a user namespace whose inotify watch limit is ``n``: the
+    kernel's own ENOSPC, without touching this machine's sysctl."""
+    require("root")
+    if not shutil.which("unshare"):
+        pytest.skip("unshare not installed")
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "sh", "-c",
+                            "echo 5 > /proc/sys/user/max_inotify_watches"],
+                           capture_output=True)
+    if probe.returncode:
+        pytest.skip("no per-user-namespace inotify limits here")
+    return ["unshare", "--user", "--map-root-user", "sh", "-c",
+            f'echo {n} > /proc/sys/user/max_inotify_watches && exec "$0" "$@"']
+
+
+@pytest.mark.parametrize("limit", [5, 14])
+def test_kernel_watch_limit_hit_falls_back_to_polling(fake_root: Path, limit: int) -> None:
+    """5: too few for the 10 folders at start; 14: enough at start, exhausted by new
+    folders later (the observer thread dies with ENOSPC)."""
+    make_project(fake_root, files=0)
+    write_config(fake_root)
+    prefix = _userns_watch_limit(limit)
+    env = settle_env(0.2, MNIC_OPS_WATCH__POLL_SECONDS="0.2")
+    base = fake_root / BASE
+    with Watcher(fake_root, env=env, prefix=prefix) as w:
+        w.ready()
+        for i in range(8):
+            d = base / f".claude/thinking-logs/core/agent{i}"
+            d.mkdir()
+            (d / "t.json").write_bytes(payload(i))
+        assert w.wait_for(lambda: len(w.compressed()) == 8, 60), w.stderr()
+        assert w.wait_for(lambda: "falling back to polling" in w.stderr(), 30)
+        # a folder inotify could not take is still served (now by polling)
+        (base / ".claude/thinking-logs/core/agent7/second.json").write_bytes(payload(9))
+        (base / "project_archive/sessions/later.json").write_bytes(payload(10))
+        assert w.wait_for(lambda: len(w.compressed()) == 10, 30), w.stderr()
+        assert w.stop() == 0, w.stderr()
+    err = w.stderr()
+    assert "falling back to polling" in err and "60-mnic-ops.conf" in err, err
+    assert "Traceback" not in err
 
 
 def test_sigterm_while_compressing_a_large_file(fake_root: Path) -> None:
