@@ -578,6 +578,7 @@ class Daemon:
             if r.state == READY:
                 r.poll = True
                 self._schedule(r)
+        self._index()
         self.full_rescan("since_start")
 
     def _stop_observers(self) -> None:
