@@ -154,6 +154,9 @@ SCHEMA: Schema = {
         "poll": Key("bool", False, "Always use the polling observer (as --poll); it is "
                     "used anyway for network filesystems."),
         "poll_seconds": Key("float", 30.0, "Interval of the polling observer.", minimum=0.1),
+        "check_seconds": Key("float", 5.0, "How often each data folder is checked to still "
+                             "be the folder watched (deleted, re-created, relinked).",
+                             minimum=0.1),
         "rescan_minutes": Key("float", 60.0, "Safety net: re-list the watched folders this "
                               "often for files written since start that no event announced "
                               "(after an inotify queue overflow one runs at once); 0 = only "

@@ -77,7 +77,6 @@ PENDING_FILE = "/var/lib/mnic-ops/watch-pending.json"
 GUIDE_WATCHES = 524288  # the guide's fs.inotify.max_user_watches
 EXIT_RESTART = 75  # --service: ask systemd (Restart=on-failure) for a fresh sandbox
 
-ROOT_CHECK = 2.0  # seconds between checks that the data folders are still the same
 LOCK_RETRY = 2.0  # seconds before retrying a batch whose project lock `clean` holds
 BATCH_WINDOW = 0.2  # wait this long after the first due file to batch its neighbours
 OVERFLOW_GAP = 2.0  # at most one overflow rescan this often
@@ -452,6 +451,7 @@ class Daemon:
         self.app, self.pass_, self.tier, self.projects, self.mounts = \
             app, pass_, tier, projects, mounts
         self.poll_seconds, self.rescan_every = poll_seconds, rescan_every
+        self.check_every = float(cfg.get("watch.check_seconds", 5.0))
         self.force_poll = self.poll_flag or bool(cfg.get("watch.poll", False))
         self.verbose = app.verbose > 0
 
@@ -637,7 +637,7 @@ class Daemon:
         self.roots = self._setup_roots(self.projects)
         self._watch_all()
         now = time.time()
-        self.next_root_check = now + ROOT_CHECK
+        self.next_root_check = now + self.check_every
         self.next_periodic = now + self.rescan_every if self.rescan_every else float("inf")
         folders: list[tuple[str, int]] = []
         for r in self.roots:
@@ -997,16 +997,20 @@ class Daemon:
             host = r.project.host_path
             if r.state == READ_ONLY:
                 continue
-            if _lident(r.project.data[r.kind].path) != r.link_ident or (
+            lid = _lident(r.project.data[r.kind].path)
+            if lid != r.link_ident or (
                     r.state == ABSENT and r.real and os.path.lexists(r.real)):
                 changed.setdefault(host, set())
                 continue
             if r.state == WATCHING:
-                try:
-                    st = os.stat(r.real)
-                    ok = (st.st_dev, st.st_ino) == r.ident
-                except OSError:
-                    ok = False
+                if lid is not None and lid[:2] == r.ident:
+                    ok = True  # not a link: the lstat above was of the watched folder
+                else:
+                    try:
+                        st = os.stat(r.real)
+                        ok = (st.st_dev, st.st_ino) == r.ident
+                    except OSError:
+                        ok = False
                 if not ok or id(r.watch) not in alive:
                     changed.setdefault(host, set()).add(r.kind)
         for host, dead in changed.items():
@@ -1141,7 +1145,7 @@ class Daemon:
         return t
 
     def step(self) -> None:
-        timeout = min(max(self._next_wakeup() - time.time(), 0.0), ROOT_CHECK)
+        timeout = min(max(self._next_wakeup() - time.time(), 0.0), self.check_every)
         try:
             item = self.q.get(timeout=timeout) if timeout > 0 else self.q.get_nowait()
             self.handle(*item)
@@ -1170,7 +1174,7 @@ class Daemon:
         now = time.time()
         if now >= self.next_root_check:
             self.check_roots()
-            self.next_root_check = time.time() + ROOT_CHECK
+            self.next_root_check = time.time() + self.check_every
             if self.stopping:
                 return
         if self.new_dirs or self.unverified:

@@ -39,6 +39,7 @@ BASE = PROJECT.lstrip("/")
 
 def settle_env(seconds: float, **extra: str) -> dict[str, str]:
     env = {f"MNIC_OPS_WATCH__SETTLE_SECONDS__{k.upper()}": str(seconds) for k in KINDS}
+    env["MNIC_OPS_WATCH__CHECK_SECONDS"] = "0.5"
     env.update(extra)
     return env
 
@@ -261,7 +262,7 @@ def test_relocation_target_that_appears_later_is_watched(fake_root: Path) -> Non
         assert next(r for r in ready["roots"] if r["kind"] == "sessions")["state"] == "absent"
         ssd = fake_root / "mnt/ssd/my-name-is-claude/p/sessions"
         ssd.mkdir(parents=True)  # the SSD gets mounted / the folder created
-        time.sleep(2.5)
+        time.sleep(1.5)
         (ssd / "late.json").write_bytes(payload(1))
         assert w.wait_for(lambda: len(w.compressed()) == 1, 30), w.stderr()
         assert w.stop() == 0
@@ -275,7 +276,7 @@ def test_deleted_and_recreated_folder_is_watched_again(fake_root: Path) -> None:
     with Watcher(fake_root, env=settle_env(0.2)) as w:
         w.ready()
         shutil.rmtree(sessions)
-        time.sleep(2.5)  # the watcher notices it is gone
+        time.sleep(1.5)  # the watcher notices it is gone
         sessions.mkdir()
         time.sleep(0.1)
         (sessions / "after.json").write_bytes(payload(1))
