@@ -95,8 +95,46 @@ SCHEMA: Schema = {
                                "(nfs, cifs, ...); off because atime there is the server's "
                                "business and a remount can hang on a dead server."),
     }, "noatime proposals for /etc/fstab."),
-    "clean": Section({}, "Maintenance pass policy."),
-    "cron": Section({}, "Cleanup cron jobs."),
+    "clean": Section({
+        **{kind: Section({
+            "patterns": Key("list[str]", None, "Names to gzip (globs; with a `/` they match "
+                            "the path below the data folder). Unset: the built-in default."),
+            "compress_after_days": Key("float", None, "Gzip matching files not modified "
+                                       "for this many days; 0 turns compression off.",
+                                       minimum=0),
+            "expire_patterns": Key("list[str]", None, "Archives to delete when old "
+                                   "(default: each pattern + `.gz`)."),
+            "delete_after_days": Key("float", None, "Delete matching archives older than "
+                                     "this many days; 0 keeps them forever.", minimum=0),
+        }, f"Policy for {kind} (unset keys: tier, then the framework's own config, then "
+           "the built-in default).")
+           for kind in ("sessions", "checkpoints", "checkpoint_store", "thinking_logs",
+                        "cost_records", "logs", "task_results")},
+        "workers": Key("int", 0, "Compressing processes; 0 = one per CPU.", minimum=0),
+        "level": Key("int", 6, "gzip level 1-9 (6 is gzip's default).", minimum=1),
+        "compressor": Key("str", "auto", "Deflate implementation; auto prefers zlib-ng "
+                          "(same output format, faster) and falls back to zlib.",
+                          choices=("auto", "zlib-ng", "isal", "zlib")),
+        "batch_files": Key("int", 128, "Files written before one filesystem sync makes "
+                           "them durable together.", minimum=1),
+        "follow_links_under": Key("list[str]", [], "Besides ssd_path and the install "
+                                  "itself: host folders a data folder may be a symlink "
+                                  "into (other links are not followed)."),
+        "textfile": Key("str", "/var/lib/prometheus/node-exporter/mnic_ops_clean.prom",
+                        "node_exporter textfile written after each pass (when its folder "
+                        "exists); empty = none."),
+    }, "Maintenance pass policy."),
+    "cron": Section({
+        "compress_schedule": Key("str", None, "Cron schedule of the daily compress+expire "
+                                 "pass (default: from the tier)."),
+        "expire_schedule": Key("str", None, "Cron schedule of the expiry pass (default: "
+                               "from the tier; the guide's */30 * * * *)."),
+        "command": Key("str", None, "How jobs invoke mnic-ops (default: the installed "
+                       "mnic-ops found by absolute path)."),
+        "log": Key("str", None, "Where job output goes: an absolute file path or `syslog` "
+                   "(default: /var/log/mnic-ops-cron.log for --system, syslog for "
+                   "--user)."),
+    }, "Cleanup cron jobs."),
     "watch": Section({}, "Auto-compression watcher."),
     "doctor": Section({
         "metrics_file": Key("str", None, "Write the figures as a node_exporter textfile here "
