@@ -79,7 +79,19 @@ SCHEMA: Schema = {
     "tiers": Section({}, "Per-tier overrides of the tier values in templates/tiers.toml.",
                      open_keys=Key("table", {}, "Values for one tier.")),
     "render": Section({}, "Tier config rendering."),
-    "relocate": Section({}, "Moving data to an SSD."),
+    "relocate": Section({
+        "kinds": Key("list[str]", ["sessions", "checkpoints", "checkpoint_store"],
+                     "Data folders `relocate` moves, by data-map kind (sessions, "
+                     "checkpoints, checkpoint_store, thinking_logs, cost_records, logs, "
+                     "task_results)."),
+        "margin_percent": Key("float", 10.0, "Free space the target must have beyond the "
+                              "data's size, in percent of that size.", minimum=0),
+        "min_free_mib": Key("int", 256, "Free space (MiB) that must remain on the target "
+                            "after a move.", minimum=0),
+        "verify_from_disk": Key("bool", True, "Drop the copy from the page cache before "
+                                "comparing it with the source, so the check reads what "
+                                "reached the disk, not what is still in memory."),
+    }, "Moving data to an SSD."),
     "fstab": Section({}, "noatime proposals."),
     "clean": Section({}, "Maintenance pass policy."),
     "cron": Section({}, "Cleanup cron jobs."),
