@@ -312,27 +312,115 @@ def _copy_xattrs(src: int, dst: int, rel: str) -> None:
                             f"({exc.strerror}); the target filesystem would lose it") from exc
 
 
+_WORKERS = 4  # file jobs in flight: small files are latency-bound, not bandwidth-bound
+_BATCH = 32  # files of one folder per job
+
+
+class _Pool:
+    """Runs per-folder batches of file jobs on a few threads while the walk stays
+    serial, so that the disk sees several requests at once. Each job owns duplicates
+    of its two folder descriptors. The first error cancels the rest."""
+
+    def __init__(self, workers: int = _WORKERS) -> None:
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.ex = ThreadPoolExecutor(workers, thread_name_prefix="treemove")
+        self.slots = threading.BoundedSemaphore(workers * 4)
+        self.lock = threading.Lock()
+        self.error: BaseException | None = None
+        self.cancelled = False
+
+    def submit(self, fn: Callable[[int, int, list[Any]], None], sfd: int, dfd: int,
+               batch: list[Any]) -> None:
+        self.slots.acquire()
+        if self.error is not None:
+            self.slots.release()
+            self.raise_error()
+        a = os.dup(sfd)
+        try:
+            b = os.dup(dfd)
+        except BaseException:
+            os.close(a)
+            self.slots.release()
+            raise
+
+        def run() -> None:
+            try:
+                if not self.cancelled:
+                    fn(a, b, batch)
+            except BaseException as exc:
+                with self.lock:
+                    if self.error is None:
+                        self.error = exc
+                self.cancelled = True
+            finally:
+                os.close(a)
+                os.close(b)
+                self.slots.release()
+
+        self.ex.submit(run)
+
+    def raise_error(self) -> None:
+        assert self.error is not None
+        raise self.error
+
+    def wait(self) -> None:
+        """All jobs done; re-raise the first error."""
+        self.ex.shutdown(wait=True)
+        if self.error is not None:
+            self.raise_error()
+
+    def cancel(self) -> None:
+        """Stop: queued jobs only close their descriptors; wait for running ones (the
+        caller removes the staging tree next, nothing may still write into it)."""
+        self.cancelled = True
+        self.ex.shutdown(wait=True)
+
+
 class _Copier:
     """Copies a tree between two open folders, then verifies and finalises it."""
 
     def __init__(self, progress: Progress | None, from_disk: bool) -> None:
+        import threading
+
         self.progress = progress
         self.from_disk = from_disk
         self.stats: dict[str, os.stat_result] = {}
+        self.copy_stats: dict[str, os.stat_result] = {}  # the copy, once finished
         self.first: dict[tuple[int, int], str] = {}  # hardlinked source inode -> rel
+        self.links: list[tuple[str, str]] = []  # (first copy, extra name), made last
         self.size = TreeSize()
-        self.root_dfd = -1
         self._sendfile = True
+        self._lock = threading.Lock()
+
+    def _count(self, stage: str, nbytes: int, nfiles: int) -> None:
+        with self._lock:
+            if stage == "copy":
+                self.size.files += nfiles
+                self.size.bytes += nbytes
+            if self.progress:
+                self.progress(stage, nbytes, nfiles)
 
     # copy ---------------------------------------------------------------------------
     def copy(self, sfd: int, dfd: int) -> None:
-        self.root_dfd = dfd
         st = os.fstat(sfd)
         self.stats[""] = st
         _copy_xattrs(sfd, dfd, ".")
-        self._copy_dir(sfd, dfd, "")
+        pool = _Pool()
+        try:
+            self._copy_dir(pool, sfd, dfd, "")
+            pool.wait()
+        except BaseException:
+            pool.cancel()
+            raise
+        # Every folder of the staging tree is still root-only 0700 (owners and modes
+        # come after verification): the paths below the staging root are ours.
+        for first, extra in self.links:
+            os.link(first, extra, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
 
-    def _copy_dir(self, sfd: int, dfd: int, rel: str) -> None:
+    def _copy_dir(self, pool: _Pool, sfd: int, dfd: int, rel: str) -> None:
+        batch: list[tuple[str, str, os.stat_result]] = []
         for name in sorted(os.listdir(sfd)):
             crel = f"{rel}/{name}" if rel else name
             try:
@@ -341,7 +429,20 @@ class _Copier:
                 raise _Changed(crel, "disappeared") from None
             self.stats[crel] = st
             m = st.st_mode
-            if stat.S_ISDIR(m):
+            if stat.S_ISREG(m):
+                if st.st_nlink > 1:
+                    key = (st.st_dev, st.st_ino)
+                    first = self.first.get(key)
+                    if first is not None:
+                        self.links.append((first, crel))
+                        self.size.hardlinked += 1
+                        continue
+                    self.first[key] = crel
+                batch.append((name, crel, st))
+                if len(batch) >= _BATCH:
+                    pool.submit(self._copy_files, sfd, dfd, batch)
+                    batch = []
+            elif stat.S_ISDIR(m):
                 os.mkdir(name, 0o700, dir_fd=dfd)
                 try:
                     csfd = _open_dir(name, sfd)
@@ -354,13 +455,11 @@ class _Copier:
                     try:
                         _copy_xattrs(csfd, cdfd, crel)
                         self.size.dirs += 1
-                        self._copy_dir(csfd, cdfd, crel)
+                        self._copy_dir(pool, csfd, cdfd, crel)
                     finally:
                         os.close(cdfd)
                 finally:
                     os.close(csfd)
-            elif stat.S_ISREG(m):
-                self._copy_file(sfd, dfd, name, crel, st)
             elif stat.S_ISLNK(m):
                 os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
                 os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
@@ -377,43 +476,36 @@ class _Copier:
             else:
                 raise MoveError(f"{crel}: a socket; cannot be copied (is a program "
                                 "listening on it?)")
+        if batch:
+            pool.submit(self._copy_files, sfd, dfd, batch)
 
-    def _copy_file(self, sfd: int, dfd: int, name: str, rel: str, st: os.stat_result) -> None:
-        key = (st.st_dev, st.st_ino)
-        if st.st_nlink > 1:
-            first = self.first.get(key)
-            if first is not None:
-                # Every folder of the staging tree is still root-only 0700: the path
-                # below the staging root cannot have been tampered with.
-                os.link(first, name, src_dir_fd=self.root_dfd, dst_dir_fd=dfd,
-                        follow_symlinks=False)
-                self.size.hardlinked += 1
-                return
-        try:
-            fi = _open_read(name, sfd)
-        except OSError:
-            raise _Changed(rel, "replaced while copying") from None
-        try:
-            if os.fstat(fi).st_ino != st.st_ino:
-                raise _Changed(rel, "replaced while copying")
-            fo = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+    def _copy_files(self, sfd: int, dfd: int, batch: list[tuple[str, str, os.stat_result]]
+                    ) -> None:
+        for name, rel, st in batch:
             try:
-                done = self._data(fi, fo, st.st_size, rel)
-                os.fchown(fo, st.st_uid, st.st_gid)
-                os.fchmod(fo, stat.S_IMODE(st.st_mode))
-                _copy_xattrs(fi, fo, rel)
-                os.utime(fo, ns=(st.st_atime_ns, st.st_mtime_ns))
+                fi = _open_read(name, sfd)
+            except OSError:
+                raise _Changed(rel, "replaced while copying") from None
+            try:
+                if os.fstat(fi).st_ino != st.st_ino:
+                    raise _Changed(rel, "replaced while copying")
+                fo = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+                try:
+                    done = self._data(fi, fo, st.st_size, rel)
+                    os.fchown(fo, st.st_uid, st.st_gid)
+                    os.fchmod(fo, stat.S_IMODE(st.st_mode))
+                    _copy_xattrs(fi, fo, rel)
+                    os.utime(fo, ns=(st.st_atime_ns, st.st_mtime_ns))
+                    if done:
+                        # Start writing this file to the disk now (asynchronously), so
+                        # that the syncfs after the copy has little left to wait for.
+                        os.posix_fadvise(fo, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fo)
             finally:
-                os.close(fo)
-        finally:
-            os.close(fi)
-        if st.st_nlink > 1:
-            self.first[key] = rel
-        self.size.files += 1
-        self.size.bytes += done
-        if self.progress:
-            self.progress("copy", done, 1)
+                os.close(fi)
+            self._count("copy", done, 1)
 
     def _data(self, fi: int, fo: int, size: int, rel: str) -> int:
         done = 0
@@ -447,16 +539,24 @@ class _Copier:
         its owner, mode and times (children first)."""
         self._ino_map: dict[int, int] = {}
         self._ino_rev: dict[int, int] = {}
-        self._verify_dir(sfd, dfd, "")
+        pool = _Pool()
+        try:
+            self._verify_dir(pool, sfd, dfd, "")
+            pool.wait()
+        except BaseException:
+            pool.cancel()
+            raise
         self._check_meta("", os.fstat(sfd), self.stats[""], top=True)
+        self._finish_tree(dfd, "")
         self._finish_dir(dfd, self.stats[""])
+        self.copy_stats[""] = os.fstat(dfd)
 
     def _check_meta(self, rel: str, now: os.stat_result, then: os.stat_result,
                     top: bool = False) -> None:
         if _key(now, top) != _key(then, top):
             raise _Changed(rel or ".", "modified while copying")
 
-    def _verify_dir(self, sfd: int, dfd: int, rel: str) -> None:
+    def _verify_dir(self, pool: _Pool, sfd: int, dfd: int, rel: str) -> None:
         snames = sorted(os.listdir(sfd))
         dnames = sorted(os.listdir(dfd))
         if snames != dnames:
@@ -470,6 +570,7 @@ class _Copier:
                 if n not in snames:
                     raise _Changed(full(n), "removed while copying")
             raise MoveError(f"verification failed: {rel or '.'}: the copy lacks entries")
+        batch: list[tuple[str, str, os.stat_result]] = []
         for name in snames:
             crel = f"{rel}/{name}" if rel else name
             then = self.stats.get(crel)
@@ -484,13 +585,14 @@ class _Copier:
             m = now.st_mode
             if stat.S_IFMT(cst.st_mode) != stat.S_IFMT(m):
                 raise MoveError(f"verification failed: {crel}: type differs in the copy")
+            if not stat.S_ISDIR(m):
+                self.copy_stats[crel] = cst
             if stat.S_ISDIR(m):
                 csfd = _open_dir(name, sfd)
                 try:
                     cdfd = _open_dir(name, dfd)
                     try:
-                        self._verify_dir(csfd, cdfd, crel)
-                        self._finish_dir(cdfd, now)
+                        self._verify_dir(pool, csfd, cdfd, crel)
                     finally:
                         os.close(cdfd)
                 finally:
@@ -518,36 +620,56 @@ class _Copier:
                                         "wrong file")
                     self._ino_map[now.st_ino] = cst.st_ino
                     self._ino_rev[cst.st_ino] = now.st_ino
-                self._compare_file(sfd, dfd, name, crel, then)
+                batch.append((name, crel, then))
+                if len(batch) >= _BATCH:
+                    pool.submit(self._compare_files, sfd, dfd, batch)
+                    batch = []
             elif cst.st_mode != m or cst.st_rdev != now.st_rdev:
                 raise MoveError(f"verification failed: {crel}: special file differs")
+        if batch:
+            pool.submit(self._compare_files, sfd, dfd, batch)
 
-    def _compare_file(self, sfd: int, dfd: int, name: str, rel: str,
-                      then: os.stat_result) -> None:
-        a = _open_read(name, sfd)
-        try:
-            b = _open_read(name, dfd)
+    def _compare_files(self, sfd: int, dfd: int,
+                       batch: list[tuple[str, str, os.stat_result]]) -> None:
+        for name, rel, then in batch:
+            a = _open_read(name, sfd)
             try:
-                if self.from_disk:
-                    os.posix_fadvise(b, 0, 0, os.POSIX_FADV_DONTNEED)
-                left = then.st_size
-                while left:
-                    want = min(_CHUNK, left)
-                    x = _read_exact(a, want)
-                    y = _read_exact(b, want)
-                    if x != y:
-                        if len(x) != want:
-                            raise _Changed(rel, "shrank while copying")
-                        raise MoveError(f"verification failed: {rel}: content of the copy "
-                                        "differs from the source")
-                    left -= want
-                self._check_meta(rel, os.fstat(a), then)
+                b = _open_read(name, dfd)
+                try:
+                    if self.from_disk:
+                        os.posix_fadvise(b, 0, 0, os.POSIX_FADV_DONTNEED)
+                    left = then.st_size
+                    while left:
+                        want = min(_CHUNK, left)
+                        x = _read_exact(a, want)
+                        y = _read_exact(b, want)
+                        if x != y:
+                            if len(x) != want:
+                                raise _Changed(rel, "shrank while copying")
+                            raise MoveError(f"verification failed: {rel}: content of the "
+                                            "copy differs from the source")
+                        left -= want
+                    self._check_meta(rel, os.fstat(a), then)
+                finally:
+                    os.close(b)
             finally:
-                os.close(b)
-        finally:
-            os.close(a)
-        if self.progress:
-            self.progress("verify", then.st_size, 1)
+                os.close(a)
+            self._count("verify", then.st_size, 1)
+
+    def _finish_tree(self, dfd: int, rel: str) -> None:
+        """Owners, modes and times of the copied folders, children first (a parent's
+        mtime would move if set before its children are done)."""
+        for name in sorted(os.listdir(dfd)):
+            crel = f"{rel}/{name}" if rel else name
+            st = self.stats[crel]
+            if stat.S_ISDIR(st.st_mode):
+                cfd = _open_dir(name, dfd)
+                try:
+                    self._finish_tree(cfd, crel)
+                    self._finish_dir(cfd, st)
+                    self.copy_stats[crel] = os.fstat(cfd)
+                finally:
+                    os.close(cfd)
 
     def _finish_dir(self, dfd: int, st: os.stat_result) -> None:
         os.fchown(dfd, st.st_uid, st.st_gid)
@@ -829,6 +951,18 @@ def _out_rename(j: _Journal, pdir: int, ddir: int) -> MoveResult:
     return MoveResult("rename", message=f"renamed to {dst.path}")
 
 
+class _Timer:
+    """Phase durations at debug level (-vv), to see where a slow move spends its time."""
+
+    def __init__(self) -> None:
+        self.t = time.monotonic()
+
+    def lap(self, what: str) -> None:
+        now = time.monotonic()
+        log.debug("%s: %.3fs", what, now - self.t)
+        self.t = now
+
+
 def _copy_to_staging(j: _Journal, src_dir: int, src_name: str, stg_dir: int,
                      progress: Progress | None, from_disk: bool) -> _Copier:
     """Copy, flush, verify; the staging folder is removed again on any failure."""
@@ -841,13 +975,18 @@ def _copy_to_staging(j: _Journal, src_dir: int, src_name: str, stg_dir: int,
             dfd = _open_dir(stg, stg_dir)
             try:
                 _crashpoint("copy-started")
+                t = _Timer()
                 cp.copy(sfd, dfd)
+                t.lap("copy")
                 _crashpoint("copy-copied")
                 safefs.syncfs(dfd)
+                t.lap("syncfs")
                 cp.verify(sfd, dfd)
+                t.lap("verify")
                 os.fsync(dfd)
                 safefs.syncfs(dfd)
-                copy_digest = tree_digest(dfd)
+                copy_digest = _digest(iter(cp.copy_stats.items()))
+                t.lap("finish")
             finally:
                 os.close(dfd)
         finally:
@@ -914,7 +1053,9 @@ def _out_finish(j: _Journal, pdir: int, ddir: int) -> MoveResult:
         j.save(phase="remove", old=old)
         _crashpoint("out-checked")
     if j.data["phase"] == "remove":
+        t = _Timer()
         _rmtree(pdir, j.data["old"])
+        t.lap("remove old tree")
         _crashpoint("out-removing")
         os.fsync(pdir)
         _unlink_link(pdir, ltmp, text)
