@@ -196,7 +196,15 @@ def _kinds(app: AppContext) -> list[str]:
     kinds = app.config.get("relocate.kinds") or []
     bad = [k for k in kinds if k not in DATA_KINDS]
     if bad:
-        where = app.config.path if app.config.loaded else "config"
+        where = "config"
+        if app.config.loaded and app.config.path is not None:
+            from mnic_ops.config import _line_of
+
+            try:
+                line = _line_of(app.config.path.read_text(), ["relocate", "kinds"])
+            except OSError:
+                line = None
+            where = f"{app.config.path}:{line}" if line else str(app.config.path)
         raise InputError(f"{where}: relocate.kinds: unknown kind {bad[0]!r}; expected "
                          f"one of {', '.join(DATA_KINDS)}")
     return list(dict.fromkeys(kinds))
@@ -641,6 +649,8 @@ def plan_recovery(app: AppContext, jdir: Path) -> tuple[Plan, set[str]]:
             log.info("%s", r.message)
             if r.outcome == "completed" and meta.get("direction") in ("out", "back"):
                 return Undo("relocate", meta)
+            if r.outcome == "reverted":
+                raise OpsError(r.message)
             if r.outcome == "rolled_back" and meta.get("direction") in ("out", "back"):
                 # The data never left: do the move the interrupted run was doing.
                 fn = _out if meta["direction"] == "out" else _back
@@ -679,6 +689,7 @@ def relocate_cmd(app: AppContext, check: bool, diff: bool, to: str | None, undo:
     """
     from mnic_ops.config import SCHEMA, Key
 
+    _kinds(app)  # a config error first, before anything is looked at
     jdir = app.root.path(JOURNAL_DIR)
     recovery, busy = plan_recovery(app, jdir)
     projects = select_projects(app, names)

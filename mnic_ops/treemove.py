@@ -1162,7 +1162,7 @@ def _back_rename(j: _Journal, pdir: int, ddir: int) -> MoveResult:
         os.rename(dst.name, pub.name, src_dir_fd=ddir, dst_dir_fd=pdir)
         os.fsync(pdir)
         os.fsync(ddir)
-    elif pk == "dir":
+    elif pk == "dir" and dk in ("link", "absent"):
         _unlink_link(ddir, dst.name, text)
         os.fsync(ddir)
     else:
@@ -1275,6 +1275,10 @@ def recover(jpath: str | os.PathLike[str]) -> Recovered:
         except MoveError as exc:
             return Recovered("reverted", f"{pub.path}: interrupted move reverted: "
                              f"{exc.message}", op, meta)
+        except _CrossDevice:  # a rename between two mounts of one filesystem
+            j.remove()
+            return Recovered("rolled_back", f"{pub.path}: interrupted rename rolled back "
+                             "(the data never left)", op, meta)
         finally:
             os.close(pdir)
             os.close(ddir)
