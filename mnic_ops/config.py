@@ -147,7 +147,30 @@ SCHEMA: Schema = {
                    "(default: /var/log/mnic-ops-cron.log for --system, syslog for "
                    "--user)."),
     }, "Cleanup cron jobs."),
-    "watch": Section({}, "Auto-compression watcher."),
+    "watch": Section({
+        "settle_seconds": Section({
+            kind: Key("float", minutes * 60.0, f"Seconds a {kind.replace('_', ' ')} file must "
+                      f"stay quiet after its writer closed it before it is gzipped (default "
+                      f"{minutes:g} minutes{why}).", minimum=0)
+            for kind, minutes, why in (
+                ("sessions", 60, ": a session summary untouched for an hour is finished"),
+                ("checkpoints", 15, ": each checkpoint is written once"),
+                ("checkpoint_store", 15, ": each metadata file is written once"),
+                ("thinking_logs", 10, ": each decision record is written once"),
+                ("cost_records", 1500, ": daily/DATE.json is rewritten all day, so it is "
+                 "left until its day is over"),
+                ("logs", 60, ""),
+                ("task_results", 60, ""))
+        }, "Per data class; which files and classes are compressed at all is the "
+           "[clean] policy (patterns; compress_after_days = 0 turns a class off)."),
+        "poll": Key("bool", False, "Always use the polling observer (as --poll); it is "
+                    "used anyway for network filesystems."),
+        "poll_seconds": Key("float", 30.0, "Interval of the polling observer.", minimum=0.1),
+        "rescan_minutes": Key("float", 60.0, "Safety net: re-list the watched folders this "
+                              "often for files written since start that no event announced "
+                              "(after an inotify queue overflow one runs at once); 0 = only "
+                              "after overflows.", minimum=0),
+    }, "Auto-compression watcher (`mnic-ops watch`)."),
     "doctor": Section({
         "metrics_file": Key("str", None, "Write the figures as a node_exporter textfile here "
                             "(host path, e.g. /var/lib/prometheus/node-exporter/"
