@@ -82,15 +82,9 @@ def _step_cron(ctx: Context) -> list[Item]:
 
 
 def _step_watcher(ctx: Context) -> list[Item]:
-    import importlib.util
+    from mnic_ops.watch import plan_unit
 
-    if importlib.util.find_spec("mnic_ops.watch") is None:
-        return [Item(id="watcher", description="auto-compression watcher unit",
-                     state=SKIPPED, reason="this mnic-ops has no watch command")]
-    from mnic_ops import watch
-
-    items: list[Item] = watch.plan_unit(ctx.app, ctx.projects)
-    return items
+    return plan_unit(ctx.app, ctx.projects)
 
 
 def _step_fstab(ctx: Context) -> list[Item]:
