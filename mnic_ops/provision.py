@@ -36,6 +36,7 @@ class Context:
     verifying: bool = False
     notes: list[str] = field(default_factory=list)
     ssd_mount: str | None = None  # mount point of the relocation target, once planned
+    ssd_target: str | None = None  # the relocation target folder, once planned
 
 
 Step = Callable[[Context], list[Item]]
@@ -71,6 +72,7 @@ def _step_relocate(ctx: Context) -> list[Item]:
                      state=SKIPPED, reason=exc.message)]
     if target.mount is not None and target.mount.mount_point != "/":
         ctx.ssd_mount = target.mount.mount_point
+    ctx.ssd_target = target.host_path
     plan = relocate.plan_out(app, ctx.projects, target, False, jdir, mounts, busy)
     return [*recovery.items, *plan.items]
 
@@ -84,7 +86,8 @@ def _step_cron(ctx: Context) -> list[Item]:
 def _step_watcher(ctx: Context) -> list[Item]:
     from mnic_ops.watch import plan_unit
 
-    return plan_unit(ctx.app, ctx.projects)
+    return plan_unit(ctx.app, ctx.projects,
+                     extra_paths=[ctx.ssd_target] if ctx.ssd_target else [])
 
 
 def _step_fstab(ctx: Context) -> list[Item]:

@@ -265,10 +265,12 @@ def atomic_write_beneath(
     mode: int | None = None,
     uid: int | None = None,
     gid: int | None = None,
+    times_ns: tuple[int, int] | None = None,
 ) -> None:
     """:func:`atomic_write` for ``base/relpath`` through folder descriptors: no symlink
     below ``base`` is followed, so a user-owned tree cannot steer where root writes.
-    Keeps the replaced file's owner, group and mode unless given (new: 0644)."""
+    Keeps the replaced file's owner, group and mode unless given (new: 0644);
+    ``times_ns`` (atime, mtime) restores a file's times, as an undo must."""
     if isinstance(data, str):
         data = data.encode()
     reldir, name = _split_rel(relpath)
@@ -298,6 +300,8 @@ def atomic_write_beneath(
                 if uid != -1 or gid != -1:
                     os.fchown(fd, uid, gid)
                 os.fchmod(fd, mode)
+                if times_ns is not None:
+                    os.utime(fd, ns=times_ns)
                 os.fsync(fd)
             finally:
                 os.close(fd)
