@@ -85,7 +85,19 @@ SCHEMA: Schema = {
         "system_files": Key("bool", True, "`render` without PROJECT also writes "
                             "/etc/profile.d/mnic-ops.sh and /etc/sysctl.d/60-mnic-ops.conf."),
     }, "Tier config rendering."),
-    "relocate": Section({}, "Moving data to an SSD."),
+    "relocate": Section({
+        "kinds": Key("list[str]", ["sessions", "checkpoints", "checkpoint_store"],
+                     "Data folders `relocate` moves, by data-map kind (sessions, "
+                     "checkpoints, checkpoint_store, thinking_logs, cost_records, logs, "
+                     "task_results)."),
+        "margin_percent": Key("float", 10.0, "Free space the target must have beyond the "
+                              "data's size, in percent of that size.", minimum=0),
+        "min_free_mib": Key("int", 256, "Free space (MiB) that must remain on the target "
+                            "after a move.", minimum=0),
+        "verify_from_disk": Key("bool", True, "Drop the copy from the page cache before "
+                                "comparing it with the source, so the check reads what "
+                                "reached the disk, not what is still in memory."),
+    }, "Moving data to an SSD."),
     "fstab": Section({
         "mount_points": Key("list[str]", [], "Mount points `fstab` always considers, besides "
                             "those holding framework data and any --mount-point."),

@@ -1333,13 +1333,17 @@ def service_argv(app: AppContext, extra: Sequence[str] = ()) -> list[str]:
     return [*cmd, "watch", "--service", *extra]
 
 
-def writable_paths(app: AppContext, projects: Sequence[Project]) -> list[str]:
-    """Host paths of the folders the watcher writes: every data folder it would watch
-    (link targets for relocated data; absent ones too, they may appear)."""
+def writable_paths(app: AppContext, projects: Sequence[Project],
+                   extra: Sequence[str] = ()) -> list[str]:
+    """Host paths of the folders the watcher writes: every data folder it would watch,
+    under its own name and, for relocated data, its link's target (absent ones too, they
+    may appear), plus ``extra`` (the relocation target when provision is about to move
+    data there, so that the unit is the same before and after the move)."""
     pass_ = cl.Pass(app, check=True, only="compress")
     roots = build_roots(app, projects, pass_, cl._tier_clean(app))
-    paths = sorted({r.target_host for r in roots if r.prefix is not None
-                    and r.state != REFUSED})
+    ok = [r for r in roots if r.prefix is not None and r.state != REFUSED]
+    paths = sorted({r.target_host for r in ok} | {r.host_path for r in ok}
+                   | {os.path.normpath(p) for p in extra})
     out: list[str] = []
     for p in paths:  # sorted: a parent comes before its children
         if not _under(p, out):
@@ -1582,13 +1586,14 @@ def _undo_removed(root: HostRoot, rec: dict[str, Any]) -> str:
 
 
 def plan_unit(app: AppContext, projects: Sequence[Project],
-              extra_args: Sequence[str] = ()) -> list[Item]:
+              extra_args: Sequence[str] = (), extra_paths: Sequence[str] = ()) -> list[Item]:
     """Items that install the watcher's unit for these installs: the unit file (atomic,
     journalled), its enable link, and on a live host with systemd running a
     daemon-reload and (re)start. Pure: nothing is written until the plan is applied."""
     from mnic_ops.filechange import file_item
 
-    text = render_unit(app, writable_paths(app, projects), service_argv(app, extra_args))
+    text = render_unit(app, writable_paths(app, projects, extra_paths),
+                       service_argv(app, extra_args))
     unit = file_item(app.root, unit_path, text, mode=0o644, uid=0, gid=0,
                      item_id=f"file:{unit_path}",
                      description=f"write the watcher unit {unit_path}")

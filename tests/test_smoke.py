@@ -16,12 +16,12 @@ def test_fast_commands_import_no_heavy_modules() -> None:
     from tests.conftest import REPO
 
     for args in (["--help"], ["--version"], ["detect"], ["--json", "detect"]):
-        code = ("import sys, runpy; sys.argv = ['mnic-ops', *%r]\n"
+        code = (f"import sys, runpy; sys.argv = ['mnic-ops', *{args!r}]\n"
                 "try:\n    runpy.run_module('mnic_ops', run_name='__main__')\n"
                 "except SystemExit:\n    pass\n"
                 "heavy = [m for m in sys.modules if m.split('.')[0] in "
                 "('jinja2', 'watchdog', 'crontab', 'yaml', 'psutil')]\n"
-                "print('HEAVY', heavy)\n") % (args,)
+                "print('HEAVY', heavy)\n")
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            cwd=REPO)
         assert "HEAVY []" in p.stdout, (args, p.stdout, p.stderr)
