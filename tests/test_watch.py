@@ -317,7 +317,7 @@ def test_files_still_settling_survive_a_restart(fake_root: Path) -> None:
         w.ready()
         (sessions / "slow.json").write_bytes(payload(1))
         time.sleep(0.5)
-        assert w.stop() == 0
+        assert w.stop(signal.SIGINT) == 0  # ^C in the foreground: same as SIGTERM
     assert not w.compressed()
     t0 = time.time()
     with Watcher(fake_root, env=settle_env(3)) as w2:
