@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -402,6 +401,8 @@ def load(root: HostRoot, path: str | None = None,
     except PermissionError:
         raise InputError(f"{cfg_path}: permission denied") from None
     if raw is not None:
+        import tomllib  # only when there is a file: detect without one stays lean
+
         try:
             text = raw.decode()
             data = tomllib.loads(text)
