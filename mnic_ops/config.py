@@ -101,7 +101,7 @@ SCHEMA: Schema = {
         "compressor": Key("str", "auto", "Deflate implementation; auto prefers zlib-ng "
                           "(same output format, faster) and falls back to zlib.",
                           choices=("auto", "zlib-ng", "isal", "zlib")),
-        "batch_files": Key("int", 128, "Files written before one filesystem sync makes "
+        "batch_files": Key("int", 256, "Files written before one filesystem sync makes "
                            "them durable together.", minimum=1),
         "follow_links_under": Key("list[str]", [], "Besides ssd_path and the install "
                                   "itself: host folders a data folder may be a symlink "
