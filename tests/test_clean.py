@@ -467,3 +467,33 @@ def test_kill_9_at_random_points(tmp_path: Path) -> None:
             if os.path.basename(host) not in cl.PROTECTED_NAMES:
                 assert plain is None and packed is not None, host
         shutil.rmtree(root)
+
+
+def test_relocated_data_folder_is_followed_only_into_allowed_places(fake_root: Path) -> None:
+    """`relocate` leaves sessions as a symlink into ssd_path: followed. A symlink a user
+    points anywhere else is not."""
+    files = make_project(fake_root, files=10)
+    base = fake_root / PROJECT.lstrip("/")
+    ssd = fake_root / "mnt/ssd/my-name-is-claude/proj/sessions"
+    ssd.parent.mkdir(parents=True)
+    os.rename(base / "project_archive/sessions", ssd)
+    (base / "project_archive/sessions").symlink_to("/mnt/ssd/my-name-is-claude/proj/sessions")
+    elsewhere = fake_root / "srv/other/thinking"
+    elsewhere.parent.mkdir(parents=True)
+    os.rename(base / ".claude/thinking-logs", elsewhere)
+    (base / ".claude/thinking-logs").symlink_to("/srv/other/thinking")
+    write_config(fake_root)
+    before = snapshot(elsewhere)
+    code, data, err = clean(fake_root)
+    assert code == 0, err
+    k = kinds(data)
+    assert k["sessions"]["compressed"] == 2 and not k["sessions"].get("note")
+    assert any(n.endswith(".json.gz") for n in os.listdir(ssd))
+    assert "not followed" in k["thinking_logs"]["note"]
+    assert k["thinking_logs"]["skipped"] == {"symlink": 1}
+    assert snapshot(elsewhere) == before
+    moved = {h.replace(f"{PROJECT}/project_archive/sessions",
+                       "/mnt/ssd/my-name-is-claude/proj/sessions")
+             .replace(f"{PROJECT}/.claude/thinking-logs", "/srv/other/thinking"): d
+             for h, d in files.items()}
+    assert_nothing_lost(fake_root, moved)
