@@ -345,13 +345,15 @@ class Pass:
     def __init__(self, app: AppContext, *, check: bool, only: str | None) -> None:
         self.app, self.root, self.check, self.only = app, app.root, check, only
         cfg = app.config
-        self.level = int(cfg.get("clean.level", 6))
+        self.level = int(cfg.get("clean.level", 5))
         if not 1 <= self.level <= 9:
             raise InputError(f"clean.level: expected 1-9, got {self.level}")
         self.compressor = str(cfg.get("clean.compressor", "auto"))
         cz.codec(self.compressor)  # fail early (input error) when not installed
         self.batch = int(cfg.get("clean.batch_files", 256))
-        n = int(cfg.get("clean.workers", 0)) or len(os.sched_getaffinity(0))
+        # auto: two per CPU, so that one compresses while the other waits for its
+        # batch's filesystem sync or the journal
+        n = int(cfg.get("clean.workers", 0)) or min(8, 2 * len(os.sched_getaffinity(0)))
         self.workers = max(1, n)
         self.link_roots = [os.path.normpath(p) for p in
                            [cfg.get("ssd_path") or "", *(cfg.get("clean.follow_links_under")

@@ -133,7 +133,7 @@ class Outcome:
 class Options:
     """How a batch is compressed (picklable: sent to worker processes)."""
 
-    level: int = 6
+    level: int = 5
     compressor: str = "auto"
     dev: int | None = None  # filesystem the tree is on
     max_mtime: float | None = None  # only files last modified before this
@@ -296,12 +296,23 @@ def _compress_into(src: int, dst: int, name: str, st: os.stat_result, mod: Modul
     return size + len(piece), h.hexdigest()
 
 
+_INFLATE: ModuleType | None = None
+
+
+def _inflater() -> ModuleType:
+    """zlib-ng's inflate where installed (faster), else the standard zlib: both check
+    the gzip header, CRC-32 and length."""
+    global _INFLATE
+    if _INFLATE is None:
+        _INFLATE = _load_codec("zlib-ng") or zlib
+    return _INFLATE
+
+
 def gunzip_matches(fd: int, want: bytes | str) -> bool:
     """Does the gzip file at ``fd`` (read from its start) decompress, with a valid CRC and
-    length trailer and nothing after it, to ``want`` (bytes, or their SHA-256 hex)?
-    Uses the standard zlib, independent of the compressor that wrote it."""
+    length trailer and nothing after it, to ``want`` (bytes, or their SHA-256 hex)?"""
     os.lseek(fd, 0, os.SEEK_SET)
-    d = zlib.decompressobj(31)
+    d = _inflater().decompressobj(31)
     small = isinstance(want, bytes)
     got: list[bytes] = []
     h = hashlib.sha256()
@@ -324,7 +335,7 @@ def gunzip_matches(fd: int, want: bytes | str) -> bool:
             got.append(out)
         else:
             h.update(out)
-    except zlib.error:
+    except (zlib.error, _inflater().error):
         return False
     if not d.eof or d.unused_data:
         return False
@@ -530,18 +541,23 @@ def put_back(dirfd: int, aside: str, name: str) -> bool:
 _RENAME_NOREPLACE = 1
 
 
+_renameat2: Any = None
+
+
 def _renameat2_noreplace(dirfd: int, src: str, dst: str) -> bool:
     """renameat2(RENAME_NOREPLACE); False where the kernel, libc or filesystem lacks it."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    fn = getattr(_libc, "renameat2", None)
-    if fn is None:
+    global _libc, _renameat2
+    if _renameat2 is None:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        _renameat2 = getattr(_libc, "renameat2", False)
+    if _renameat2 is False:
         return False
-    if fn(dirfd, os.fsencode(src), dirfd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+    if _renameat2(dirfd, os.fsencode(src), dirfd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
         return True
     e = ctypes.get_errno()
     if e in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        _renameat2 = False
         return False
     raise OSError(e, os.strerror(e), dst)
 
