@@ -346,7 +346,7 @@ def test_unreadable_folder_is_reported(tmp_path: Path) -> None:
 NOSPACE_SCRIPT = r"""
 set -e
 mount -t tmpfs -o size={size} tmpfs "$1"
-"$2" - "$1" <<'PY'
+"$2" - "$1" "$4" <<'PY'
 import os, sys
 sys.path.insert(0, {repo!r})
 from pathlib import Path
@@ -364,10 +364,10 @@ except OSError:
 os.close(fd)
 os.truncate(root / "filler", os.path.getsize(root / "filler") - 24 * 1024)
 import json
-json.dump({{k: v.hex() for k, v in files.items()}}, open("/dev/shm/.nospace-files.json", "w"))
+json.dump({{k: v.hex() for k, v in files.items()}}, open(sys.argv[2], "w"))
 PY
 PYTHONPATH={repo} "$2" -m mnic_ops --root "$1" clean --json > "$3" || true
-"$2" - "$1" <<'PY'
+"$2" - "$1" "$4" <<'PY'
 import json, sys
 sys.path.insert(0, {repo!r})
 from pathlib import Path
@@ -375,7 +375,7 @@ from tests.cleanhelp import assert_nothing_lost
 from mnic_ops.compress import is_ours
 import os
 root = Path(sys.argv[1])
-files = {{k: bytes.fromhex(v) for k, v in json.load(open("/dev/shm/.nospace-files.json")).items()}}
+files = {{k: bytes.fromhex(v) for k, v in json.load(open(sys.argv[2])).items()}}
 assert_nothing_lost(root, files)
 left = [n for d, _, fs in os.walk(root) for n in fs if is_ours(n)]
 assert not left, left
@@ -390,13 +390,10 @@ def test_no_space_left(tmp_path: Path) -> None:
     mnt.mkdir()
     report = tmp_path / "report.json"
     script = NOSPACE_SCRIPT.format(size="2m", repo=str(REPO))
-    try:
-        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c",
-                            script, "x", str(mnt), sys.executable, str(report)],
-                           capture_output=True, text=True, timeout=180)
-    finally:
-        with pytest.MonkeyPatch.context():
-            Path("/dev/shm/.nospace-files.json").unlink(missing_ok=True)
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c",
+                        script, "x", str(mnt), sys.executable, str(report),
+                        str(tmp_path / "files.json")],
+                       capture_output=True, text=True, timeout=180)
     assert "NOSPACE-OK" in r.stdout, r.stdout + r.stderr
     data = json.loads(report.read_text())
     t = data["totals"]
