@@ -29,6 +29,7 @@ import ctypes
 import errno
 import fcntl
 import hashlib
+import itertools
 import os
 import re
 import secrets
@@ -344,8 +345,18 @@ def gunzip_matches(fd: int, want: bytes | str) -> bool:
 
 # --- names ------------------------------------------------------------------------------
 
+_tmp_seq = itertools.count()
+_tmp_tag: tuple[int, str] = (0, "")
+
+
 def _tmp(name: str, mark: str) -> str:
-    return f".{name}{mark}.{os.getpid()}.{secrets.token_hex(4)}"
+    """A fresh temporary name (pid for stale detection; a per-process random tag and a
+    counter instead of a getrandom call per file)."""
+    global _tmp_tag
+    pid = os.getpid()
+    if _tmp_tag[0] != pid:  # new process (fork): new tag
+        _tmp_tag = (pid, secrets.token_hex(3))
+    return f".{name}{mark}.{pid}.{_tmp_tag[1]}{next(_tmp_seq):x}"
 
 
 def parse_stale(name: str) -> tuple[str, str, int] | None:
@@ -582,8 +593,9 @@ def _link_noreplace(dirfd: int, src: str, dst: str) -> None:
 
 def _commit(dirfd: int, p: _Pending, writers: set[tuple[int, int]]) -> Outcome:
     """Put the verified, durable archive in place and remove the original."""
-    ident = (p.st.st_dev, p.st.st_ino)
-    if not _lease_intact(p) or ident in writers:
+    # (the lease is checked once, after the original is moved aside: a writer that
+    # came earlier is caught there too)
+    if (p.st.st_dev, p.st.st_ino) in writers:
         raise Skip("open_for_writing")
     if not _same_file(os.fstat(p.fd), p.st):
         raise Skip("changed")
@@ -591,6 +603,7 @@ def _commit(dirfd: int, p: _Pending, writers: set[tuple[int, int]]) -> Outcome:
     if not p.finish_only:
         try:
             _link_noreplace(dirfd, p.tmp, p.final)
+            p.tmp = ""  # it has its final name now
         except FileExistsError:
             raise Skip("archive_exists") from None
         except OSError as exc:
