@@ -76,11 +76,37 @@ SCHEMA: Schema = {
                                      "workstation.", minimum=0),
     }, "Host-class detection thresholds."),
     # Sections below are owned by their capability modules.
-    "tiers": Section({}, "Per-tier overrides of the tier values in templates/tiers.toml.",
-                     open_keys=Key("table", {}, "Values for one tier.")),
-    "render": Section({}, "Tier config rendering."),
-    "relocate": Section({}, "Moving data to an SSD."),
-    "fstab": Section({}, "noatime proposals."),
+    "tiers": Section({
+        name: Key("table", {}, f"Override {name} values of templates/tiers.toml (keys and "
+                               "bounds: docs/tiers.md); checked when rendering.")
+        for name in HOST_CLASSES
+    }, "Per-tier overrides of the tier values in templates/tiers.toml."),
+    "render": Section({
+        "system_files": Key("bool", True, "`render` without PROJECT also writes "
+                            "/etc/profile.d/mnic-ops.sh and /etc/sysctl.d/60-mnic-ops.conf."),
+    }, "Tier config rendering."),
+    "relocate": Section({
+        "kinds": Key("list[str]", ["sessions", "checkpoints", "checkpoint_store"],
+                     "Data folders `relocate` moves, by data-map kind (sessions, "
+                     "checkpoints, checkpoint_store, thinking_logs, cost_records, logs, "
+                     "task_results)."),
+        "margin_percent": Key("float", 10.0, "Free space the target must have beyond the "
+                              "data's size, in percent of that size.", minimum=0),
+        "min_free_mib": Key("int", 256, "Free space (MiB) that must remain on the target "
+                            "after a move.", minimum=0),
+        "verify_from_disk": Key("bool", True, "Drop the copy from the page cache before "
+                                "comparing it with the source, so the check reads what "
+                                "reached the disk, not what is still in memory."),
+    }, "Moving data to an SSD."),
+    "fstab": Section({
+        "mount_points": Key("list[str]", [], "Mount points `fstab` always considers, besides "
+                            "those holding framework data and any --mount-point."),
+        "nodiratime": Key("bool", False, "Also add nodiratime. Redundant on Linux, where "
+                          "noatime already implies it; for admins whose checklists ask."),
+        "include_network": Key("bool", False, "Also propose noatime for network filesystems "
+                               "(nfs, cifs, ...); off because atime there is the server's "
+                               "business and a remount can hang on a dead server."),
+    }, "noatime proposals for /etc/fstab."),
     "clean": Section({
         **{kind: Section({
             "patterns": Key("list[str]", None, "Names to gzip (globs; with a `/` they match "
@@ -123,8 +149,54 @@ SCHEMA: Schema = {
                    "(default: /var/log/mnic-ops-cron.log for --system, syslog for "
                    "--user)."),
     }, "Cleanup cron jobs."),
-    "watch": Section({}, "Auto-compression watcher."),
-    "doctor": Section({}, "Health checks."),
+    "watch": Section({
+        "settle_seconds": Section({
+            kind: Key("float", minutes * 60.0, f"Seconds a {kind.replace('_', ' ')} file must "
+                      f"stay quiet after its writer closed it before it is gzipped (default "
+                      f"{minutes:g} minutes{why}).", minimum=0)
+            for kind, minutes, why in (
+                ("sessions", 60, ": a session summary untouched for an hour is finished"),
+                ("checkpoints", 15, ": each checkpoint is written once"),
+                ("checkpoint_store", 15, ": each metadata file is written once"),
+                ("thinking_logs", 10, ": each decision record is written once"),
+                ("cost_records", 1500, ": daily/DATE.json is rewritten all day, so it is "
+                 "left until its day is over"),
+                ("logs", 60, ""),
+                ("task_results", 60, ""))
+        }, "Per data class; which files and classes are compressed at all is the "
+           "[clean] policy (patterns; compress_after_days = 0 turns a class off)."),
+        "poll": Key("bool", False, "Always use the polling observer (as --poll); it is "
+                    "used anyway for network filesystems."),
+        "poll_seconds": Key("float", 30.0, "Interval of the polling observer.", minimum=0.1),
+        "check_seconds": Key("float", 5.0, "How often each data folder is checked to still "
+                             "be the folder watched (deleted, re-created, relinked).",
+                             minimum=0.1),
+        "rescan_minutes": Key("float", 60.0, "Safety net: re-list the watched folders this "
+                              "often for files written since start that no event announced "
+                              "(after an inotify queue overflow one runs at once); 0 = only "
+                              "after overflows.", minimum=0),
+    }, "Auto-compression watcher (`mnic-ops watch`)."),
+    "doctor": Section({
+        "metrics_file": Key("str", None, "Write the figures as a node_exporter textfile here "
+                            "(host path, e.g. /var/lib/prometheus/node-exporter/"
+                            "mnic_ops.prom) on every run; --metrics overrides."),
+        "session_max_mb": Key("float", 10.0, "A session file larger than this (MiB) is a "
+                              "finding (the guide prunes sessions at 10 MB).", minimum=0),
+        "agent_max_kib": Key("float", 100.0, "An agent definition larger than this (KiB) is "
+                             "a finding (the shipped agents are 5-30 KiB).", minimum=0),
+        "context_files": Key("int", 5, "How many of the newest session files the context "
+                             "measurement reads (besides SESSION_CURRENT.md).", minimum=1),
+        "probe_timeout": Key("float", 60.0, "Seconds a measurement process may take before "
+                             "it counts as failed.", minimum=1),
+    }, "Health checks and baseline measurements (`mnic-ops doctor`)."),
+    "provision": Section({
+        "relocate": Key("bool", True, "Move sessions and checkpoints to ssd_path when an "
+                        "SSD target exists."),
+        "apply_fstab": Key("bool", False, "Write noatime into fstab and remount (else only "
+                           "propose the diff)."),
+        "cron": Key("bool", True, "Install the cleanup cron jobs."),
+        "watcher": Key("bool", True, "Install the auto-compression watcher unit."),
+    }, "What `mnic-ops provision` does."),
 }
 
 
