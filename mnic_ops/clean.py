@@ -249,11 +249,19 @@ def run_job(job: Job) -> list[cz.Outcome]:
     return out
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
+    """Workers die with the pass: an orphaned worker would hold the project lock (an
+    inherited descriptor) and block every later pass."""
+    import ctypes
     import signal
 
     cz.prepare_process()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl
+        os._exit(1)
 
 
 # --- the report ---------------------------------------------------------------------
@@ -337,13 +345,15 @@ class Pass:
     def __init__(self, app: AppContext, *, check: bool, only: str | None) -> None:
         self.app, self.root, self.check, self.only = app, app.root, check, only
         cfg = app.config
-        self.level = int(cfg.get("clean.level", 6))
+        self.level = int(cfg.get("clean.level", 5))
         if not 1 <= self.level <= 9:
             raise InputError(f"clean.level: expected 1-9, got {self.level}")
         self.compressor = str(cfg.get("clean.compressor", "auto"))
         cz.codec(self.compressor)  # fail early (input error) when not installed
-        self.batch = int(cfg.get("clean.batch_files", 128))
-        n = int(cfg.get("clean.workers", 0)) or len(os.sched_getaffinity(0))
+        self.batch = int(cfg.get("clean.batch_files", 256))
+        # auto: two per CPU, so that one compresses while the other waits for its
+        # batch's filesystem sync or the journal
+        n = int(cfg.get("clean.workers", 0)) or min(8, 2 * len(os.sched_getaffinity(0)))
         self.workers = max(1, n)
         self.link_roots = [os.path.normpath(p) for p in
                            [cfg.get("ssd_path") or "", *(cfg.get("clean.follow_links_under")
@@ -360,7 +370,7 @@ class Pass:
         if self.pool is None:
             self.pool = ProcessPoolExecutor(
                 self.workers, mp_context=multiprocessing.get_context("fork"),
-                initializer=_worker_init)
+                initializer=_worker_init, initargs=(os.getpid(),))
         while len(self.inflight) >= 2 * self.workers:
             self._drain(FIRST_COMPLETED)
         fut = self.pool.submit(run_job, job)

@@ -10,10 +10,11 @@ For each name:
    file open for writing, and breaks it if one opens it later, so the check also covers
    the time we work.  Where leases are unavailable, ``/proc/*/fd`` is scanned instead.
 3. Write standard gzip to a temporary sibling created with ``O_EXCL|O_NOFOLLOW``, with the
-   original's owner, mode and times; read it back through a fresh descriptor and compare
-   the decompressed bytes with the original.
+   original's owner, mode and times; read it back from the file with the standard zlib
+   (header, CRC and length checked) and compare the bytes with the original.
 4. One ``syncfs`` makes the whole batch durable (``fsync`` per file for tiny batches).
-5. Commit: hard-link the temporary to ``NAME.gz`` (fails if that name appeared), move the
+5. Commit: rename the temporary to ``NAME.gz`` with RENAME_NOREPLACE (fails if that
+   name appeared; link+unlink where unsupported), move the
    original aside to a temporary name (atomic; the identity and the lease are checked
    again there), then unlink it.  Any surprise puts the original back.
 
@@ -28,6 +29,7 @@ import ctypes
 import errno
 import fcntl
 import hashlib
+import itertools
 import os
 import re
 import secrets
@@ -132,7 +134,7 @@ class Outcome:
 class Options:
     """How a batch is compressed (picklable: sent to worker processes)."""
 
-    level: int = 6
+    level: int = 5
     compressor: str = "auto"
     dev: int | None = None  # filesystem the tree is on
     max_mtime: float | None = None  # only files last modified before this
@@ -295,12 +297,23 @@ def _compress_into(src: int, dst: int, name: str, st: os.stat_result, mod: Modul
     return size + len(piece), h.hexdigest()
 
 
+_INFLATE: ModuleType | None = None
+
+
+def _inflater() -> ModuleType:
+    """zlib-ng's inflate where installed (faster), else the standard zlib: both check
+    the gzip header, CRC-32 and length."""
+    global _INFLATE
+    if _INFLATE is None:
+        _INFLATE = _load_codec("zlib-ng") or zlib
+    return _INFLATE
+
+
 def gunzip_matches(fd: int, want: bytes | str) -> bool:
     """Does the gzip file at ``fd`` (read from its start) decompress, with a valid CRC and
-    length trailer and nothing after it, to ``want`` (bytes, or their SHA-256 hex)?
-    Uses the standard zlib, independent of the compressor that wrote it."""
+    length trailer and nothing after it, to ``want`` (bytes, or their SHA-256 hex)?"""
     os.lseek(fd, 0, os.SEEK_SET)
-    d = zlib.decompressobj(31)
+    d = _inflater().decompressobj(31)
     small = isinstance(want, bytes)
     got: list[bytes] = []
     h = hashlib.sha256()
@@ -323,7 +336,7 @@ def gunzip_matches(fd: int, want: bytes | str) -> bool:
             got.append(out)
         else:
             h.update(out)
-    except zlib.error:
+    except (zlib.error, _inflater().error):
         return False
     if not d.eof or d.unused_data:
         return False
@@ -332,8 +345,18 @@ def gunzip_matches(fd: int, want: bytes | str) -> bool:
 
 # --- names ------------------------------------------------------------------------------
 
+_tmp_seq = itertools.count()
+_tmp_tag: tuple[int, str] = (0, "")
+
+
 def _tmp(name: str, mark: str) -> str:
-    return f".{name}{mark}.{os.getpid()}.{secrets.token_hex(4)}"
+    """A fresh temporary name (pid for stale detection; a per-process random tag and a
+    counter instead of a getrandom call per file)."""
+    global _tmp_tag
+    pid = os.getpid()
+    if _tmp_tag[0] != pid:  # new process (fork): new tag
+        _tmp_tag = (pid, secrets.token_hex(3))
+    return f".{name}{mark}.{pid}.{_tmp_tag[1]}{next(_tmp_seq):x}"
 
 
 def parse_stale(name: str) -> tuple[str, str, int] | None:
@@ -459,16 +482,9 @@ def _prepare(dirfd: int, name: str, opts: Options, mod: ModuleType) -> _Pending:
         os.utime(tmp_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
         if not _same_file(os.fstat(fd), st):
             raise Skip("changed")
-        # Read back through a fresh descriptor, by name, as a reader would.
-        check = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
-        try:
-            cst, tst = os.fstat(check), os.fstat(tmp_fd)
-            if (cst.st_dev, cst.st_ino) != (tst.st_dev, tst.st_ino):
-                raise Skip("changed")
-            if not gunzip_matches(check, want):
-                raise Skip("io_error", "archive did not read back equal to the original")
-        finally:
-            os.close(check)
+        # Read the archive back from the file and compare with the original.
+        if not gunzip_matches(tmp_fd, want):
+            raise Skip("io_error", "archive did not read back equal to the original")
         return _Pending(name, fd, st, tmp, tmp_fd, final, size, leased)
     except BaseException as exc:
         if tmp_fd >= 0:
@@ -533,8 +549,35 @@ def put_back(dirfd: int, aside: str, name: str) -> bool:
     return True
 
 
+_RENAME_NOREPLACE = 1
+
+
+_renameat2: Any = None
+
+
+def _renameat2_noreplace(dirfd: int, src: str, dst: str) -> bool:
+    """renameat2(RENAME_NOREPLACE); False where the kernel, libc or filesystem lacks it."""
+    global _libc, _renameat2
+    if _renameat2 is None:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        _renameat2 = getattr(_libc, "renameat2", False)
+    if _renameat2 is False:
+        return False
+    if _renameat2(dirfd, os.fsencode(src), dirfd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return True
+    e = ctypes.get_errno()
+    if e in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        _renameat2 = False
+        return False
+    raise OSError(e, os.strerror(e), dst)
+
+
 def _link_noreplace(dirfd: int, src: str, dst: str) -> None:
-    """Give ``src`` the name ``dst`` unless ``dst`` exists (like RENAME_NOREPLACE)."""
+    """Give ``src`` the name ``dst`` unless ``dst`` exists: one atomic rename with
+    RENAME_NOREPLACE, else link + unlink (both fail with EEXIST when it exists)."""
+    if _renameat2_noreplace(dirfd, src, dst):
+        return
     try:
         os.link(src, dst, src_dir_fd=dirfd, dst_dir_fd=dirfd, follow_symlinks=False)
     except OSError as exc:
@@ -550,8 +593,9 @@ def _link_noreplace(dirfd: int, src: str, dst: str) -> None:
 
 def _commit(dirfd: int, p: _Pending, writers: set[tuple[int, int]]) -> Outcome:
     """Put the verified, durable archive in place and remove the original."""
-    ident = (p.st.st_dev, p.st.st_ino)
-    if not _lease_intact(p) or ident in writers:
+    # (the lease is checked once, after the original is moved aside: a writer that
+    # came earlier is caught there too)
+    if (p.st.st_dev, p.st.st_ino) in writers:
         raise Skip("open_for_writing")
     if not _same_file(os.fstat(p.fd), p.st):
         raise Skip("changed")
@@ -559,8 +603,13 @@ def _commit(dirfd: int, p: _Pending, writers: set[tuple[int, int]]) -> Outcome:
     if not p.finish_only:
         try:
             _link_noreplace(dirfd, p.tmp, p.final)
+            p.tmp = ""  # it has its final name now
         except FileExistsError:
             raise Skip("archive_exists") from None
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                raise Skip("archive_exists") from None
+            raise
         linked = True
     try:
         aside = take_aside(dirfd, p.name, p.st)

@@ -346,7 +346,7 @@ def test_unreadable_folder_is_reported(tmp_path: Path) -> None:
 NOSPACE_SCRIPT = r"""
 set -e
 mount -t tmpfs -o size={size} tmpfs "$1"
-"$2" - "$1" <<'PY'
+"$2" - "$1" "$4" <<'PY'
 import os, sys
 sys.path.insert(0, {repo!r})
 from pathlib import Path
@@ -364,10 +364,10 @@ except OSError:
 os.close(fd)
 os.truncate(root / "filler", os.path.getsize(root / "filler") - 24 * 1024)
 import json
-json.dump({{k: v.hex() for k, v in files.items()}}, open("/dev/shm/.nospace-files.json", "w"))
+json.dump({{k: v.hex() for k, v in files.items()}}, open(sys.argv[2], "w"))
 PY
 PYTHONPATH={repo} "$2" -m mnic_ops --root "$1" clean --json > "$3" || true
-"$2" - "$1" <<'PY'
+"$2" - "$1" "$4" <<'PY'
 import json, sys
 sys.path.insert(0, {repo!r})
 from pathlib import Path
@@ -375,7 +375,7 @@ from tests.cleanhelp import assert_nothing_lost
 from mnic_ops.compress import is_ours
 import os
 root = Path(sys.argv[1])
-files = {{k: bytes.fromhex(v) for k, v in json.load(open("/dev/shm/.nospace-files.json")).items()}}
+files = {{k: bytes.fromhex(v) for k, v in json.load(open(sys.argv[2])).items()}}
 assert_nothing_lost(root, files)
 left = [n for d, _, fs in os.walk(root) for n in fs if is_ours(n)]
 assert not left, left
@@ -390,13 +390,10 @@ def test_no_space_left(tmp_path: Path) -> None:
     mnt.mkdir()
     report = tmp_path / "report.json"
     script = NOSPACE_SCRIPT.format(size="2m", repo=str(REPO))
-    try:
-        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c",
-                            script, "x", str(mnt), sys.executable, str(report)],
-                           capture_output=True, text=True, timeout=180)
-    finally:
-        with pytest.MonkeyPatch.context():
-            Path("/dev/shm/.nospace-files.json").unlink(missing_ok=True)
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c",
+                        script, "x", str(mnt), sys.executable, str(report),
+                        str(tmp_path / "files.json")],
+                       capture_output=True, text=True, timeout=180)
     assert "NOSPACE-OK" in r.stdout, r.stdout + r.stderr
     data = json.loads(report.read_text())
     t = data["totals"]
@@ -467,3 +464,33 @@ def test_kill_9_at_random_points(tmp_path: Path) -> None:
             if os.path.basename(host) not in cl.PROTECTED_NAMES:
                 assert plain is None and packed is not None, host
         shutil.rmtree(root)
+
+
+def test_relocated_data_folder_is_followed_only_into_allowed_places(fake_root: Path) -> None:
+    """`relocate` leaves sessions as a symlink into ssd_path: followed. A symlink a user
+    points anywhere else is not."""
+    files = make_project(fake_root, files=10)
+    base = fake_root / PROJECT.lstrip("/")
+    ssd = fake_root / "mnt/ssd/my-name-is-claude/proj/sessions"
+    ssd.parent.mkdir(parents=True)
+    os.rename(base / "project_archive/sessions", ssd)
+    (base / "project_archive/sessions").symlink_to("/mnt/ssd/my-name-is-claude/proj/sessions")
+    elsewhere = fake_root / "srv/other/thinking"
+    elsewhere.parent.mkdir(parents=True)
+    os.rename(base / ".claude/thinking-logs", elsewhere)
+    (base / ".claude/thinking-logs").symlink_to("/srv/other/thinking")
+    write_config(fake_root)
+    before = snapshot(elsewhere)
+    code, data, err = clean(fake_root)
+    assert code == 0, err
+    k = kinds(data)
+    assert k["sessions"]["compressed"] == 2 and not k["sessions"].get("note")
+    assert any(n.endswith(".json.gz") for n in os.listdir(ssd))
+    assert "not followed" in k["thinking_logs"]["note"]
+    assert k["thinking_logs"]["skipped"] == {"symlink": 1}
+    assert snapshot(elsewhere) == before
+    moved = {h.replace(f"{PROJECT}/project_archive/sessions",
+                       "/mnt/ssd/my-name-is-claude/proj/sessions")
+             .replace(f"{PROJECT}/.claude/thinking-logs", "/srv/other/thinking"): d
+             for h, d in files.items()}
+    assert_nothing_lost(fake_root, moved)
