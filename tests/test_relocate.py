@@ -470,3 +470,26 @@ def test_progress_bar_on_a_terminal(env: Env) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "sessions of mona" in out.stdout and "files verified" in out.stdout, out.stdout
     assert p.sessions.is_symlink()
+
+
+def test_nested_data_folders_move_with_their_parent(env: Env) -> None:
+    p = env.project("nina", files=20, kinds=("sessions", "checkpoints", "checkpoint_store"))
+    cfgdir = p.root / ".claude" / "config"
+    cfgdir.mkdir()
+    (cfgdir / "checkpoint-config.json").write_text(
+        '{"storage": {"base_path": ".claude/checkpoints/store"}}')
+    make_tree(p.root / ".claude" / "checkpoints" / "store", 10, seed=9)
+    store = snapshot(p.root / ".claude" / "checkpoints" / "store")
+    r = mnic(p, "relocate", "--to", str(env.target()))
+    assert r.code == 0, r.err + r.out
+    assert "inside the checkpoints folder" in r.out
+    assert (p.root / ".claude" / "checkpoints").is_symlink()
+    assert diff_snapshots(store, snapshot(p.root / ".claude/checkpoints/store")) == []
+    # a data folder that is a mount point is refused
+    q = env.project("nina-mnt", files=1)
+    subprocess.run(["mount", "-t", "tmpfs", "t", str(q.sessions)], check=True)
+    try:
+        r = mnic(q, "relocate", "--to", str(env.target()))
+        assert r.code == 2 and "mount point" in r.err, r.err
+    finally:
+        subprocess.run(["umount", str(q.sessions)], check=True)
