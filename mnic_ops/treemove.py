@@ -1043,11 +1043,12 @@ class _Timer:
 
     def __init__(self) -> None:
         self.t = time.monotonic()
+        self.cpu = time.process_time()
 
     def lap(self, what: str) -> None:
-        now = time.monotonic()
-        log.debug("%s: %.3fs", what, now - self.t)
-        self.t = now
+        now, cpu = time.monotonic(), time.process_time()
+        log.debug("%s: %.3fs (cpu %.3fs)", what, now - self.t, cpu - self.cpu)
+        self.t, self.cpu = now, cpu
 
 
 def _copy_to_staging(j: _Journal, src_dir: int, src_name: str, stg_dir: int,
