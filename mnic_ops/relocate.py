@@ -225,8 +225,8 @@ def _progress(app: AppContext, label: str, size: treemove.TreeSize
                            item_show_func=lambda s: s) as bar:
         def update(stage: str, nbytes: int, nfiles: int) -> None:
             counts[stage] = counts.get(stage, 0) + nfiles
-            what = "copied" if stage == "copy" else "verified"
-            bar.update(nbytes, f"{counts[stage]}/{total} files {what}")
+            bar.update(nbytes, f"files: {counts['copy']}/{total} copied, "
+                               f"{counts['verify']} verified")
         yield update
 
 

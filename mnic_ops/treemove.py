@@ -933,12 +933,14 @@ def _unlink_link(parent: int, name: str, text: str) -> None:
 
 def _new_journal(path: Path, op: str, public: Place, dest: Place, link_text: str,
                  owner: tuple[int, int] | None, meta: dict[str, Any] | None) -> _Journal:
-    return _Journal(path, {"meta": meta or {},
+    """Every temporary name is chosen here, before anything exists on disk, so that a
+    recovery knows what to look for."""
+    return _Journal(path, {
         "version": JOURNAL_VERSION, "op": op, "public": asdict(public),
-        "dest": asdict(dest), "link_text": link_text, "owner": list(owner) if owner else None,
+        "dest": asdict(dest), "link_text": link_text,
+        "owner": list(owner) if owner else None, "meta": meta or {},
         "staging": safefs.tmp_name(public.name if op == "back" else dest.name),
-        "linktmp": safefs.tmp_name(public.name),
-        "aside": safefs.tmp_name(public.name),
+        "linktmp": safefs.tmp_name(public.name), "aside": safefs.tmp_name(public.name),
         "pid": os.getpid(), "started": time.time(), "phase": "start", "method": "rename",
     })
 
@@ -994,12 +996,12 @@ class _CrossDevice(Exception):
 
 
 def _make_link(dfd: int, name: str, text: str, owner: list[int] | None) -> None:
+    """Create (or keep) the symlink ``name`` -> ``text``, owned by ``owner``."""
     kind, t = _what(dfd, name)
-    if kind == "link" and t == text:
-        return
-    if kind != "absent":
+    if kind == "absent":
+        os.symlink(text, name, dir_fd=dfd)
+    elif kind != "link" or t != text:
         raise MoveError(f"{name}: unexpected {kind} in the way of the link")
-    os.symlink(text, name, dir_fd=dfd)
     if owner:
         os.chown(name, owner[0], owner[1], dir_fd=dfd, follow_symlinks=False)
 

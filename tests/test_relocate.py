@@ -353,11 +353,15 @@ def test_crash_at_every_step_then_rerun(env: Env) -> None:
     p = env.project("judy", files=300)
     before = snapshot(p.sessions)
     target = env.target()
-    cases = ([("out", c, "") for c in CRASHPOINTS_OUT]
-             + [("back", c, "") for c in CRASHPOINTS_BACK]
-             + [("out", "swap-gap", "1"), ("back", "swap-gap", "1")])
-    for direction, point, no_exchange in cases:
-        args = ["relocate", "--to", str(target)]
+    same_fs = env.hdd.mnt / "same-fs-target"  # a rename, no copy (needs --force: hdd)
+    cases = ([("out", c, "", target) for c in CRASHPOINTS_OUT]
+             + [("back", c, "", target) for c in CRASHPOINTS_BACK]
+             + [("out", "swap-gap", "1", target), ("back", "swap-gap", "1", target)]
+             + [("out", "out-rename-linked", "", same_fs),
+                ("back", "back-rename-swapped", "", same_fs),
+                ("out", "swap-gap", "1", same_fs), ("back", "swap-gap", "1", same_fs)])
+    for direction, point, no_exchange, where in cases:
+        args = ["relocate", "--force", "--to", str(where)]
         # Start from the state the move expects: a folder to move out, a link to bring back.
         if direction == "out" and p.sessions.is_symlink():
             assert mnic(p, *args, "--undo").code == 0
@@ -468,7 +472,8 @@ def test_progress_bar_on_a_terminal(env: Env) -> None:
     out = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True,
                          text=True, env=e, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "sessions of mona" in out.stdout and "files verified" in out.stdout, out.stdout
+    assert "sessions of mona" in out.stdout, out.stdout
+    assert "200/200 copied, 200 verified" in out.stdout, out.stdout
     assert p.sessions.is_symlink()
 
 
