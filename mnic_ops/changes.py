@@ -61,6 +61,9 @@ class Item:
     action: Action | None = None
     data: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+    # (current bytes or None, wanted bytes) of a file change: lets `verify` name the
+    # mismatching values instead of only showing a diff. Not serialised.
+    payload: tuple[bytes | None, bytes] | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "description": self.description,
@@ -255,4 +258,5 @@ def undo_entries(root: HostRoot, entries: list[dict[str, Any]]) -> list[dict[str
 
 
 # Modules that register undo handlers; a capability adds itself here.
-UNDO_MODULES: list[str] = ["mnic_ops.filechange", "mnic_ops.relocate"]
+UNDO_MODULES: list[str] = ["mnic_ops.filechange", "mnic_ops.fstab", "mnic_ops.cron",
+                           "mnic_ops.relocate", "mnic_ops.watch"]

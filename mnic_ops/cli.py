@@ -80,9 +80,15 @@ def cli(ctx: click.Context, root: str, config_path: str | None, as_json: bool,
     """
     from mnic_ops.hostroot import HostRoot
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
-        format="mnic-ops: %(levelname)s: %(message)s", stream=sys.stderr)
+    # The terminal gets warnings (-v: info, -vv: debug); the root logger passes
+    # everything on so that the apply log file can take INFO whatever the terminal shows.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose
+                     else logging.WARNING)
+    handler.setFormatter(logging.Formatter("mnic-ops: %(levelname)s: %(message)s"))
+    top = logging.getLogger()
+    top.handlers[:] = [handler]
+    top.setLevel(logging.DEBUG)
     ctx.obj = AppContext(root=HostRoot.open(root), config_path=config_path, json=as_json,
                          verbose=verbose)
 

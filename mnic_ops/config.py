@@ -76,9 +76,15 @@ SCHEMA: Schema = {
                                      "workstation.", minimum=0),
     }, "Host-class detection thresholds."),
     # Sections below are owned by their capability modules.
-    "tiers": Section({}, "Per-tier overrides of the tier values in templates/tiers.toml.",
-                     open_keys=Key("table", {}, "Values for one tier.")),
-    "render": Section({}, "Tier config rendering."),
+    "tiers": Section({
+        name: Key("table", {}, f"Override {name} values of templates/tiers.toml (keys and "
+                               "bounds: docs/tiers.md); checked when rendering.")
+        for name in HOST_CLASSES
+    }, "Per-tier overrides of the tier values in templates/tiers.toml."),
+    "render": Section({
+        "system_files": Key("bool", True, "`render` without PROJECT also writes "
+                            "/etc/profile.d/mnic-ops.sh and /etc/sysctl.d/60-mnic-ops.conf."),
+    }, "Tier config rendering."),
     "relocate": Section({
         "kinds": Key("list[str]", ["sessions", "checkpoints", "checkpoint_store"],
                      "Data folders `relocate` moves, by data-map kind (sessions, "
@@ -92,11 +98,100 @@ SCHEMA: Schema = {
                                 "comparing it with the source, so the check reads what "
                                 "reached the disk, not what is still in memory."),
     }, "Moving data to an SSD."),
-    "fstab": Section({}, "noatime proposals."),
-    "clean": Section({}, "Maintenance pass policy."),
-    "cron": Section({}, "Cleanup cron jobs."),
-    "watch": Section({}, "Auto-compression watcher."),
-    "doctor": Section({}, "Health checks."),
+    "fstab": Section({
+        "mount_points": Key("list[str]", [], "Mount points `fstab` always considers, besides "
+                            "those holding framework data and any --mount-point."),
+        "nodiratime": Key("bool", False, "Also add nodiratime. Redundant on Linux, where "
+                          "noatime already implies it; for admins whose checklists ask."),
+        "include_network": Key("bool", False, "Also propose noatime for network filesystems "
+                               "(nfs, cifs, ...); off because atime there is the server's "
+                               "business and a remount can hang on a dead server."),
+    }, "noatime proposals for /etc/fstab."),
+    "clean": Section({
+        **{kind: Section({
+            "patterns": Key("list[str]", None, "Names to gzip (globs; with a `/` they match "
+                            "the path below the data folder). Unset: the built-in default."),
+            "compress_after_days": Key("float", None, "Gzip matching files not modified "
+                                       "for this many days; 0 turns compression off.",
+                                       minimum=0),
+            "expire_patterns": Key("list[str]", None, "Archives to delete when old "
+                                   "(default: each pattern + `.gz`)."),
+            "delete_after_days": Key("float", None, "Delete matching archives older than "
+                                     "this many days; 0 keeps them forever.", minimum=0),
+        }, f"Policy for {kind} (unset keys: tier, then the framework's own config, then "
+           "the built-in default).")
+           for kind in ("sessions", "checkpoints", "checkpoint_store", "thinking_logs",
+                        "cost_records", "logs", "task_results")},
+        "workers": Key("int", 0, "Compressing processes; 0 = one per CPU.", minimum=0),
+        "level": Key("int", 6, "gzip level 1-9 (6 is gzip's default).", minimum=1),
+        "compressor": Key("str", "auto", "Deflate implementation; auto prefers zlib-ng "
+                          "(same output format, faster) and falls back to zlib.",
+                          choices=("auto", "zlib-ng", "isal", "zlib")),
+        "batch_files": Key("int", 128, "Files written before one filesystem sync makes "
+                           "them durable together.", minimum=1),
+        "follow_links_under": Key("list[str]", [], "Besides ssd_path and the install "
+                                  "itself: host folders a data folder may be a symlink "
+                                  "into (other links are not followed)."),
+        "textfile": Key("str", "/var/lib/prometheus/node-exporter/mnic_ops_clean.prom",
+                        "node_exporter textfile written after each pass (when its folder "
+                        "exists); empty = none."),
+    }, "Maintenance pass policy."),
+    "cron": Section({
+        "compress_schedule": Key("str", None, "Cron schedule of the daily compress+expire "
+                                 "pass (default: from the tier)."),
+        "expire_schedule": Key("str", None, "Cron schedule of the expiry pass (default: "
+                               "from the tier; the guide's */30 * * * *)."),
+        "command": Key("str", None, "How jobs invoke mnic-ops (default: the installed "
+                       "mnic-ops found by absolute path)."),
+        "log": Key("str", None, "Where job output goes: an absolute file path or `syslog` "
+                   "(default: /var/log/mnic-ops-cron.log for --system, syslog for "
+                   "--user)."),
+    }, "Cleanup cron jobs."),
+    "watch": Section({
+        "settle_seconds": Section({
+            kind: Key("float", minutes * 60.0, f"Seconds a {kind.replace('_', ' ')} file must "
+                      f"stay quiet after its writer closed it before it is gzipped (default "
+                      f"{minutes:g} minutes{why}).", minimum=0)
+            for kind, minutes, why in (
+                ("sessions", 60, ": a session summary untouched for an hour is finished"),
+                ("checkpoints", 15, ": each checkpoint is written once"),
+                ("checkpoint_store", 15, ": each metadata file is written once"),
+                ("thinking_logs", 10, ": each decision record is written once"),
+                ("cost_records", 1500, ": daily/DATE.json is rewritten all day, so it is "
+                 "left until its day is over"),
+                ("logs", 60, ""),
+                ("task_results", 60, ""))
+        }, "Per data class; which files and classes are compressed at all is the "
+           "[clean] policy (patterns; compress_after_days = 0 turns a class off)."),
+        "poll": Key("bool", False, "Always use the polling observer (as --poll); it is "
+                    "used anyway for network filesystems."),
+        "poll_seconds": Key("float", 30.0, "Interval of the polling observer.", minimum=0.1),
+        "rescan_minutes": Key("float", 60.0, "Safety net: re-list the watched folders this "
+                              "often for files written since start that no event announced "
+                              "(after an inotify queue overflow one runs at once); 0 = only "
+                              "after overflows.", minimum=0),
+    }, "Auto-compression watcher (`mnic-ops watch`)."),
+    "doctor": Section({
+        "metrics_file": Key("str", None, "Write the figures as a node_exporter textfile here "
+                            "(host path, e.g. /var/lib/prometheus/node-exporter/"
+                            "mnic_ops.prom) on every run; --metrics overrides."),
+        "session_max_mb": Key("float", 10.0, "A session file larger than this (MiB) is a "
+                              "finding (the guide prunes sessions at 10 MB).", minimum=0),
+        "agent_max_kib": Key("float", 100.0, "An agent definition larger than this (KiB) is "
+                             "a finding (the shipped agents are 5-30 KiB).", minimum=0),
+        "context_files": Key("int", 5, "How many of the newest session files the context "
+                             "measurement reads (besides SESSION_CURRENT.md).", minimum=1),
+        "probe_timeout": Key("float", 60.0, "Seconds a measurement process may take before "
+                             "it counts as failed.", minimum=1),
+    }, "Health checks and baseline measurements (`mnic-ops doctor`)."),
+    "provision": Section({
+        "relocate": Key("bool", True, "Move sessions and checkpoints to ssd_path when an "
+                        "SSD target exists."),
+        "apply_fstab": Key("bool", False, "Write noatime into fstab and remount (else only "
+                           "propose the diff)."),
+        "cron": Key("bool", True, "Install the cleanup cron jobs."),
+        "watcher": Key("bool", True, "Install the auto-compression watcher unit."),
+    }, "What `mnic-ops provision` does."),
 }
 
 

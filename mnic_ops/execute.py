@@ -34,11 +34,13 @@ def run(
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
     text: bool = True,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv``, capture its output and return it.
 
     With ``check`` a non-zero exit raises :class:`CommandError`; a missing program or a
-    timeout always does.
+    timeout always does. ``pass_fds`` are inherited by the child (a memfd handed over
+    as ``/proc/self/fd/N``, so that a candidate file never touches the disk).
     """
     cmd = [str(a) for a in argv]
     printable = shlex.join(cmd)
@@ -56,6 +58,7 @@ def run(
             env=dict(env) if env is not None else None,
             cwd=cwd,
             check=False,
+            pass_fds=tuple(pass_fds),
         )
     except FileNotFoundError as exc:
         raise CommandError(f"{cmd[0]}: command not found (needed for: {printable})") from exc

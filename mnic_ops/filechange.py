@@ -33,13 +33,19 @@ def file_item(
     gid: int | None = None,
     follow: bool = False,
     item_id: str | None = None,
+    beneath: str | None = None,
 ) -> Item:
     """Plan writing ``new`` to ``host_path``: ``ok`` when it already holds exactly that
     (and the requested mode/owner), else a pending item with a unified diff.
 
     ``mode``/``uid``/``gid`` apply to a new file; an existing file keeps its own unless
-    given explicitly.
+    given explicitly. ``beneath`` (a host path above ``host_path``, e.g. a user's
+    project) makes every read and write go through folder descriptors that follow no
+    symlink below it, so the user who owns that tree cannot redirect root.
     """
+    if beneath is not None:
+        return _file_item_beneath(root, host_path, new, beneath, description=description,
+                                  mode=mode, uid=uid, gid=gid, item_id=item_id)
     data = new.encode() if isinstance(new, str) else new
     real = root.path(host_path)
     try:
@@ -84,11 +90,76 @@ def file_item(
         return Undo("file", rec)
 
     return Item(id=iid, description=desc, diff=diff, action=action,
-                data={"path": host_path})
+                data={"path": host_path}, payload=(old if st is not None else None, data))
+
+
+def _file_item_beneath(root: HostRoot, host_path: str, new: bytes | str, beneath: str, *,
+                       description: str | None, mode: int | None, uid: int | None,
+                       gid: int | None, item_id: str | None) -> Item:
+    data = new.encode() if isinstance(new, str) else new
+    base = root.path(beneath)
+    rel = os.path.relpath(os.path.normpath(host_path), os.path.normpath(beneath))
+    if rel.startswith("..") or os.path.isabs(rel):
+        raise ValueError(f"{host_path} is not below {beneath}")
+    got = safefs.read_beneath(base, rel)
+    old, st = (b"", None) if got is None else got
+    iid = item_id or f"file:{host_path}"
+    desc = description or (f"write {host_path}" if st is None else f"update {host_path}")
+    same_meta = st is not None and (
+        (mode is None or stat.S_IMODE(st.st_mode) == mode)
+        and (uid is None or st.st_uid == uid) and (gid is None or st.st_gid == gid))
+    if st is not None and old == data and same_meta:
+        return Item(id=iid, description=desc, state=OK, reason="already as wanted")
+    try:
+        diff = unified_diff(old.decode(), data.decode(), host_path)
+    except UnicodeDecodeError:
+        diff = f"binary file {host_path} differs\n"
+    if st is not None and old == data:
+        diff = f"{host_path}: mode/owner change\n"
+    before = _sha(old) if st is not None else None
+
+    def action(ctx: ApplyContext) -> Undo:
+        cur = safefs.read_beneath(base, rel)
+        if (None if cur is None else _sha(cur[0])) != before:
+            raise OpsError(f"{host_path}: changed since the plan was made; run again")
+        rec: dict[str, Any] = {"path": host_path, "real": str(root.path(host_path)),
+                               "after": _sha(data), "beneath": str(base), "rel": rel}
+        if cur is not None:
+            bak = ctx.backup_dir() / os.path.basename(rel)
+            safefs.backup_data(cur[0], cur[1], bak)
+            rec["backup"] = str(bak)
+        else:
+            rec["created"] = True
+        safefs.atomic_write_beneath(base, rel, data, mode=mode, uid=uid, gid=gid)
+        return Undo("file", rec)
+
+    return Item(id=iid, description=desc, diff=diff, action=action,
+                data={"path": host_path}, payload=(old if st is not None else None, data))
+
+
+def _undo_beneath(rec: dict[str, Any]) -> str:
+    base, rel = rec["beneath"], rec["rel"]
+    cur = safefs.read_beneath(base, rel)
+    if cur is not None and _sha(cur[0]) != rec["after"]:
+        raise OpsError(f"{rec['path']}: changed since mnic-ops wrote it; not reverting "
+                       f"(backup: {rec.get('backup', 'none')})")
+    if rec.get("created"):
+        safefs.unlink_beneath(base, rel)
+        return f"removed {rec['path']}"
+    bak = safefs.read_beneath(os.path.dirname(rec["backup"]), os.path.basename(rec["backup"]))
+    if bak is None:
+        raise OpsError(f"{rec['path']}: backup {rec['backup']} is gone; not reverting")
+    data, st = bak
+    safefs.atomic_write_beneath(base, rel, data, mode=stat.S_IMODE(st.st_mode),
+                                uid=st.st_uid, gid=st.st_gid,
+                                times_ns=(st.st_atime_ns, st.st_mtime_ns))
+    return f"restored {rec['path']}"
 
 
 @undo_handler("file")
 def _undo_file(root: HostRoot, rec: dict[str, Any]) -> str:
+    if "beneath" in rec:
+        return _undo_beneath(rec)
     real = rec["real"]
     if os.path.lexists(real):
         cur = _sha(safefs.read_bytes_nofollow(real))

@@ -119,6 +119,6 @@ def _apply_log_handler(app: AppContext) -> logging.Handler | None:
     h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     lg = logging.getLogger()
     lg.addHandler(h)
-    if lg.level > logging.INFO or lg.level == logging.NOTSET:
+    if lg.getEffectiveLevel() > logging.INFO:
         lg.setLevel(logging.INFO)
     return h

@@ -416,17 +416,28 @@ def select_projects(app: AppContext, names: Sequence[str]) -> list[Project]:
     return out
 
 
+def data_top(d: DataDir) -> str | None:
+    """The real folder holding a data kind's files: the folder itself, or for a folder
+    that is a link (relocated data) the link's target under the same root; None when
+    there is nothing to look at."""
+    if not d.exists:
+        return None
+    if not d.is_link:
+        return str(d.path)
+    if d.link_target is None:
+        return None
+    # d.path is root.path(host_path): strip host_path to get the root back.
+    root_dir = str(d.path)[: len(str(d.path)) - len(d.host_path)] or "/"
+    return str(HostRoot(Path(root_dir)).path(d.link_target))
+
+
 def measure(d: DataDir) -> tuple[int, int]:
     """(bytes, files) of the regular files below a data folder, following no symlink
     inside it. For a folder that is itself a link (relocated data) the link's target
     is measured, because that is where the data is."""
-    top: str = str(d.path)
-    if d.is_link:
-        if d.link_target is None:
-            return 0, 0
-        # d.path is root.path(host_path): strip host_path to get the root back.
-        root_dir = str(d.path)[: len(str(d.path)) - len(d.host_path)] or "/"
-        top = str(HostRoot(Path(root_dir)).path(d.link_target))
+    top = data_top(d)
+    if top is None:
+        return 0, 0
     total = files = 0
     try:
         st = os.lstat(top)

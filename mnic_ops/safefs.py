@@ -12,7 +12,7 @@ import hashlib
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -48,6 +48,7 @@ def atomic_write(
     uid: int | None = None,
     gid: int | None = None,
     follow: bool = False,
+    before_rename: Callable[[Path], None] | None = None,
 ) -> Path:
     """Replace ``path`` with ``data`` atomically and durably.
 
@@ -56,6 +57,10 @@ def atomic_write(
     0644 root for a new file) and renamed over ``path``; then the folder is fsynced.
     A symlink at ``path`` is refused unless ``follow`` is set, in which case the real
     file it points to is replaced (as for a symlinked ``/etc/fstab``).
+    ``before_rename`` is called with the finished temporary file (content, owner and mode
+    final, fsynced) just before the rename: it can check the very bytes that will land
+    (``findmnt --verify --tab-file``) or take a backup; if it raises, the temporary file
+    is removed and ``path`` is left untouched.
     Returns the path actually written.
     """
     target = Path(path)
@@ -96,6 +101,8 @@ def atomic_write(
             os.fsync(fd)
         finally:
             os.close(fd)
+        if before_rename is not None:
+            before_rename(tmp)
         os.rename(tmp, target)
     except BaseException:
         with suppress(FileNotFoundError):
@@ -103,6 +110,46 @@ def atomic_write(
         raise
     fsync_dir(folder)
     return target
+
+
+def resolve_beneath(base: str | os.PathLike[str], path: str, *, max_links: int = 40) -> str:
+    """Resolve the symlinks in ``path`` as if ``base`` were ``/`` (like a chroot): an
+    absolute link target starts again at ``base`` and ``..`` stops at it, so a link can
+    never lead outside ``base``. Returns the resolved path relative to ``base`` in
+    absolute form (a host path under ``--root``). Components that do not exist are kept
+    as they are; a link loop or more than ``max_links`` links is an error.
+    """
+    if not path.startswith("/"):
+        raise ValueError(f"path must be absolute: {path!r}")
+    basep = os.fspath(base)
+    todo = [p for p in path.split("/") if p][::-1]  # a stack: next component last
+    done: list[str] = []
+    links = 0
+    while todo:
+        part = todo.pop()
+        if part == ".":
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        real = os.path.join(basep, *done, part)
+        try:
+            st = os.lstat(real)
+        except (FileNotFoundError, NotADirectoryError):
+            done.append(part)
+            continue
+        if not stat.S_ISLNK(st.st_mode):
+            done.append(part)
+            continue
+        links += 1
+        if links > max_links:
+            raise OpsError(f"{path}: too many levels of symbolic links")
+        target = os.readlink(real)
+        if target.startswith("/"):
+            done = []
+        todo.extend([p for p in target.split("/") if p][::-1])
+    return "/" + "/".join(done)
 
 
 def open_nofollow(path: str | os.PathLike[str], flags: int = os.O_RDONLY) -> int:
@@ -141,6 +188,160 @@ def open_beneath(base: str | os.PathLike[str], relpath: str, flags: int = os.O_R
         raise
     finally:
         os.close(fd)
+
+
+def _open_dir_beneath(base: str | os.PathLike[str], reldir: str) -> int:
+    """A descriptor of folder ``base/reldir``, reached without following any symlink,
+    ``base`` itself included (a user may own the folder that holds it)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(base, flags)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise OpsError(f"{base}: is a symlink or not a folder; refusing to follow it") \
+                from exc
+        raise
+    try:
+        for part in [p for p in reldir.split("/") if p and p != "."]:
+            if part == "..":
+                raise OpsError(f"{reldir}: '..' is not allowed")
+            try:
+                nfd = os.open(part, flags, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise OpsError(f"{base}/{reldir}: a symlink is in the way; refusing to "
+                                   "follow it") from exc
+                raise
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _split_rel(relpath: str) -> tuple[str, str]:
+    parts = [p for p in relpath.split("/") if p and p != "."]
+    if not parts or any(p == ".." for p in parts):
+        raise OpsError(f"{relpath}: not a plain relative file path")
+    return "/".join(parts[:-1]), parts[-1]
+
+
+def read_beneath(base: str | os.PathLike[str], relpath: str
+                 ) -> tuple[bytes, os.stat_result] | None:
+    """Content and stat of the regular file ``base/relpath`` (None when absent), following
+    no symlink below ``base``: a user cannot swap a folder for a link to redirect a root
+    reader. Anything but a regular file is refused."""
+    reldir, name = _split_rel(relpath)
+    try:
+        dfd = _open_dir_beneath(base, reldir)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                         dir_fd=dfd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OpsError(f"{base}/{relpath}: is a symlink; refusing to follow it") \
+                    from exc
+            raise
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise OpsError(f"{base}/{relpath}: not a regular file")
+            return fh.read(), st
+    finally:
+        os.close(dfd)
+
+
+def atomic_write_beneath(
+    base: str | os.PathLike[str],
+    relpath: str,
+    data: bytes | str,
+    *,
+    mode: int | None = None,
+    uid: int | None = None,
+    gid: int | None = None,
+    times_ns: tuple[int, int] | None = None,
+) -> None:
+    """:func:`atomic_write` for ``base/relpath`` through folder descriptors: no symlink
+    below ``base`` is followed, so a user-owned tree cannot steer where root writes.
+    Keeps the replaced file's owner, group and mode unless given (new: 0644);
+    ``times_ns`` (atime, mtime) restores a file's times, as an undo must."""
+    if isinstance(data, str):
+        data = data.encode()
+    reldir, name = _split_rel(relpath)
+    dfd = _open_dir_beneath(base, reldir)
+    try:
+        try:
+            st: os.stat_result | None = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise OpsError(f"{base}/{relpath}: not a regular file; refusing to replace it")
+        if mode is None:
+            mode = stat.S_IMODE(st.st_mode) if st is not None else 0o644
+        if uid is None:
+            uid = st.st_uid if st is not None else -1
+        if gid is None:
+            gid = st.st_gid if st is not None else -1
+        tmp = tmp_name(name)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dfd)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                if uid != -1 or gid != -1:
+                    os.fchown(fd, uid, gid)
+                os.fchmod(fd, mode)
+                if times_ns is not None:
+                    os.utime(fd, ns=times_ns)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def unlink_beneath(base: str | os.PathLike[str], relpath: str) -> bool:
+    """Remove the file ``base/relpath`` without following symlinks below ``base``;
+    False when it was already gone."""
+    reldir, name = _split_rel(relpath)
+    dfd = _open_dir_beneath(base, reldir)
+    try:
+        try:
+            os.unlink(name, dir_fd=dfd)
+        except FileNotFoundError:
+            return False
+        os.fsync(dfd)
+        return True
+    finally:
+        os.close(dfd)
+
+
+def backup_data(data: bytes, st: os.stat_result, dest: str | os.PathLike[str]) -> Path:
+    """Keep ``data`` (read with stat ``st``) as a verified backup at ``dest``, with the
+    original's mode, owner and times, so that a restore puts back exactly that."""
+    d = Path(dest)
+    d.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    written = atomic_write(d, data, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid,
+                           gid=st.st_gid)
+    os.utime(written, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    if sha256_file(written) != hashlib.sha256(data).hexdigest():
+        raise OpsError(f"{dest}: backup does not read back as written")
+    return written
 
 
 def read_bytes_nofollow(path: str | os.PathLike[str]) -> bytes:
@@ -209,6 +410,37 @@ def locked(path: str | os.PathLike[str], *, blocking: bool = True) -> Iterator[b
         yield True
     finally:
         os.close(fd)
+
+
+def open_beneath_at(dirfd: int, relpath: str, flags: int = os.O_RDONLY) -> int:
+    """Like :func:`open_beneath`, but starting from an open directory descriptor (an
+    ``O_PATH`` one works): every component below it is opened with ``O_NOFOLLOW``.
+
+    Useful after dropping privileges: the descriptor was opened with the caller's
+    rights, everything below it is checked with the current ones.
+    """
+    parts = [p for p in relpath.split("/") if p and p != "."]
+    if any(p == ".." for p in parts):
+        raise OpsError(f"{relpath}: '..' is not allowed")
+    if not parts:
+        return os.open(".", flags | os.O_CLOEXEC, dir_fd=dirfd)
+    fd = dirfd
+    try:
+        for part in parts[:-1]:
+            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=fd)
+            if fd != dirfd:
+                os.close(fd)
+            fd = nfd
+        return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise OpsError(f"{relpath}: a symlink is in the way; refusing to follow it") \
+                from exc
+        raise
+    finally:
+        if fd != dirfd:
+            os.close(fd)
 
 
 # --- renames and flushes the os module does not offer --------------------------------

@@ -210,3 +210,20 @@ def test_projects_command_text_and_json(fake_root: Path) -> None:
     write_config(fake_root, 'search_paths = ["relative/path"]\n')
     r = run_mnic("--root", str(fake_root), "projects")
     assert r.code == 2 and "not an absolute path" in r.err
+
+
+@pytest.mark.slow
+def test_ten_thousand_folders_three_installs(tmp_path: Path) -> None:
+    """The benchmark's tree (look-alikes, node_modules, .git, a virtualenv): exactly the
+    three installs are found. Timing lives in benchmarks/projects_search.py."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "projects_search", REPO / "benchmarks" / "projects_search.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    root = tmp_path / "host"
+    want = bench.build(root, 10_000)
+    assert sum(1 for _ in os.walk(root)) >= 9_900
+    assert sorted(p.host_path for p in find(root)) == sorted(want)

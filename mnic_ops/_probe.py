@@ -1,0 +1,310 @@
+"""Measurement child of ``mnic-ops doctor``: runs in a fresh interpreter, times itself.
+
+The guide's baseline is "time a fresh ``python3`` that loads the agents / the session".
+Timing inside a fresh process keeps the parent's warm imports and caches out of the
+figure, and timing inside the child (not around it) keeps interpreter start-up out too.
+
+The request is one JSON argument; the answer one JSON document on stdout. The child
+opens the install root (and a relocated data folder) as the caller, then, when started
+as root for an install owned by someone else, drops to the owner's uid and gid before
+reading anything: the figure is what the framework's user gets, a folder the user cannot
+read shows up as a finding, and a hostile file is parsed without root's rights. Below
+those folders every component is opened with ``O_NOFOLLOW``: no symlink leads out.
+
+Only the standard library, PyYAML and :mod:`mnic_ops.safefs` are imported, all before
+the privileges are dropped.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import stat
+import sys
+import time
+from typing import Any
+
+import yaml
+
+from mnic_ops import safefs
+from mnic_ops.errors import OpsError
+
+# The framework's own front-matter rule (.ai-tools/core/discovery/dynamic_agent_discovery.py):
+# the regex below, then yaml.safe_load. Using the same two steps means "malformed" here is
+# exactly "the framework skips this agent".
+FRONT_MATTER = re.compile(r"^---\n(.*?)\n---", re.DOTALL)
+MAX_LISTED = 50  # cap on reported paths per list, so a broken tree gives a bounded answer
+
+
+def _err(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        if exc.errno == errno.EACCES:
+            return "permission denied"
+        return exc.strerror or str(exc)
+    if isinstance(exc, OpsError):
+        return "a symlink (or a file) is in the way; not followed"
+    return str(exc)
+
+
+def _add(lst: list[Any], item: Any) -> None:
+    if len(lst) < MAX_LISTED:
+        lst.append(item)
+
+
+def front_matter(text: str) -> tuple[str, Any]:
+    """Classify an agent file's front matter: ("ok", mapping), ("none", None),
+    ("empty", None) or ("error", message with the file line)."""
+    m = FRONT_MATTER.match(text)
+    if not m:
+        return "none", None
+    try:
+        data = yaml.safe_load(m.group(1))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if mark is not None:
+            return "error", f"line {mark.line + 2}: {problem}"  # +1 for the opening ---
+        return "error", str(problem)
+    if data is None:
+        return "empty", None
+    if not isinstance(data, dict):
+        return "error", f"front matter is a {type(data).__name__}, not a mapping"
+    return "ok", data
+
+
+def _read_fd(fd: int) -> bytes:
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return fh.read()
+
+
+# --- agents ------------------------------------------------------------------------
+
+def agents(base_fd: int, rel: str, big: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"count": 0, "files": 0, "bytes": 0, "largest": [], "big": [],
+                           "errors": [], "no_front_matter": [], "symlinks": []}
+    sizes: list[tuple[int, str]] = []
+    t0 = time.perf_counter()
+    try:
+        top = safefs.open_beneath_at(base_fd, rel, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        out["seconds"] = time.perf_counter() - t0
+        out["missing"] = True  # the /opt layout may carry no agents of its own
+        return out
+    except (OSError, OpsError) as exc:
+        out["seconds"] = time.perf_counter() - t0
+        out["fatal"] = f"{rel}: {_err(exc)}"
+        return out
+
+    def walk(dfd: int, prefix: str) -> None:
+        try:
+            with os.scandir(dfd) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            _add(out["errors"], {"path": prefix or ".", "error": _err(exc)})
+            return
+        for e in entries:
+            path = f"{prefix}{e.name}"
+            try:
+                if e.is_symlink():
+                    if e.name.endswith(".md") or e.is_dir():
+                        _add(out["symlinks"], path)
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    try:
+                        sub = os.open(e.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                      | os.O_CLOEXEC, dir_fd=dfd)
+                    except OSError as exc:
+                        _add(out["errors"], {"path": path + "/", "error": _err(exc)})
+                        continue
+                    try:
+                        walk(sub, path + "/")
+                    finally:
+                        os.close(sub)
+                    continue
+                if not e.name.endswith(".md") or not e.is_file(follow_symlinks=False):
+                    continue
+                out["files"] += 1
+                fd = os.open(e.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                             | os.O_CLOEXEC, dir_fd=dfd)
+                raw = _read_fd(fd)
+            except OSError as exc:
+                _add(out["errors"], {"path": path, "error": _err(exc)})
+                continue
+            out["bytes"] += len(raw)
+            sizes.append((len(raw), path))
+            if len(raw) > big:
+                _add(out["big"], {"path": path, "bytes": len(raw)})
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                _add(out["errors"], {"path": path, "error": f"not UTF-8 text (byte "
+                                                            f"{exc.start})"})
+                continue
+            kind, info = front_matter(text)
+            if kind == "ok":
+                out["count"] += 1
+            elif kind == "error":
+                _add(out["errors"], {"path": path, "error": f"front matter {info}"})
+            else:
+                _add(out["no_front_matter"], path)
+
+    try:
+        walk(top, "")
+    finally:
+        os.close(top)
+    out["seconds"] = time.perf_counter() - t0
+    sizes.sort(reverse=True)
+    out["largest"] = [{"path": p, "bytes": n} for n, p in sizes[:3]]
+    return out
+
+
+# --- context -----------------------------------------------------------------------
+
+def _open_dir(base_fd: int, spec: dict[str, Any], roots: dict[str, int]) -> int:
+    if "abs" in spec:
+        fd = roots[spec["abs"]]
+        if fd < 0:  # opening the relocated folder failed: -errno
+            raise OSError(-fd, os.strerror(-fd))
+        return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+    return safefs.open_beneath_at(base_fd, spec["rel"], os.O_RDONLY | os.O_DIRECTORY)
+
+
+def context(base_fd: int, req: dict[str, Any], roots: dict[str, int]) -> dict[str, Any]:
+    out: dict[str, Any] = {"files": [], "bytes": 0, "errors": [], "missing": []}
+    newest = int(req.get("newest", 5))
+    t0 = time.perf_counter()
+    sess = req.get("sessions")
+    if sess is not None:
+        try:
+            dfd = _open_dir(base_fd, sess, roots)
+        except (OSError, OpsError) as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.ENOENT:
+                out["missing"].append("sessions")
+            else:
+                _add(out["errors"], {"path": sess["label"], "error": _err(exc)})
+            dfd = -1
+        if dfd >= 0:
+            try:
+                _read_sessions(dfd, sess["label"], newest, out)
+            finally:
+                os.close(dfd)
+    store = req.get("checkpoint_store")
+    if store is not None:
+        try:
+            dfd = _open_dir(base_fd, store, roots)
+        except (OSError, OpsError) as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.ENOENT:
+                out["missing"].append("checkpoint_index.json")
+            else:
+                _add(out["errors"], {"path": store["label"], "error": _err(exc)})
+            dfd = -1
+        if dfd >= 0:
+            try:
+                _read_one(dfd, "checkpoint_index.json",
+                          f"{store['label']}/checkpoint_index.json", out, "checkpoint_index")
+            finally:
+                os.close(dfd)
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _read_sessions(dfd: int, label: str, newest: int, out: dict[str, Any]) -> None:
+    cands: list[tuple[float, str]] = []
+    try:
+        with os.scandir(dfd) as it:
+            for e in it:
+                if e.name.endswith(".gz") or safefs.is_tmp_name(e.name):
+                    continue
+                try:
+                    if not e.is_file(follow_symlinks=False):
+                        continue
+                    cands.append((e.stat(follow_symlinks=False).st_mtime, e.name))
+                except OSError:
+                    continue
+    except OSError as exc:
+        _add(out["errors"], {"path": label, "error": _err(exc)})
+        return
+    cands.sort(reverse=True)
+    names = [n for _, n in cands[:newest]]
+    if "SESSION_CURRENT.md" not in names and any(n == "SESSION_CURRENT.md" for _, n in cands):
+        names.insert(0, "SESSION_CURRENT.md")
+    for name in names:
+        _read_one(dfd, name, f"{label}/{name}", out, "session")
+
+
+def _read_one(dfd: int, name: str, label: str, out: dict[str, Any], kind: str) -> None:
+    try:
+        raw = _read_fd(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                               dir_fd=dfd))
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            out["missing"].append(label)
+        else:
+            _add(out["errors"], {"path": label, "error": _err(exc)})
+        return
+    out["bytes"] += len(raw)
+    out["files"].append({"path": label, "bytes": len(raw), "kind": kind})
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        _add(out["errors"], {"path": label, "error": f"not UTF-8 text (byte {exc.start})"})
+        return
+    if name.endswith(".json"):
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            where = ""
+            if isinstance(exc, json.JSONDecodeError):
+                where = f"line {exc.lineno} column {exc.colno}: "
+            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            _add(out["errors"], {"path": label, "error": f"not valid JSON: {where}{msg}"})
+
+
+# --- entry -------------------------------------------------------------------------
+
+def _drop(req: dict[str, Any]) -> None:
+    uid, gid = req.get("uid"), req.get("gid")
+    if uid is None or os.geteuid() != 0 or uid == 0:
+        return
+    os.setgroups([int(g) for g in req.get("groups") or []])
+    os.setgid(int(gid if gid is not None else uid))
+    os.setuid(int(uid))
+
+
+def run(req: dict[str, Any]) -> dict[str, Any]:
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+    try:
+        base_fd = os.open(req["base"], flags | os.O_NOFOLLOW)
+    except OSError as exc:
+        return {"fatal": f"{req.get('label', req['base'])}: {_err(exc)}", "seconds": None}
+    roots: dict[str, int] = {}
+    for spec in (req.get("sessions"), req.get("checkpoint_store")):
+        if spec and "abs" in spec and spec["abs"] not in roots:
+            try:
+                roots[spec["abs"]] = os.open(spec["abs"], flags | os.O_NOFOLLOW)
+            except OSError as exc:
+                roots[spec["abs"]] = -(exc.errno or errno.EIO)
+    _drop(req)
+    if req["mode"] == "agents":
+        return agents(base_fd, req.get("rel", ".claude/agents"), int(req.get("big", 1 << 62)))
+    if req["mode"] == "context":
+        return context(base_fd, req, roots)
+    return {"fatal": f"unknown mode {req['mode']!r}", "seconds": None}
+
+
+def main(argv: list[str]) -> int:
+    try:
+        req = json.loads(argv[1])
+        res = run(req)
+    except Exception as exc:  # the parent turns this into a finding, never a traceback
+        res = {"fatal": f"measurement failed: {type(exc).__name__}: {exc}", "seconds": None}
+    sys.stdout.write(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
