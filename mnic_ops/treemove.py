@@ -326,7 +326,8 @@ class _Pool:
     serial, so that the disk sees several requests at once. Each job owns duplicates
     of its two folder descriptors. The first error cancels the rest."""
 
-    def __init__(self, workers: int = _WORKERS) -> None:
+    def __init__(self, workers: int | None = None) -> None:
+        workers = workers or _WORKERS
         from concurrent.futures import ThreadPoolExecutor
 
         self.ex = ThreadPoolExecutor(workers, thread_name_prefix="treemove")
