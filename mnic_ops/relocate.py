@@ -166,7 +166,7 @@ def check_target(t: Target, mounts: list[facts.Mount], force: bool) -> None:
     t.mount = facts.mount_for(t.host_path, mounts)
     why = _refusal(t.mount, force)
     if why:
-        raise InputError(f"target {t.host_path}: refused: {why}")
+        raise InputError(f"target {t.host_path} ({t.why}): refused: {why}")
     anc = _existing_ancestor(t.real)
     try:
         st = os.stat(anc)
