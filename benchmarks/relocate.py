@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -73,10 +74,18 @@ def make_data(top: Path, total_mb: int, files: int) -> None:
         (r.choice(dirs) / f"SESSION_{i:05d}.md").write_bytes(data)
 
 
-def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+CPU: dict[str, list[float]] = {}
+
+
+def timed(name: str, argv: list[str], env: dict[str, str] | None = None) -> float:
+    """Wall time; the CPU time the command used (user + system) goes to CPU[name]."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU.setdefault(name, []).append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
+    return wall
 
 
 def main() -> int:
@@ -128,14 +137,15 @@ def main() -> int:
 
         for run in range(args.runs):
             cold()
-            res["mnic-ops relocate"].append(timed(mnic, env))
+            res["mnic-ops relocate"].append(timed("mnic-ops relocate", mnic, env))
             subprocess.run([*mnic, "--undo"], check=True, env=env, stdout=subprocess.DEVNULL)
             cold()
             res["cp -a && rm -rf"].append(timed(
-                ["sh", "-c", f"cp -a '{src}' '{dst}' && rm -rf '{src}'"]))
+                "cp -a && rm -rf", ["sh", "-c", f"cp -a '{src}' '{dst}' && rm -rf '{src}'"]))
             shutil.move(str(dst), str(src))  # restore (different fs: copies back)
             cold()
             res["cp -a && sync && rm -rf && sync"].append(timed(
+                "cp -a && sync && rm -rf && sync",
                 ["sh", "-c", f"cp -a '{src}' '{dst}' && sync && rm -rf '{src}' && sync"]))
             shutil.move(str(dst), str(src))
             print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in res.items()),
@@ -144,9 +154,12 @@ def main() -> int:
         base = med["mnic-ops relocate"]
         print(f"{args.mb} MB in {args.files} files, ext4 -> ext4 on loop devices, "
               f"median of {args.runs}")
-        print(f"{'command':<34} {'median s':>9} {'mnic-ops / this':>16}")
+        print(f"{'command':<34} {'median s':>9} {'mnic-ops / this':>16} {'CPU s':>7}")
         for k, v in med.items():
-            print(f"{k:<34} {v:>9.2f} {base / v:>15.2f}x")
+            print(f"{k:<34} {v:>9.2f} {base / v:>15.2f}x "
+                  f"{statistics.median(CPU[k]):>7.2f}")
+        print(f"load average during the run: {os.getloadavg()[0]:.1f} "
+              f"({os.cpu_count()} CPUs)")
         ratio = base / med["cp -a && rm -rf"]
         print(f"ratio mnic-ops / (cp -a && rm -rf) = {ratio:.2f} (goal <= 1.5): "
               f"{'met' if ratio <= 1.5 else 'NOT met'}")

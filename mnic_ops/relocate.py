@@ -166,7 +166,7 @@ def check_target(t: Target, mounts: list[facts.Mount], force: bool) -> None:
     t.mount = facts.mount_for(t.host_path, mounts)
     why = _refusal(t.mount, force)
     if why:
-        raise InputError(f"target {t.host_path}: refused: {why}")
+        raise InputError(f"target {t.host_path} ({t.why}): refused: {why}")
     anc = _existing_ancestor(t.real)
     try:
         st = os.stat(anc)
@@ -225,8 +225,8 @@ def _progress(app: AppContext, label: str, size: treemove.TreeSize
                            item_show_func=lambda s: s) as bar:
         def update(stage: str, nbytes: int, nfiles: int) -> None:
             counts[stage] = counts.get(stage, 0) + nfiles
-            what = "copied" if stage == "copy" else "verified"
-            bar.update(nbytes, f"{counts[stage]}/{total} files {what}")
+            bar.update(nbytes, f"files: {counts['copy']}/{total} copied, "
+                               f"{counts['verify']} verified")
         yield update
 
 
@@ -349,6 +349,14 @@ def plan_out(app: AppContext, projects: list[Project], target: Target, force: bo
             if not d.exists:
                 plan.add(Item(iid, desc, SKIPPED, "not present"))
                 continue
+            same = [k for k in kinds[:kinds.index(kind)] if p.data[k].host_path == d.host_path]
+            outer = [k for k in kinds if k != kind and p.data[k].host_path != d.host_path
+                     and facts.path_is_within(d.host_path, p.data[k].host_path)]
+            if same or outer:
+                why = (f"the same folder as {same[0]}" if same
+                       else f"inside the {outer[0]} folder; moves with it")
+                plan.add(Item(iid, desc, SKIPPED, why))
+                continue
             if facts.path_is_within(target.host_path, d.host_path):
                 raise InputError(f"target {target.host_path} is inside the source "
                                  f"{d.host_path}")
@@ -379,6 +387,9 @@ def plan_out(app: AppContext, projects: list[Project], target: Target, force: bo
             if not stat.S_ISDIR(st.st_mode):
                 raise InputError(f"{d.host_path}: is a file, not a folder; refusing to "
                                  "move it")
+            if st.st_dev != os.lstat(d.path.parent).st_dev:
+                raise InputError(f"{d.host_path}: is a mount point; move the filesystem "
+                                 "(fstab) instead")
             src_mount = facts.mount_for(d.host_path, mounts)
             if src_mount is not None and src_mount.ssd and not force:
                 plan.add(Item(iid, desc, OK, f"already on an SSD ({src_mount.source} at "

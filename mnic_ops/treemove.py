@@ -40,6 +40,7 @@ import os
 import posixpath
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -314,6 +315,10 @@ def _copy_xattrs(src: int, dst: int, rel: str) -> None:
 
 _WORKERS = 4  # file jobs in flight: small files are latency-bound, not bandwidth-bound
 _BATCH = 32  # files of one folder per job
+# Flush and start comparing what was copied so far after this much: the read-back of
+# the copy runs while the rest is still being copied.
+_SYNC_BYTES = 64 << 20
+_SYNC_FILES = 4000
 
 
 class _Pool:
@@ -321,8 +326,8 @@ class _Pool:
     serial, so that the disk sees several requests at once. Each job owns duplicates
     of its two folder descriptors. The first error cancels the rest."""
 
-    def __init__(self, workers: int = _WORKERS) -> None:
-        import threading
+    def __init__(self, workers: int | None = None) -> None:
+        workers = workers or _WORKERS
         from concurrent.futures import ThreadPoolExecutor
 
         self.ex = ThreadPoolExecutor(workers, thread_name_prefix="treemove")
@@ -382,8 +387,6 @@ class _Copier:
     """Copies a tree between two open folders, then verifies and finalises it."""
 
     def __init__(self, progress: Progress | None, from_disk: bool) -> None:
-        import threading
-
         self.progress = progress
         self.from_disk = from_disk
         self.stats: dict[str, os.stat_result] = {}
@@ -393,6 +396,10 @@ class _Copier:
         self.size = TreeSize()
         self._sendfile = True
         self._lock = threading.Lock()
+        self.checker = _Pool()  # compares copied batches once they are on the disk
+        self._waiting: list[tuple[int, int, list[tuple[str, str, os.stat_result]]]] = []
+        self._unsynced = [0, 0]  # bytes, files copied since the last flush
+        self._flusher: threading.Thread | None = None
 
     def _count(self, stage: str, nbytes: int, nfiles: int) -> None:
         with self._lock:
@@ -407,12 +414,14 @@ class _Copier:
         st = os.fstat(sfd)
         self.stats[""] = st
         _copy_xattrs(sfd, dfd, ".")
+        self._start_flusher(dfd)
         pool = _Pool()
         try:
             self._copy_dir(pool, sfd, dfd, "")
             pool.wait()
         except BaseException:
             pool.cancel()
+            self.close()
             raise
         # Every folder of the staging tree is still root-only 0700 (owners and modes
         # come after verification): the paths below the staging root are ours.
@@ -506,6 +515,86 @@ class _Copier:
             finally:
                 os.close(fi)
             self._count("copy", done, 1)
+        self._copied(sfd, dfd, batch)
+
+    def _copied(self, sfd: int, dfd: int, batch: list[tuple[str, str, os.stat_result]]
+                ) -> None:
+        """Queue a copied batch for comparison; every so often flush the target and
+        hand everything copied before the flush to the checker threads."""
+        with self._lock:
+            if self.checker.error is not None:
+                self.checker.raise_error()  # a mismatch stops the copy early
+            self._waiting.append((os.dup(sfd), os.dup(dfd), batch))
+            self._unsynced[0] += sum(st.st_size for _, _, st in batch)
+            self._unsynced[1] += len(batch)
+            if self._unsynced[0] >= _SYNC_BYTES or self._unsynced[1] >= _SYNC_FILES:
+                self._unsynced = [0, 0]
+                self._flush_due = True
+                self._flush_cond.notify()
+
+    def _start_flusher(self, dfd: int) -> None:
+        """A thread that flushes the target and hands what was copied before the flush
+        to the checker, so that neither the copy nor the compare waits for the disk."""
+        self._flush_cond = threading.Condition(self._lock)
+        self._flush_due = self._flush_stop = False
+        fd = os.dup(dfd)
+
+        def run() -> None:
+            try:
+                while True:
+                    with self._flush_cond:
+                        while not self._flush_due and not self._flush_stop:
+                            self._flush_cond.wait()
+                        if not self._flush_due:
+                            return
+                        todo, self._waiting = self._waiting, []
+                        self._flush_due = False
+                    safefs.syncfs(fd)
+                    self._check(todo)
+            except BaseException as exc:
+                with self.checker.lock:
+                    if self.checker.error is None:
+                        self.checker.error = exc
+                self.checker.cancelled = True
+            finally:
+                os.close(fd)
+
+        self._flusher = threading.Thread(target=run, name="treemove-flush", daemon=True)
+        self._flusher.start()
+
+    def _stop_flusher(self) -> None:
+        flusher = self._flusher
+        if flusher is None:
+            return
+        with self._flush_cond:
+            self._flush_stop = True
+            self._flush_cond.notify()
+        flusher.join()
+        self._flusher = None
+
+    def _check(self, todo: list[tuple[int, int, list[tuple[str, str, os.stat_result]]]]
+               ) -> None:
+        try:
+            for i, (a, b, batch) in enumerate(todo):
+                self.checker.submit(self._compare_files, a, b, batch)
+                os.close(a)
+                os.close(b)
+                todo[i] = (-1, -1, batch)
+        finally:
+            for a, b, _ in todo:
+                if a >= 0:
+                    os.close(a)
+                    os.close(b)
+
+    def close(self) -> None:
+        """Stop the checker threads and release queued descriptors (after a failure)."""
+        self._stop_flusher()
+        self.checker.cancel()
+        with self._lock:
+            todo, self._waiting = self._waiting, []
+        for a, b, _ in todo:
+            os.close(a)
+            os.close(b)
 
     def _data(self, fi: int, fo: int, size: int, rel: str) -> int:
         done = 0
@@ -539,12 +628,18 @@ class _Copier:
         its owner, mode and times (children first)."""
         self._ino_map: dict[int, int] = {}
         self._ino_rev: dict[int, int] = {}
-        pool = _Pool()
         try:
-            self._verify_dir(pool, sfd, dfd, "")
-            pool.wait()
+            # The caller flushed the target: the rest of the copy is on the disk too.
+            self._stop_flusher()
+            with self._lock:
+                todo, self._waiting = self._waiting, []
+            self._check(todo)
+            self.checker.wait()
+            # Names, types, owners, modes, times, link texts and hardlinks, and that
+            # the source still is what was copied.
+            self._verify_dir(sfd, dfd, "")
         except BaseException:
-            pool.cancel()
+            self.close()
             raise
         self._check_meta("", os.fstat(sfd), self.stats[""], top=True)
         self._finish_tree(dfd, "")
@@ -556,7 +651,7 @@ class _Copier:
         if _key(now, top) != _key(then, top):
             raise _Changed(rel or ".", "modified while copying")
 
-    def _verify_dir(self, pool: _Pool, sfd: int, dfd: int, rel: str) -> None:
+    def _verify_dir(self, sfd: int, dfd: int, rel: str) -> None:
         snames = sorted(os.listdir(sfd))
         dnames = sorted(os.listdir(dfd))
         if snames != dnames:
@@ -570,7 +665,6 @@ class _Copier:
                 if n not in snames:
                     raise _Changed(full(n), "removed while copying")
             raise MoveError(f"verification failed: {rel or '.'}: the copy lacks entries")
-        batch: list[tuple[str, str, os.stat_result]] = []
         for name in snames:
             crel = f"{rel}/{name}" if rel else name
             then = self.stats.get(crel)
@@ -592,7 +686,7 @@ class _Copier:
                 try:
                     cdfd = _open_dir(name, dfd)
                     try:
-                        self._verify_dir(pool, csfd, cdfd, crel)
+                        self._verify_dir(csfd, cdfd, crel)
                     finally:
                         os.close(cdfd)
                 finally:
@@ -620,14 +714,8 @@ class _Copier:
                                         "wrong file")
                     self._ino_map[now.st_ino] = cst.st_ino
                     self._ino_rev[cst.st_ino] = now.st_ino
-                batch.append((name, crel, then))
-                if len(batch) >= _BATCH:
-                    pool.submit(self._compare_files, sfd, dfd, batch)
-                    batch = []
             elif cst.st_mode != m or cst.st_rdev != now.st_rdev:
                 raise MoveError(f"verification failed: {crel}: special file differs")
-        if batch:
-            pool.submit(self._compare_files, sfd, dfd, batch)
 
     def _compare_files(self, sfd: int, dfd: int,
                        batch: list[tuple[str, str, os.stat_result]]) -> None:
@@ -846,12 +934,14 @@ def _unlink_link(parent: int, name: str, text: str) -> None:
 
 def _new_journal(path: Path, op: str, public: Place, dest: Place, link_text: str,
                  owner: tuple[int, int] | None, meta: dict[str, Any] | None) -> _Journal:
-    return _Journal(path, {"meta": meta or {},
+    """Every temporary name is chosen here, before anything exists on disk, so that a
+    recovery knows what to look for."""
+    return _Journal(path, {
         "version": JOURNAL_VERSION, "op": op, "public": asdict(public),
-        "dest": asdict(dest), "link_text": link_text, "owner": list(owner) if owner else None,
+        "dest": asdict(dest), "link_text": link_text,
+        "owner": list(owner) if owner else None, "meta": meta or {},
         "staging": safefs.tmp_name(public.name if op == "back" else dest.name),
-        "linktmp": safefs.tmp_name(public.name),
-        "aside": safefs.tmp_name(public.name),
+        "linktmp": safefs.tmp_name(public.name), "aside": safefs.tmp_name(public.name),
         "pid": os.getpid(), "started": time.time(), "phase": "start", "method": "rename",
     })
 
@@ -907,12 +997,12 @@ class _CrossDevice(Exception):
 
 
 def _make_link(dfd: int, name: str, text: str, owner: list[int] | None) -> None:
+    """Create (or keep) the symlink ``name`` -> ``text``, owned by ``owner``."""
     kind, t = _what(dfd, name)
-    if kind == "link" and t == text:
-        return
-    if kind != "absent":
+    if kind == "absent":
+        os.symlink(text, name, dir_fd=dfd)
+    elif kind != "link" or t != text:
         raise MoveError(f"{name}: unexpected {kind} in the way of the link")
-    os.symlink(text, name, dir_fd=dfd)
     if owner:
         os.chown(name, owner[0], owner[1], dir_fd=dfd, follow_symlinks=False)
 
@@ -956,11 +1046,12 @@ class _Timer:
 
     def __init__(self) -> None:
         self.t = time.monotonic()
+        self.cpu = time.process_time()
 
     def lap(self, what: str) -> None:
-        now = time.monotonic()
-        log.debug("%s: %.3fs", what, now - self.t)
-        self.t = now
+        now, cpu = time.monotonic(), time.process_time()
+        log.debug("%s: %.3fs (cpu %.3fs)", what, now - self.t, cpu - self.cpu)
+        self.t, self.cpu = now, cpu
 
 
 def _copy_to_staging(j: _Journal, src_dir: int, src_name: str, stg_dir: int,
@@ -992,6 +1083,7 @@ def _copy_to_staging(j: _Journal, src_dir: int, src_name: str, stg_dir: int,
         finally:
             os.close(sfd)
     except BaseException as exc:
+        cp.close()
         with suppress(OSError):
             _rmtree(stg_dir, stg)
             os.fsync(stg_dir)

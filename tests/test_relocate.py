@@ -353,11 +353,15 @@ def test_crash_at_every_step_then_rerun(env: Env) -> None:
     p = env.project("judy", files=300)
     before = snapshot(p.sessions)
     target = env.target()
-    cases = ([("out", c, "") for c in CRASHPOINTS_OUT]
-             + [("back", c, "") for c in CRASHPOINTS_BACK]
-             + [("out", "swap-gap", "1"), ("back", "swap-gap", "1")])
-    for direction, point, no_exchange in cases:
-        args = ["relocate", "--to", str(target)]
+    same_fs = env.hdd.mnt / "same-fs-target"  # a rename, no copy (needs --force: hdd)
+    cases = ([("out", c, "", target) for c in CRASHPOINTS_OUT]
+             + [("back", c, "", target) for c in CRASHPOINTS_BACK]
+             + [("out", "swap-gap", "1", target), ("back", "swap-gap", "1", target)]
+             + [("out", "out-rename-linked", "", same_fs),
+                ("back", "back-rename-swapped", "", same_fs),
+                ("out", "swap-gap", "1", same_fs), ("back", "swap-gap", "1", same_fs)])
+    for direction, point, no_exchange, where in cases:
+        args = ["relocate", "--force", "--to", str(where)]
         # Start from the state the move expects: a folder to move out, a link to bring back.
         if direction == "out" and p.sessions.is_symlink():
             assert mnic(p, *args, "--undo").code == 0
@@ -468,5 +472,29 @@ def test_progress_bar_on_a_terminal(env: Env) -> None:
     out = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True,
                          text=True, env=e, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "sessions of mona" in out.stdout and "files verified" in out.stdout, out.stdout
+    assert "sessions of mona" in out.stdout, out.stdout
+    assert "200/200 copied, 200 verified" in out.stdout, out.stdout
     assert p.sessions.is_symlink()
+
+
+def test_nested_data_folders_move_with_their_parent(env: Env) -> None:
+    p = env.project("nina", files=20, kinds=("sessions", "checkpoints", "checkpoint_store"))
+    cfgdir = p.root / ".claude" / "config"
+    cfgdir.mkdir()
+    (cfgdir / "checkpoint-config.json").write_text(
+        '{"storage": {"base_path": ".claude/checkpoints/store"}}')
+    make_tree(p.root / ".claude" / "checkpoints" / "store", 10, seed=9)
+    store = snapshot(p.root / ".claude" / "checkpoints" / "store")
+    r = mnic(p, "relocate", "--to", str(env.target()))
+    assert r.code == 0, r.err + r.out
+    assert "inside the checkpoints folder" in r.out
+    assert (p.root / ".claude" / "checkpoints").is_symlink()
+    assert diff_snapshots(store, snapshot(p.root / ".claude/checkpoints/store")) == []
+    # a data folder that is a mount point is refused
+    q = env.project("nina-mnt", files=1)
+    subprocess.run(["mount", "-t", "tmpfs", "t", str(q.sessions)], check=True)
+    try:
+        r = mnic(q, "relocate", "--to", str(env.target()))
+        assert r.code == 2 and "mount point" in r.err, r.err
+    finally:
+        subprocess.run(["umount", str(q.sessions)], check=True)

@@ -214,3 +214,31 @@ def test_measure_and_holders(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_link_target_written_between_verify_and_swap_back(
+        setup: tuple[Place, Place, str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Moving back: a write through the link after the verification puts the link back
+    and drops the unused copy; the new data stays where it was written."""
+    pub, dest, text, jdir = setup
+    treemove.link_out(pub, dest, text, jdir)
+    victim = next(Path(text).rglob("SESSION_*.md"))
+    real_crash = treemove._crashpoint
+
+    def hook(name: str) -> None:
+        if name == "copy-verified":
+            with open(victim, "ab") as fh:
+                fh.write(b"written through the link\n")
+        real_crash(name)
+
+    monkeypatch.setattr(treemove, "_crashpoint", hook)
+    with pytest.raises(MoveError) as ei:
+        treemove.link_back(pub, dest, text, jdir)
+    assert "changed while it was being moved back" in ei.value.message
+    assert os.readlink(pub.path) == text
+    assert victim.read_bytes().endswith(b"written through the link\n")
+    assert tmp_leftovers(pub.path.parent, dest.path.parent) == []
+    monkeypatch.setattr(treemove, "_crashpoint", real_crash)
+    before = snapshot(pub.path)
+    treemove.link_back(pub, dest, text, jdir)  # a second try, undisturbed, works
+    assert diff_snapshots(before, snapshot(pub.path)) == []
