@@ -413,12 +413,17 @@ def test_kill9_at_random_moments(env: Env) -> None:
     killed = 0
     phases: list[str] = []
     i = 0
-    while killed < 30 and i < 60:
+    # Kill times are stratified over the move (early, middle, late) so that the short
+    # late phases (swap, removal) get their share even when a loaded machine stretches
+    # the copy; runs go on until 30 kills have landed in at least 3 phases.
+    strata = [(0.0, 0.5), (0.5, 0.85), (0.85, 1.05)]
+    while (killed < 30 or len(set(phases)) < 3) and i < 90:
         direction = "back" if i % 2 == 0 else "out"
         args = base + (["--undo"] if direction == "back" else [])
         proc, _ = _run_until_journal(args, e)
         t0 = time.monotonic()
-        time.sleep(rng.uniform(0, move))
+        lo, hi = strata[(i // 2) % 3]
+        time.sleep(rng.uniform(lo * move, hi * move))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed += 1
