@@ -7,7 +7,6 @@ start fast and never import jinja2, watchdog or python-crontab.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import os
 import sys
@@ -40,17 +39,13 @@ LAZY_COMMANDS: dict[str, str] = {
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        names = [n for n, ref in LAZY_COMMANDS.items()
-                 if importlib.util.find_spec(ref.partition(":")[0]) is not None]
-        return sorted(set(names) | set(super().list_commands(ctx)))
+        return sorted(set(LAZY_COMMANDS) | set(super().list_commands(ctx)))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         ref = LAZY_COMMANDS.get(cmd_name)
         if ref is None:
             return super().get_command(ctx, cmd_name)
         mod_name, _, attr = ref.partition(":")
-        if importlib.util.find_spec(mod_name) is None:
-            return None
         cmd = getattr(importlib.import_module(mod_name), attr)
         assert isinstance(cmd, click.Command)
         return cmd

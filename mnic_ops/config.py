@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +84,19 @@ SCHEMA: Schema = {
         "system_files": Key("bool", True, "`render` without PROJECT also writes "
                             "/etc/profile.d/mnic-ops.sh and /etc/sysctl.d/60-mnic-ops.conf."),
     }, "Tier config rendering."),
-    "relocate": Section({}, "Moving data to an SSD."),
+    "relocate": Section({
+        "kinds": Key("list[str]", ["sessions", "checkpoints", "checkpoint_store"],
+                     "Data folders `relocate` moves, by data-map kind (sessions, "
+                     "checkpoints, checkpoint_store, thinking_logs, cost_records, logs, "
+                     "task_results)."),
+        "margin_percent": Key("float", 10.0, "Free space the target must have beyond the "
+                              "data's size, in percent of that size.", minimum=0),
+        "min_free_mib": Key("int", 256, "Free space (MiB) that must remain on the target "
+                            "after a move.", minimum=0),
+        "verify_from_disk": Key("bool", True, "Drop the copy from the page cache before "
+                                "comparing it with the source, so the check reads what "
+                                "reached the disk, not what is still in memory."),
+    }, "Moving data to an SSD."),
     "fstab": Section({
         "mount_points": Key("list[str]", [], "Mount points `fstab` always considers, besides "
                             "those holding framework data and any --mount-point."),
@@ -95,9 +106,75 @@ SCHEMA: Schema = {
                                "(nfs, cifs, ...); off because atime there is the server's "
                                "business and a remount can hang on a dead server."),
     }, "noatime proposals for /etc/fstab."),
-    "clean": Section({}, "Maintenance pass policy."),
-    "cron": Section({}, "Cleanup cron jobs."),
-    "watch": Section({}, "Auto-compression watcher."),
+    "clean": Section({
+        **{kind: Section({
+            "patterns": Key("list[str]", None, "Names to gzip (globs; with a `/` they match "
+                            "the path below the data folder). Unset: the built-in default."),
+            "compress_after_days": Key("float", None, "Gzip matching files not modified "
+                                       "for this many days; 0 turns compression off.",
+                                       minimum=0),
+            "expire_patterns": Key("list[str]", None, "Archives to delete when old "
+                                   "(default: each pattern + `.gz`)."),
+            "delete_after_days": Key("float", None, "Delete matching archives older than "
+                                     "this many days; 0 keeps them forever.", minimum=0),
+        }, f"Policy for {kind} (unset keys: tier, then the framework's own config, then "
+           "the built-in default).")
+           for kind in ("sessions", "checkpoints", "checkpoint_store", "thinking_logs",
+                        "cost_records", "logs", "task_results")},
+        "workers": Key("int", 0, "Compressing processes; 0 = two per CPU (one compresses "
+                       "while the other waits for its batch's sync), at most 8.", minimum=0),
+        "level": Key("int", 5, "gzip level 1-9; zlib-ng at 5 is as small as gzip -6 "
+                     "(within 2 %) and a third faster.", minimum=1),
+        "compressor": Key("str", "auto", "Deflate implementation; auto prefers zlib-ng "
+                          "(same output format, faster) and falls back to zlib.",
+                          choices=("auto", "zlib-ng", "isal", "zlib")),
+        "batch_files": Key("int", 256, "Files written before one filesystem sync makes "
+                           "them durable together.", minimum=1),
+        "follow_links_under": Key("list[str]", [], "Besides ssd_path and the install "
+                                  "itself: host folders a data folder may be a symlink "
+                                  "into (other links are not followed)."),
+        "textfile": Key("str", "/var/lib/prometheus/node-exporter/mnic_ops_clean.prom",
+                        "node_exporter textfile written after each pass (when its folder "
+                        "exists); empty = none."),
+    }, "Maintenance pass policy."),
+    "cron": Section({
+        "compress_schedule": Key("str", None, "Cron schedule of the daily compress+expire "
+                                 "pass (default: from the tier)."),
+        "expire_schedule": Key("str", None, "Cron schedule of the expiry pass (default: "
+                               "from the tier; the guide's */30 * * * *)."),
+        "command": Key("str", None, "How jobs invoke mnic-ops (default: the installed "
+                       "mnic-ops found by absolute path)."),
+        "log": Key("str", None, "Where job output goes: an absolute file path or `syslog` "
+                   "(default: /var/log/mnic-ops-cron.log for --system, syslog for "
+                   "--user)."),
+    }, "Cleanup cron jobs."),
+    "watch": Section({
+        "settle_seconds": Section({
+            kind: Key("float", minutes * 60.0, f"Seconds a {kind.replace('_', ' ')} file must "
+                      f"stay quiet after its writer closed it before it is gzipped (default "
+                      f"{minutes:g} minutes{why}).", minimum=0)
+            for kind, minutes, why in (
+                ("sessions", 60, ": a session summary untouched for an hour is finished"),
+                ("checkpoints", 15, ": each checkpoint is written once"),
+                ("checkpoint_store", 15, ": each metadata file is written once"),
+                ("thinking_logs", 10, ": each decision record is written once"),
+                ("cost_records", 1500, ": daily/DATE.json is rewritten all day, so it is "
+                 "left until its day is over"),
+                ("logs", 60, ""),
+                ("task_results", 60, ""))
+        }, "Per data class; which files and classes are compressed at all is the "
+           "[clean] policy (patterns; compress_after_days = 0 turns a class off)."),
+        "poll": Key("bool", False, "Always use the polling observer (as --poll); it is "
+                    "used anyway for network filesystems."),
+        "poll_seconds": Key("float", 30.0, "Interval of the polling observer.", minimum=0.1),
+        "check_seconds": Key("float", 5.0, "How often each data folder is checked to still "
+                             "be the folder watched (deleted, re-created, relinked).",
+                             minimum=0.1),
+        "rescan_minutes": Key("float", 60.0, "Safety net: re-list the watched folders this "
+                              "often for files written since start that no event announced "
+                              "(after an inotify queue overflow one runs at once); 0 = only "
+                              "after overflows.", minimum=0),
+    }, "Auto-compression watcher (`mnic-ops watch`)."),
     "doctor": Section({
         "metrics_file": Key("str", None, "Write the figures as a node_exporter textfile here "
                             "(host path, e.g. /var/lib/prometheus/node-exporter/"
@@ -326,6 +403,8 @@ def load(root: HostRoot, path: str | None = None,
     except PermissionError:
         raise InputError(f"{cfg_path}: permission denied") from None
     if raw is not None:
+        import tomllib  # only when there is a file: detect without one stays lean
+
         try:
             text = raw.decode()
             data = tomllib.loads(text)

@@ -151,7 +151,8 @@ def _undo_beneath(rec: dict[str, Any]) -> str:
         raise OpsError(f"{rec['path']}: backup {rec['backup']} is gone; not reverting")
     data, st = bak
     safefs.atomic_write_beneath(base, rel, data, mode=stat.S_IMODE(st.st_mode),
-                                uid=st.st_uid, gid=st.st_gid)
+                                uid=st.st_uid, gid=st.st_gid,
+                                times_ns=(st.st_atime_ns, st.st_mtime_ns))
     return f"restored {rec['path']}"
 
 

@@ -743,7 +743,13 @@ def _undo_fstab(root: HostRoot, rec: dict[str, Any]) -> str:
     safefs.copy_verified(rec["backup"], real)
     if _sha(safefs.read_bytes_nofollow(real)) != rec["before"]:
         raise OpsError(f"{rec['path']}: restored copy does not match the original")
-    return f"restored {rec['path']} from {rec['backup']}"
+    # The backup now duplicates the file in place: remove it, so that undo leaves /etc
+    # as it was before mnic-ops touched it.
+    bak = Path(rec["backup"])
+    if _sha(safefs.read_bytes_nofollow(bak)) == rec["before"]:
+        bak.unlink()
+        safefs.fsync_dir(bak.parent)
+    return f"restored {rec['path']} (its backup {bak.name} is no longer needed: removed)"
 
 
 def _atime_mode(options: Iterable[str]) -> str:

@@ -35,6 +35,8 @@ class Context:
     apply_fstab: bool
     verifying: bool = False
     notes: list[str] = field(default_factory=list)
+    ssd_mount: str | None = None  # mount point of the relocation target, once planned
+    ssd_target: str | None = None  # the relocation target folder, once planned
 
 
 Step = Callable[[Context], list[Item]]
@@ -47,6 +49,47 @@ def _step_render(ctx: Context) -> list[Item]:
     return plan.items
 
 
+def _step_relocate(ctx: Context) -> list[Item]:
+    """Sessions and checkpoints onto the SSD, when a target that passes relocate's
+    checks exists; otherwise a skipped item saying why."""
+    from mnic_ops import facts, relocate
+    from mnic_ops.config import SCHEMA, Key
+    from mnic_ops.errors import InputError
+
+    app = ctx.app
+    jdir = app.root.path(relocate.JOURNAL_DIR)
+    recovery, busy = relocate.plan_recovery(app, jdir)
+    mounts = facts.mounts(app.root, facts.Absent())
+    default = SCHEMA["ssd_path"]
+    assert isinstance(default, Key)
+    try:
+        target = relocate.choose_target(app.root, app.config.get("ssd_path"),
+                                        default.default, None, mounts)
+        relocate.check_target(target, mounts, False)
+    except InputError as exc:
+        return [*recovery.items,
+                Item(id="relocate", description="move sessions and checkpoints to an SSD",
+                     state=SKIPPED, reason=exc.message)]
+    if target.mount is not None and target.mount.mount_point != "/":
+        ctx.ssd_mount = target.mount.mount_point
+    ctx.ssd_target = target.host_path
+    plan = relocate.plan_out(app, ctx.projects, target, False, jdir, mounts, busy)
+    return [*recovery.items, *plan.items]
+
+
+def _step_cron(ctx: Context) -> list[Item]:
+    from mnic_ops import cron
+
+    return cron.plan_install(ctx.app, cron.Target(True, "root")).items
+
+
+def _step_watcher(ctx: Context) -> list[Item]:
+    from mnic_ops.watch import plan_unit
+
+    return plan_unit(ctx.app, ctx.projects,
+                     extra_paths=[ctx.ssd_target] if ctx.ssd_target else [])
+
+
 def _step_fstab(ctx: Context) -> list[Item]:
     """noatime for the filesystems holding framework data: applied (and remounted) only
     with --apply-fstab / provision.apply_fstab, else shown as a proposal."""
@@ -56,7 +99,11 @@ def _step_fstab(ctx: Context) -> list[Item]:
     if not root.path("/etc/fstab").exists():
         return [Item(id="fstab", description="noatime in /etc/fstab", state=SKIPPED,
                      reason="no /etc/fstab on this host")]
-    plan, _title, _extra = fstab.build(ctx.app, apply_=ctx.apply_fstab and not ctx.verifying,
+    # The SSD the data is about to move to holds framework data once this plan is
+    # applied: name it now so that one run suffices.
+    mps = [ctx.ssd_mount] if ctx.ssd_mount else []
+    plan, _title, _extra = fstab.build(ctx.app, mps,
+                                       apply_=ctx.apply_fstab and not ctx.verifying,
                                        remount=ctx.apply_fstab)
     if not ctx.apply_fstab:
         for it in plan.items:
@@ -66,9 +113,13 @@ def _step_fstab(ctx: Context) -> list[Item]:
     return plan.items
 
 
+# (name, provision.<switch> that turns it off, step), in the order they apply.
 STEPS: list[tuple[str, str, Step]] = [
     ("render", "", _step_render),
+    ("relocate", "relocate", _step_relocate),
     ("fstab", "", _step_fstab),
+    ("cron", "cron", _step_cron),
+    ("watcher", "watcher", _step_watcher),
 ]
 
 

@@ -265,10 +265,12 @@ def atomic_write_beneath(
     mode: int | None = None,
     uid: int | None = None,
     gid: int | None = None,
+    times_ns: tuple[int, int] | None = None,
 ) -> None:
     """:func:`atomic_write` for ``base/relpath`` through folder descriptors: no symlink
     below ``base`` is followed, so a user-owned tree cannot steer where root writes.
-    Keeps the replaced file's owner, group and mode unless given (new: 0644)."""
+    Keeps the replaced file's owner, group and mode unless given (new: 0644);
+    ``times_ns`` (atime, mtime) restores a file's times, as an undo must."""
     if isinstance(data, str):
         data = data.encode()
     reldir, name = _split_rel(relpath)
@@ -298,6 +300,8 @@ def atomic_write_beneath(
                 if uid != -1 or gid != -1:
                     os.fchown(fd, uid, gid)
                 os.fchmod(fd, mode)
+                if times_ns is not None:
+                    os.utime(fd, ns=times_ns)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -437,3 +441,53 @@ def open_beneath_at(dirfd: int, relpath: str, flags: int = os.O_RDONLY) -> int:
     finally:
         if fd != dirfd:
             os.close(fd)
+
+
+# --- renames and flushes the os module does not offer --------------------------------
+
+_AT_FDCWD = -100
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+_libc: object | None = None
+
+
+def _libc_fn(name: str) -> object:
+    """A libc function through ctypes (renameat2 and syncfs have no os wrapper)."""
+    global _libc
+    import ctypes
+
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return getattr(_libc, name)
+
+
+def renameat2(old_dir_fd: int | None, old: str, new_dir_fd: int | None, new: str,
+              flags: int = 0) -> None:
+    """``renameat2(2)``: with ``RENAME_EXCHANGE`` two names swap atomically (a folder
+    and a symlink included), with ``RENAME_NOREPLACE`` an existing ``new`` is an error.
+    Raises OSError; EINVAL/ENOSYS/EOPNOTSUPP mean the filesystem lacks the flag."""
+    import ctypes
+
+    fn = _libc_fn("renameat2")
+    rc = fn(  # type: ignore[operator]
+        ctypes.c_int(_AT_FDCWD if old_dir_fd is None else old_dir_fd), os.fsencode(old),
+        ctypes.c_int(_AT_FDCWD if new_dir_fd is None else new_dir_fd), os.fsencode(new),
+        ctypes.c_uint(flags))
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), old, None, new)
+
+
+def syncfs(fd: int) -> None:
+    """Flush the whole filesystem holding ``fd``: one call instead of an fsync per file
+    after writing thousands of them (falls back to ``sync()``)."""
+    import ctypes
+
+    try:
+        fn = _libc_fn("syncfs")
+    except AttributeError:
+        os.sync()
+        return
+    if fn(ctypes.c_int(fd)) != 0:  # type: ignore[operator]
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))

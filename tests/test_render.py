@@ -83,8 +83,9 @@ def install(root: Path, rel: str, files: tuple[str, ...] = OVERLAID) -> Path:
     return p
 
 
-def snapshot(root: Path) -> dict[str, tuple[bytes, int, int, int]]:
-    """Every file under root (outside mnic-ops' own state) with bytes, owner and mode."""
+def snapshot(root: Path) -> dict[str, tuple[bytes, int, int, int, int]]:
+    """Every file under root (outside mnic-ops' own state) with bytes, owner, mode and
+    modification time (an undo puts the times back too)."""
     out = {}
     for dirpath, _dirs, files in os.walk(root):
         if "/var/lib/mnic-ops" in dirpath or "/var/log" in dirpath:
@@ -93,7 +94,8 @@ def snapshot(root: Path) -> dict[str, tuple[bytes, int, int, int]]:
             p = os.path.join(dirpath, f)
             st = os.lstat(p)
             data = Path(p).read_bytes() if not os.path.islink(p) else os.readlink(p).encode()
-            out[p] = (hashlib.sha256(data).digest(), st.st_uid, st.st_gid, st.st_mode)
+            out[p] = (hashlib.sha256(data).digest(), st.st_uid, st.st_gid, st.st_mode,
+                      st.st_mtime_ns)
     return out
 
 

@@ -16,12 +16,14 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FIXTURE_CONFIGS = Path(__file__).resolve().parent / "fixtures" / "framework-configs"
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE_CONFIGS = REPO / "tests" / "fixtures" / "framework-configs"
 _CLONE_NEWNS = 0x00020000
 
 
@@ -81,6 +83,13 @@ class TestHost:
             mkdir -p {b}/merged/var/spool/cron/crontabs
             mount -t tmpfs tmpfs {b}/merged/var/spool/cron/crontabs
         """)
+        # The checkout and the Python running the tests stay visible (read-only) in the
+        # test host even where they live below the fresh /tmp.
+        for keep in sorted({str(REPO), sys.prefix, sys.base_prefix}):
+            if keep.startswith(("/tmp/", "/run/")):
+                dst = f"{b}/merged{keep}"
+                self.sh(f"mkdir -p '{dst}' && mount --bind '{keep}' '{dst}' "
+                        f"&& mount -o remount,bind,ro '{dst}'")
 
     def stop(self) -> None:
         if self.holder is not None:

@@ -114,5 +114,5 @@ def test_noatime_in_fstab_and_live_where_applied(host: Any,
     line = [ln for ln in host.file("/etc/fstab").content_string.splitlines()
             if len(ln.split()) > 3 and not ln.startswith("#") and ln.split()[1] == ssd_mount]
     assert len(line) == 1 and "noatime" in line[0].split()[3].split(","), line
-    live = host.run(f"findmnt -n -o OPTIONS {ssd_mount}").stdout
+    live = host.run(f"findmnt -n -o OPTIONS {ssd_mount}").stdout.strip()
     assert "noatime" in live.split(","), live

@@ -1,0 +1,470 @@
+"""``mnic-ops cron install|remove|show``: the cleanup jobs, in cron.
+
+``--system`` (the default as root) owns ``/etc/cron.d/mnic-ops`` (a name Debian's cron
+accepts: no dot), written atomically, root-owned, mode 0644, through
+:func:`filechange.file_item` (diff, backup, undo) rather than python-crontab's own
+non-atomic ``write``. ``--user USER`` edits that user's crontab through ``crontab``.
+Jobs are marked with a comment (``mnic-ops:expire``, ``mnic-ops:compress``) so that
+install is idempotent and remove deletes only ours. They call the installed mnic-ops by
+absolute path and send their output to a log file or syslog, never to mail.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from mnic_ops import safefs
+from mnic_ops.changes import OK, ApplyContext, Item, Plan, Undo, undo_handler, unified_diff
+from mnic_ops.errors import EXIT_CODES_HELP, EXIT_OK, InputError, OpsError
+from mnic_ops.hostroot import HostRoot
+
+if TYPE_CHECKING:
+    from mnic_ops.output import AppContext
+
+SYSTEM_FILE = "/etc/cron.d/mnic-ops"
+MARK = "mnic-ops:"
+DEFAULT_LOG = "/var/log/mnic-ops-cron.log"
+HEADER = ("# Managed by mnic-ops (mnic-ops cron install/remove). Jobs marked mnic-ops:* are "
+          "replaced on install.")
+# Schedules per host class: the guide's */30 for expiry; compression once a day, at
+# lunchtime on laptops (often asleep at night; cron does not catch up) and at night else.
+TIER_SCHEDULES: dict[str, dict[str, str]] = {
+    "laptop": {"expire": "*/30 * * * *", "compress": "30 12 * * *"},
+    "workstation": {"expire": "*/30 * * * *", "compress": "30 3 * * *"},
+    "server": {"expire": "*/30 * * * *", "compress": "15 3 * * *"},
+}
+JOBS = {"compress": ("clean", "daily pass: compress aged files, expire old archives"),
+        "expire": ("clean --only expire", "frequent pass: expire old archives")}
+_ENV_RE = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*=")
+
+
+def _crontab() -> Any:
+    """python-crontab, imported only when a cron command runs."""
+    import crontab
+
+    return crontab
+
+
+@dataclass
+class Target:
+    system: bool
+    user: str  # the user the jobs run as (system file user field, or the crontab owner)
+
+
+def _target(system: bool, user: str | None) -> Target:
+    if system and user:
+        raise InputError("give --system or --user USER, not both")
+    if user:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", user):
+            raise InputError(f"--user {user!r}: not a valid user name")
+        return Target(False, user)
+    if system or os.geteuid() == 0:
+        return Target(True, "root")
+    import pwd
+
+    return Target(False, pwd.getpwuid(os.geteuid()).pw_name)
+
+
+# --- what to install ---------------------------------------------------------------
+
+def mnic_command(app: AppContext) -> str:
+    """The absolute command line that runs this mnic-ops: the ``cron.command`` config,
+    else the script we were started as, else ``mnic-ops`` on PATH, else this Python
+    with ``-m mnic_ops``."""
+    configured = app.config.get("cron.command")
+    if configured:
+        cmd = str(configured)
+    else:
+        argv0 = sys.argv[0] if sys.argv else ""
+        if os.path.basename(argv0) == "mnic-ops" and os.path.isfile(argv0):
+            cmd = shlex.quote(os.path.abspath(argv0))
+        elif found := shutil.which("mnic-ops"):
+            cmd = shlex.quote(os.path.abspath(found))
+        else:
+            cmd = f"{shlex.quote(os.path.abspath(sys.executable))} -m mnic_ops"
+        if app.config_path:
+            cmd += f" --config {shlex.quote(os.path.abspath(app.config_path))}"
+    return cmd
+
+
+def schedules(app: AppContext) -> dict[str, str]:
+    """Per job: config ``cron.*_schedule`` > ``[tiers.<class>.cron]`` > the tier table."""
+    cfg = app.config
+    out: dict[str, str] = {}
+    tier_vals: dict[str, Any] = {}
+    need_tier = any(not cfg.get(f"cron.{j}_schedule") for j in JOBS)
+    if need_tier:
+        from mnic_ops.cmd_host import detect
+
+        decision, _ = detect(app)
+        out.update(TIER_SCHEDULES.get(decision.host_class, TIER_SCHEDULES["workstation"]))
+        t = (cfg.get("tiers") or {}).get(decision.host_class) or {}
+        tier_vals = t.get("cron") or {} if isinstance(t, dict) else {}
+    for job in JOBS:
+        v = cfg.get(f"cron.{job}_schedule") or tier_vals.get(f"{job}_schedule")
+        if v:
+            out[job] = str(v)
+    crontab = _crontab()
+    for job, sched in out.items():
+        if not crontab.CronSlices.is_valid(sched):
+            raise InputError(f"cron.{job}_schedule: {sched!r} is not a valid cron schedule "
+                             "(expected five fields like '*/30 * * * *')")
+    return out
+
+
+def log_redirect(app: AppContext, target: Target) -> str:
+    dest = app.config.get("cron.log") or (DEFAULT_LOG if target.system else "syslog")
+    if dest == "syslog":
+        logger = shutil.which("logger") or "/usr/bin/logger"
+        return f"2>&1 | {shlex.quote(logger)} -t mnic-ops"
+    if not str(dest).startswith("/"):
+        raise InputError(f"cron.log: {dest!r}: expected an absolute path or 'syslog'")
+    return f">>{shlex.quote(str(dest))} 2>&1"
+
+
+def job_lines(app: AppContext, target: Target) -> dict[str, tuple[str, str]]:
+    """marker -> (schedule, command) for our jobs (python-crontab escapes ``%`` as
+    ``\\%`` when rendering, as cron needs)."""
+    cmd = mnic_command(app)
+    redirect = log_redirect(app, target)
+    scheds = schedules(app)
+    return {f"{MARK}{job}": (scheds[job], f"{cmd} {args} {redirect}")
+            for job, (args, _) in JOBS.items()}
+
+
+# --- parsing and rendering with python-crontab ------------------------------------------
+
+def parse(text: str, where: str, system: bool) -> Any:
+    """A CronTab of ``text``; any line cron would not accept is an input error naming it
+    (python-crontab would silently turn it into a comment)."""
+    crontab = _crontab()
+    for n, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if not s or s.startswith("#") or _ENV_RE.match(s):
+            continue
+        try:
+            items = list(crontab.CronTab(tab=line + "\n", user=False if system else None))
+        except (ValueError, KeyError) as exc:
+            raise InputError(f"{where}:{n}: not a valid cron line ({exc}); fix or remove "
+                             "it first") from None
+        if len(items) != 1 or not items[0].is_valid() or (system and not items[0].user):
+            raise InputError(f"{where}:{n}: not a valid cron line"
+                             + (" (a system crontab line needs a user field)" if system
+                                else "") + "; fix or remove it first")
+    # our header is put back on top when rendering (python-crontab moves comments
+    # below the environment lines)
+    text = "".join(line for line in text.splitlines(keepends=True)
+                   if line.rstrip("\n") != HEADER)
+    return crontab.CronTab(tab=text, user=False if system else None)
+
+
+def _ours(tab: Any) -> list[Any]:
+    return [j for j in tab if str(j.comment or "").startswith(MARK)]
+
+
+def with_jobs(tab: Any, jobs: dict[str, tuple[str, str]], target: Target) -> str:
+    """Render ``tab`` with our jobs set to exactly ``jobs`` (others untouched)."""
+    current = {str(j.comment): j for j in _ours(tab)}
+    for marker, job in current.items():
+        if marker not in jobs:
+            tab.remove(job)
+    for marker, (sched, cmd) in jobs.items():
+        job = current.get(marker)
+        if job is None:
+            job = tab.new(command=cmd, comment=marker,
+                          user=target.user if target.system else None)
+        else:
+            job.set_command(cmd)
+            if target.system:
+                job.user = target.user
+        job.setall(sched)
+    if target.system:
+        tab.env["MAILTO"] = '""'  # our own file: no mail from these jobs
+        tab.env["SHELL"] = "/bin/sh"
+    text: str = tab.render()
+    if target.system:
+        text = HEADER + "\n" + text
+    return text if text.endswith("\n") else text + "\n"
+
+
+def without_jobs(tab: Any) -> str:
+    for job in _ours(tab):
+        tab.remove(job)
+    text: str = tab.render()
+    return text if not text or text.endswith("\n") else text + "\n"
+
+
+def has_foreign_jobs(tab: Any) -> bool:
+    return any(not str(j.comment or "").startswith(MARK) for j in tab)
+
+
+# --- next run times ---------------------------------------------------------------------
+
+def next_run(job: Any, after: dt.datetime) -> dt.datetime | None:
+    """When cron next starts ``job`` after ``after`` (local time); None for @reboot."""
+    if job.special and job.special != "*":
+        spec = str(job.special)
+        if spec == "@reboot":
+            return None
+    mins = sorted(set(job.minute))
+    hours = sorted(set(job.hour))
+    doms = set(job.dom)
+    months = set(job.month)
+    dows = {int(d) % 7 for d in job.dow}
+    dom_any, dow_any = str(job.dom) == "*", str(job.dow) == "*"
+    start = (after + dt.timedelta(minutes=1)).replace(second=0, microsecond=0)
+    day = start.date()
+    for _ in range(366 * 8):  # every schedule fires within 8 years (29 Feb on a weekday)
+        if day.month in months:
+            dom_ok, dow_ok = day.day in doms, (day.isoweekday() % 7) in dows
+            if dom_any and dow_any:
+                ok = True
+            elif dom_any:
+                ok = dow_ok
+            elif dow_any:
+                ok = dom_ok
+            else:
+                ok = dom_ok or dow_ok  # cron: either restriction matches
+            if ok:
+                for h in hours:
+                    for m in mins:
+                        t = dt.datetime(day.year, day.month, day.day, h, m)
+                        if t >= start:
+                            return t
+        day += dt.timedelta(days=1)
+    return None
+
+
+# --- reading and writing ----------------------------------------------------------------
+
+def _read_system(root: HostRoot) -> str | None:
+    try:
+        return safefs.read_bytes_nofollow(root.path(SYSTEM_FILE)).decode()
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError:
+        raise InputError(f"{SYSTEM_FILE}: not UTF-8 text") from None
+
+
+def read_user_crontab(user: str) -> str:
+    from mnic_ops import execute
+
+    r = execute.run(["crontab", "-l", "-u", user], check=False)
+    if r.returncode == 0:
+        return r.stdout
+    if "no crontab" in r.stderr:
+        return ""
+    raise OpsError(f"crontab -l -u {user}: {r.stderr.strip() or 'failed'}")
+
+
+def write_user_crontab(user: str, text: str) -> None:
+    from mnic_ops import execute
+
+    if text.strip():
+        execute.run(["crontab", "-u", user, "-"], input=text)
+    else:
+        execute.run(["crontab", "-u", user, "-r"], check=False)
+
+
+def _remove_file_item(root: HostRoot, host_path: str, old: str) -> Item:
+    real = root.path(host_path)
+
+    def action(ctx: ApplyContext) -> Undo:
+        bak = ctx.backup_dir() / real.name
+        safefs.backup(real, bak)
+        os.unlink(real)
+        safefs.fsync_dir(real.parent)
+        return Undo("cron-file-removed", {"path": host_path, "real": str(real),
+                                          "backup": str(bak)})
+
+    return Item(id=f"file:{host_path}", description=f"remove {host_path}",
+                diff=unified_diff(old, "", host_path), action=action,
+                data={"path": host_path})
+
+
+@undo_handler("cron-file-removed")
+def _undo_removed(root: HostRoot, rec: dict[str, Any]) -> str:
+    if os.path.lexists(rec["real"]):
+        raise OpsError(f"{rec['path']}: exists again; not restoring (backup: "
+                       f"{rec['backup']})")
+    safefs.copy_verified(rec["backup"], rec["real"])
+    return f"restored {rec['path']}"
+
+
+def _user_item(user: str, old: str, new: str, description: str) -> Item:
+    iid = f"crontab:{user}"
+    if old == new:
+        return Item(id=iid, description=description, state=OK, reason="already as wanted")
+
+    def action(ctx: ApplyContext) -> Undo:
+        if read_user_crontab(user) != old:
+            raise OpsError(f"crontab of {user} changed since the plan was made; run again")
+        write_user_crontab(user, new)
+        return Undo("crontab", {"user": user, "before": old, "after": new})
+
+    return Item(id=iid, description=description,
+                diff=unified_diff(old, new, f"crontab:{user}"), action=action,
+                data={"user": user})
+
+
+@undo_handler("crontab")
+def _undo_crontab(root: HostRoot, rec: dict[str, Any]) -> str:
+    if read_user_crontab(rec["user"]) != rec["after"]:
+        raise OpsError(f"crontab of {rec['user']} changed since mnic-ops wrote it; "
+                       "not reverting")
+    write_user_crontab(rec["user"], rec["before"])
+    return f"restored the crontab of {rec['user']}"
+
+
+def plan_install(app: AppContext, target: Target) -> Plan:
+    from mnic_ops.filechange import file_item
+
+    plan = Plan()
+    jobs = job_lines(app, target)
+    if target.system:
+        if not app.root.path("/etc/cron.d").is_dir():
+            raise OpsError("/etc/cron.d does not exist: install cron first "
+                           "(apt-get install --no-install-recommends cron)")
+        old = _read_system(app.root) or ""
+        new = with_jobs(parse(old, SYSTEM_FILE, True), jobs, target)
+        plan.add(file_item(app.root, SYSTEM_FILE, new, mode=0o644, uid=0, gid=0,
+                           description=f"cleanup jobs in {SYSTEM_FILE}"))
+    else:
+        _live_only(app)
+        old = read_user_crontab(target.user)
+        new = with_jobs(parse(old, f"crontab of {target.user}", False), jobs, target)
+        plan.add(_user_item(target.user, old, new, f"cleanup jobs in the crontab of "
+                                                   f"{target.user}"))
+    return plan
+
+
+def plan_remove(app: AppContext, target: Target) -> Plan:
+    from mnic_ops.filechange import file_item
+
+    plan = Plan()
+    if target.system:
+        old = _read_system(app.root)
+        if old is None:
+            plan.add(Item(id=f"file:{SYSTEM_FILE}", description=f"remove {SYSTEM_FILE}",
+                          state=OK, reason="not installed"))
+            return plan
+        tab = parse(old, SYSTEM_FILE, True)
+        if not _ours(tab):
+            plan.add(Item(id=f"file:{SYSTEM_FILE}", description="remove cleanup jobs",
+                          state=OK, reason="none installed"))
+        elif has_foreign_jobs(tab):
+            plan.add(file_item(app.root, SYSTEM_FILE, without_jobs(tab),
+                               description=f"remove our jobs from {SYSTEM_FILE} (others "
+                               "kept)"))
+        else:
+            plan.add(_remove_file_item(app.root, SYSTEM_FILE, old))
+    else:
+        _live_only(app)
+        old = read_user_crontab(target.user)
+        tab = parse(old, f"crontab of {target.user}", False)
+        plan.add(_user_item(target.user, old, without_jobs(tab) if _ours(tab) else old,
+                            f"remove cleanup jobs from the crontab of {target.user}"))
+    return plan
+
+
+def _live_only(app: AppContext) -> None:
+    if not app.root.live:
+        raise InputError("--user works on the running system only (crontab ignores "
+                         "--root); use --system for an image")
+
+
+def show_data(app: AppContext, target: Target) -> dict[str, Any]:
+    now = dt.datetime.now()
+    if target.system:
+        text = _read_system(app.root)
+        where = SYSTEM_FILE
+    else:
+        _live_only(app)
+        text = read_user_crontab(target.user)
+        where = f"crontab of {target.user}"
+    jobs = []
+    if text:
+        tab = parse(text, where, target.system)
+        for j in _ours(tab):
+            nxt = next_run(j, now)
+            jobs.append({"marker": str(j.comment), "schedule": str(j.slices),
+                         "user": j.user, "command": str(j.command),
+                         "next_run": nxt.isoformat(timespec="minutes") if nxt else None})
+    return {"where": where, "installed": bool(jobs), "jobs": jobs}
+
+
+# --- the command ----------------------------------------------------------------------
+
+@click.group("cron", epilog=EXIT_CODES_HELP)
+def cron_cmd() -> None:
+    """Install, remove or show the cleanup cron jobs (`mnic-ops clean` on a schedule)."""
+
+
+def _common(f: Any) -> Any:
+    f = click.option("--user", "user", metavar="USER", default=None,
+                     help="That user's crontab (through `crontab`).")(f)
+    f = click.option("--system", is_flag=True,
+                     help=f"{SYSTEM_FILE} (the default as root).")(f)
+    return f
+
+
+@cron_cmd.command("install", epilog=EXIT_CODES_HELP)
+@_common
+@click.option("--check", is_flag=True, help="Show what would change; change nothing.")
+@click.option("--diff", is_flag=True, help="Show the diff.")
+@click.pass_obj
+def install_cmd(app: AppContext, system: bool, user: str | None, check: bool,
+                diff: bool) -> int:
+    """Install (or update) the expiry and daily compression jobs."""
+    from mnic_ops.output import run_plan
+
+    target = _target(system, user)
+    return run_plan(app, plan_install(app, target), check=check, diff=diff,
+                    command="cron install")
+
+
+@cron_cmd.command("remove", epilog=EXIT_CODES_HELP)
+@_common
+@click.option("--check", is_flag=True, help="Show what would change; change nothing.")
+@click.option("--diff", is_flag=True, help="Show the diff.")
+@click.pass_obj
+def remove_cmd(app: AppContext, system: bool, user: str | None, check: bool,
+               diff: bool) -> int:
+    """Remove our jobs (marked mnic-ops:*); other lines stay."""
+    from mnic_ops.output import run_plan
+
+    target = _target(system, user)
+    return run_plan(app, plan_remove(app, target), check=check, diff=diff,
+                    command="cron remove")
+
+
+@cron_cmd.command("show", epilog=EXIT_CODES_HELP)
+@_common
+@click.pass_obj
+def show_cmd(app: AppContext, system: bool, user: str | None) -> int:
+    """Print the installed jobs and when each runs next."""
+    from mnic_ops.output import emit
+
+    data = show_data(app, _target(system, user))
+
+    def text() -> str:
+        if not data["jobs"]:
+            return f"{data['where']}: no mnic-ops jobs installed"
+        lines = [f"{data['where']}:"]
+        for j in data["jobs"]:
+            lines.append(f"  {j['marker']:<18} {j['schedule']:<14} next {j['next_run']}"
+                         f"{'  as ' + j['user'] if j['user'] else ''}")
+            lines.append(f"    {j['command']}")
+        return "\n".join(lines)
+
+    emit(app, data, text)
+    return EXIT_OK

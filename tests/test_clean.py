@@ -1,0 +1,496 @@
+"""`mnic-ops clean`: policy, report, safety on hostile trees, locking, kill -9."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mnic_ops import clean as cl
+from mnic_ops import compress as cz
+from mnic_ops.config import load
+from mnic_ops.hostroot import HostRoot
+from mnic_ops.projects import load_project
+from tests.cleanhelp import (
+    DAY,
+    PROJECT,
+    assert_nothing_lost,
+    content_of,
+    make_project,
+    snapshot,
+    write_config,
+)
+from tests.conftest import REPO, require, run_mnic
+
+FW = Path("/work/shared/fixtures/framework-configs")
+FW_CONFIGS = next((p for p in (REPO.parent / "shared/fixtures/framework-configs", FW)
+                   if p.is_dir()), FW)
+
+
+def clean(root: Path, *args: str, timeout: float = 120) -> tuple[int, dict, str]:
+    r = run_mnic("--root", str(root), "clean", "--json", *args, timeout=timeout)
+    try:
+        data = json.loads(r.out) if r.out.strip() else {}
+    except json.JSONDecodeError:
+        raise AssertionError(f"not JSON: {r.out!r} {r.err!r}") from None
+    return r.code, data, r.err
+
+
+def kinds(data: dict) -> dict[str, dict]:
+    return data["projects"][0]["kinds"]
+
+
+def test_check_changes_nothing_then_apply_compresses_aged_only(fake_root: Path) -> None:
+    files = make_project(fake_root, files=30)
+    young = fake_root / PROJECT.lstrip("/") / "project_archive/sessions/young.json"
+    young.write_text("{}")
+    files[PROJECT + "/project_archive/sessions/young.json"] = b"{}"
+    write_config(fake_root)
+    before = snapshot(fake_root / "home")
+    code, data, err = clean(fake_root, "--check")
+    assert code == 3, err
+    assert data["totals"]["would_compress"] == 30
+    assert snapshot(fake_root / "home") == before
+    code, data, err = clean(fake_root)
+    assert code == 0, err
+    t = data["totals"]
+    assert t["compressed"] == 30 and t["failed"] == 0
+    assert t["bytes_after"] < t["bytes_before"]
+    assert t["skipped"]["protected"] == 4  # current_session.json is outside daily/
+    assert_nothing_lost(fake_root, files)
+    for host in files:
+        plain, packed = content_of(fake_root, host)
+        name = os.path.basename(host)
+        if name in cl.PROTECTED_NAMES or name == "young.json":
+            assert plain is not None and packed is None, host
+        else:
+            assert plain is None and packed is not None, host
+    # nothing left to do: --check is clean again
+    code, data, _ = clean(fake_root, "--check")
+    assert code == 0 and data["totals"]["would_compress"] == 0
+
+
+def test_expiry_per_class_and_framework_retention(fake_root: Path) -> None:
+    base = fake_root / PROJECT.lstrip("/")
+    make_project(fake_root, files=0)
+    shutil.copy(FW_CONFIGS / "extended-thinking-config.json", base / ".claude/config/")
+    now = time.time()
+    ages = {"project_archive/sessions/s.json.gz": 40,  # sessions: 30 days
+            "project_archive/sessions/t.json.gz": 20,
+            ".claude/thinking-logs/core/arch/a.json.gz": 60,  # thinking: 90 (its config)
+            ".claude/thinking-logs/core/arch/b.json.gz": 100,
+            ".ai-tools/checkpoint/storage/checkpoints/cp_1.dat.gz": 400,  # framework's own
+            ".claude/checkpoints/manual/user.tar.gz": 400}  # not one of our archives
+    for rel, days in ages.items():
+        p = base / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+        os.utime(p, (now - days * DAY, now - days * DAY))
+    write_config(fake_root)
+    code, data, err = clean(fake_root, "--only", "expire")
+    assert code == 0, err
+    left = {rel for rel in ages if (base / rel).exists()}
+    assert left == set(ages) - {"project_archive/sessions/s.json.gz",
+                                ".claude/thinking-logs/core/arch/b.json.gz"}
+    k = kinds(data)
+    assert k["thinking_logs"]["policy"]["delete_after_days"] == 90
+    assert k["thinking_logs"]["policy"]["sources"]["delete_after_days"] == "framework"
+
+
+def test_policy_layers(fake_root: Path) -> None:
+    base = fake_root / PROJECT.lstrip("/")
+    make_project(fake_root, files=0)
+    (base / ".claude/config/extended-thinking-config.json").write_text(json.dumps(
+        {"logging": {"retention_days": 45, "compression": "gzip_after_3_days"}}))
+    write_config(fake_root, "[clean.thinking_logs]\ndelete_after_days = 60\n"
+                            "[clean.sessions]\npatterns = ['*.txt']\n")
+    root = HostRoot.open(fake_root)
+    cfg = load(root, env={})
+    pol = cl.resolve_policy(cfg, load_project(root, PROJECT, "project"))
+    th = pol["thinking_logs"]
+    assert (th.compress_after_days, th.delete_after_days) == (3, 60)
+    assert th.sources["compress_after_days"] == "framework"
+    assert th.sources["delete_after_days"] == "config"
+    assert pol["sessions"].patterns == ("*.txt",)
+    assert pol["sessions"].expire_patterns == ("*.txt.gz",)
+    assert pol["cost_records"].patterns == ("daily/*.json",)
+
+
+def test_textfile_is_written_atomically(fake_root: Path) -> None:
+    make_project(fake_root, files=10)
+    tdir = fake_root / "var/lib/node-exporter"
+    tdir.mkdir(parents=True)
+    write_config(fake_root, '[clean]\ntextfile = "/var/lib/node-exporter/clean.prom"\n')
+    code, data, err = clean(fake_root)
+    assert code == 0, err
+    text = (tdir / "clean.prom").read_text()
+    metrics = {line.split()[0]: float(line.split()[-1]) for line in text.splitlines()
+               if line and not line.startswith("#")}
+    assert metrics["mnic_ops_clean_files_compressed"] == 10
+    assert metrics["mnic_ops_clean_bytes_saved"] == data["totals"]["bytes_saved"] > 0
+    assert metrics["mnic_ops_clean_errors"] == 0
+    assert abs(metrics["mnic_ops_clean_last_run_timestamp_seconds"] - time.time()) < 120
+    assert f'mnic_ops_clean_bytes_saved{{project="{PROJECT}"}}' in text
+    assert stat.S_IMODE(os.stat(tdir / "clean.prom").st_mode) == 0o644
+    assert os.listdir(tdir) == ["clean.prom"]
+
+
+def test_second_pass_skips_while_the_lock_is_held(fake_root: Path) -> None:
+    files = make_project(fake_root, files=5)
+    write_config(fake_root)
+    lock = cz.lock_path(HostRoot.open(fake_root), PROJECT)
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        r = run_mnic("--root", str(fake_root), "clean")
+        assert r.code == 0, r.err
+        assert "skipped: another pass holds its lock" in r.out
+        assert all(content_of(fake_root, h)[1] is None for h in files)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.slow
+def test_two_passes_at_once_one_works_one_skips(fake_root: Path) -> None:
+    files = make_project(fake_root, files=3000)
+    write_config(fake_root)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MNIC_OPS_")}
+    env["PYTHONPATH"] = str(REPO)
+    cmd = [sys.executable, "-m", "mnic_ops", "--root", str(fake_root), "clean", "--json"]
+    # the first pass has the lock for well over a second; the second starts meanwhile
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    lock = cz.lock_path(HostRoot.open(fake_root), PROJECT)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if os.path.exists(lock):
+            probe = os.open(lock, os.O_RDWR)
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(probe, fcntl.LOCK_UN)
+            except BlockingIOError:
+                break  # the first pass holds it
+            finally:
+                os.close(probe)
+        time.sleep(0.01)
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    out1, _ = first.communicate(timeout=120)
+    r1, r2 = json.loads(out1), json.loads(second.stdout)
+    assert first.returncode == 0 and second.returncode == 0
+    assert [p["status"] for p in r1["projects"]] == ["done"]
+    assert [p["status"] for p in r2["projects"]] == ["locked"]
+    assert r1["totals"]["compressed"] == 3000
+    assert_nothing_lost(fake_root, files)
+
+
+def _hostile(root: Path, outside: Path) -> tuple[Path, dict[str, bytes]]:
+    files = make_project(root, files=10)
+    base = root / PROJECT.lstrip("/")
+    sess = base / "project_archive/sessions"
+    old = time.time() - 20 * DAY
+    outside.mkdir()
+    for n in ("passwd.json", "a.json"):
+        (outside / n).write_text('{"outside": true}')
+        os.utime(outside / n, (old, old))
+    (outside / "sub").mkdir()
+    (outside / "sub/b.json").write_text("{}")
+    os.utime(outside / "sub/b.json", (old, old))
+    (sess / "evil.json").symlink_to(outside / "passwd.json")
+    (sess / "evildir").symlink_to(outside)
+    (sess / "evil\nlink.json").symlink_to(outside / "a.json")
+    os.mkfifo(sess / "fifo.json")
+    os.mknod(sess / "dev.json", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    weird = {"new\nline.json": b'{"n": 1}', "caf\xe9.json": b'{"latin1": 1}'}
+    for n, data in weird.items():
+        p = os.path.join(os.fsencode(sess), n.encode("latin-1"))
+        with open(p, "wb") as fh:
+            fh.write(data)
+        os.utime(p, (old, old))
+        files[PROJECT + "/project_archive/sessions/" + os.fsdecode(n.encode("latin-1"))] = data
+    for n, data in {"held.json": b"held", "hard.json": b"hard", "bad.json": b"bad"}.items():
+        (sess / n).write_bytes(data)
+        os.utime(sess / n, (old, old))
+        files[f"{PROJECT}/project_archive/sessions/{n}"] = data
+    os.link(sess / "hard.json", sess / "hard-link.json")
+    (sess / "bad.json.gz").write_bytes(b"\x1f\x8b\x08\x00corrupt")
+    return sess, files
+
+
+def test_hostile_tree(fake_root: Path, tmp_path: Path) -> None:
+    require("root")
+    outside = tmp_path / "outside"
+    sess, files = _hostile(fake_root, outside)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sess / "sock.json"))
+    write_config(fake_root)
+    before = snapshot(outside)
+    try:
+        with open(sess / "held.json", "ab"):
+            code, data, err = clean(fake_root)
+    finally:
+        sock.close()
+    assert code == 0, err
+    assert snapshot(outside) == before
+    assert_nothing_lost(fake_root, {h: d for h, d in files.items() if "bad.json" not in h})
+    assert (sess / "bad.json").read_bytes() == b"bad"
+    assert (sess / "bad.json.gz").read_bytes() == b"\x1f\x8b\x08\x00corrupt"
+    assert (sess / "held.json").exists() and (sess / "hard.json").exists()
+    for n in ("new\nline.json", os.fsdecode(b"caf\xe9.json")):
+        assert not (sess / n).exists() and (sess / (n + ".gz")).exists()
+    s = kinds(data)["sessions"]
+    assert s["skipped"] == {"archive_exists": 1, "hard_links": 2, "not_regular": 3,
+                            "open_for_writing": 1, "protected": 1, "symlink": 3}
+    ex = s["skipped_examples"]
+    # odd names are reported escaped, one line each
+    assert sorted(ex["symlink"]) == ["evil.json", "evil\\nlink.json", "evildir"]
+    r = run_mnic("--root", str(fake_root), "-v", "clean", "--check")
+    assert r.code == 3, r.err  # held.json and bad.json are candidates again
+    assert "evil\\nlink.json" in r.out
+
+
+def test_symlink_swapped_in_during_the_walk(fake_root: Path, tmp_path: Path) -> None:
+    """A user flips a folder and a symlink to outside back and forth while passes run:
+    nothing outside changes, nothing inside is lost."""
+    require("root")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    old = time.time() - 20 * DAY
+    for i in range(50):
+        (outside / f"o{i}.json").write_text("{}")
+        os.utime(outside / f"o{i}.json", (old, old))
+    files = make_project(fake_root, files=0)
+    write_config(fake_root)
+    sess = fake_root / PROJECT.lstrip("/") / "project_archive/sessions"
+    real, link, spare = sess / "flip", sess / "flip-real", sess / "flip-link"
+    real.mkdir()
+    for i in range(50):
+        data = f'{{"in": {i}}}'.encode() * 50
+        (real / f"i{i}.json").write_bytes(data)
+        os.utime(real / f"i{i}.json", (old, old))
+        files[f"{PROJECT}/project_archive/sessions/flip/i{i}.json"] = data
+    spare.symlink_to(outside)
+    before = snapshot(outside)
+    stop = threading.Event()
+
+    def flipper() -> None:
+        while not stop.is_set():
+            os.rename(real, link)  # folder away ...
+            os.rename(spare, real)  # ... symlink to outside in its place
+            os.rename(real, spare)
+            os.rename(link, real)
+
+    t = threading.Thread(target=flipper)
+    t.start()
+    try:
+        for _ in range(6):
+            r = run_mnic("--root", str(fake_root), "clean")
+            assert r.code == 0, r.err
+    finally:
+        stop.set()
+        t.join()
+    assert snapshot(outside) == before
+    assert_nothing_lost(fake_root, files)
+
+
+def test_unreadable_folder_is_reported(tmp_path: Path) -> None:
+    """As the project's owner (not root), a folder it cannot read is skipped and said."""
+    require("root")
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv not installed")
+    top = Path(tempfile.mkdtemp(prefix="mnic-clean-", dir="/tmp"))
+    try:
+        os.chmod(top, 0o755)
+        root = top / "host"
+        files = make_project(root, files=10)
+        write_config(root)
+        locked = root / PROJECT.lstrip("/") / "project_archive/sessions/private"
+        locked.mkdir()
+        (locked / "x.json").write_text("{}")
+        for dirpath, dirnames, filenames in os.walk(top):
+            for n in dirnames + filenames:
+                os.lchown(os.path.join(dirpath, n), 65534, 65534)
+        os.chown(top, 65534, 65534)
+        locked.chmod(0)
+        r = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+             "-m", "mnic_ops", "--root", str(root), "clean", "--json"],
+            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+            timeout=120)
+        assert r.returncode == 0, r.stderr
+        data = json.loads(r.stdout)
+        s = kinds(data)["sessions"]
+        assert s["skipped"].get("unreadable_dir") == 1
+        assert s["skipped_examples"]["unreadable_dir"] == ["private"]
+        assert data["totals"]["compressed"] == 10
+        locked.chmod(0o700)
+        assert (locked / "x.json").read_text() == "{}"
+        assert_nothing_lost(root, files)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+NOSPACE_SCRIPT = r"""
+set -e
+mount -t tmpfs -o size={size} tmpfs "$1"
+"$2" - "$1" "$4" <<'PY'
+import os, sys
+sys.path.insert(0, {repo!r})
+from pathlib import Path
+from tests.cleanhelp import make_project, write_config
+root = Path(sys.argv[1])
+files = make_project(root, files=60)
+write_config(root, '[clean]\nworkers = 1\n')
+# fill the filesystem, leaving a few blocks
+fd = os.open(root / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+try:
+    while True:
+        os.write(fd, b"\1" * 4096)
+except OSError:
+    pass
+os.close(fd)
+os.truncate(root / "filler", os.path.getsize(root / "filler") - 24 * 1024)
+import json
+json.dump({{k: v.hex() for k, v in files.items()}}, open(sys.argv[2], "w"))
+PY
+PYTHONPATH={repo} "$2" -m mnic_ops --root "$1" clean --json > "$3" || true
+"$2" - "$1" "$4" <<'PY'
+import json, sys
+sys.path.insert(0, {repo!r})
+from pathlib import Path
+from tests.cleanhelp import assert_nothing_lost
+from mnic_ops.compress import is_ours
+import os
+root = Path(sys.argv[1])
+files = {{k: bytes.fromhex(v) for k, v in json.load(open(sys.argv[2])).items()}}
+assert_nothing_lost(root, files)
+left = [n for d, _, fs in os.walk(root) for n in fs if is_ours(n)]
+assert not left, left
+print("NOSPACE-OK")
+PY
+"""
+
+
+def test_no_space_left(tmp_path: Path) -> None:
+    require("unshare")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    report = tmp_path / "report.json"
+    script = NOSPACE_SCRIPT.format(size="2m", repo=str(REPO))
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c",
+                        script, "x", str(mnt), sys.executable, str(report),
+                        str(tmp_path / "files.json")],
+                       capture_output=True, text=True, timeout=180)
+    assert "NOSPACE-OK" in r.stdout, r.stdout + r.stderr
+    data = json.loads(report.read_text())
+    t = data["totals"]
+    assert t["skipped"].get("no_space", 0) > 0 and t["failed"] == t["skipped"]["no_space"]
+    assert t["compressed"] + t["skipped"]["no_space"] >= 60 - 5
+
+
+def _kill_run(root: Path, delay: float) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MNIC_OPS_")}
+    env["PYTHONPATH"] = str(REPO)
+    p = subprocess.Popen([sys.executable, "-m", "mnic_ops", "--root", str(root), "clean"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                         start_new_session=True)
+    try:
+        p.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        # the workers die asynchronously; wait until none of the group runs
+        deadline = time.time() + 10
+        while time.time() < deadline and _group_running(p.pid):
+            time.sleep(0.01)
+
+
+def _group_running(pgid: int) -> bool:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            raw = Path(f"/proc/{pid}/stat").read_bytes()
+        except OSError:
+            continue
+        f = raw[raw.rfind(b")") + 2:].split()
+        if int(f[2]) == pgid and f[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def _tmp_names(root: Path) -> Iterator[str]:
+    for _d, _, fs in os.walk(root / "home"):
+        yield from (n for n in fs if cz.is_ours(n))
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points(tmp_path: Path) -> None:
+    """30 passes killed with SIGKILL at random instants: after each, every file exists as
+    itself or as a .gz holding exactly its bytes; the next pass finishes the work and
+    leaves no temporaries."""
+    rnd = random.Random(os.getpid())
+    # how long a whole pass takes here, to spread the kills over it
+    probe = tmp_path / "probe"
+    make_project(probe, files=300)
+    write_config(probe)
+    t0 = time.monotonic()
+    _kill_run(probe, 600)
+    full = time.monotonic() - t0
+    runs = 30
+    for i in range(runs):
+        root = tmp_path / f"r{i}"
+        files = make_project(root, files=200, seed=i)
+        write_config(root, "[clean]\nbatch_files = 16\n")
+        _kill_run(root, rnd.uniform(0.05, full))
+        assert_nothing_lost(root, files)
+        code, _data, err = clean(root)
+        assert code == 0, err
+        assert_nothing_lost(root, files)
+        assert not list(_tmp_names(root))
+        for host in files:
+            plain, packed = content_of(root, host)
+            if os.path.basename(host) not in cl.PROTECTED_NAMES:
+                assert plain is None and packed is not None, host
+        shutil.rmtree(root)
+
+
+def test_relocated_data_folder_is_followed_only_into_allowed_places(fake_root: Path) -> None:
+    """`relocate` leaves sessions as a symlink into ssd_path: followed. A symlink a user
+    points anywhere else is not."""
+    files = make_project(fake_root, files=10)
+    base = fake_root / PROJECT.lstrip("/")
+    ssd = fake_root / "mnt/ssd/my-name-is-claude/proj/sessions"
+    ssd.parent.mkdir(parents=True)
+    os.rename(base / "project_archive/sessions", ssd)
+    (base / "project_archive/sessions").symlink_to("/mnt/ssd/my-name-is-claude/proj/sessions")
+    elsewhere = fake_root / "srv/other/thinking"
+    elsewhere.parent.mkdir(parents=True)
+    os.rename(base / ".claude/thinking-logs", elsewhere)
+    (base / ".claude/thinking-logs").symlink_to("/srv/other/thinking")
+    write_config(fake_root)
+    before = snapshot(elsewhere)
+    code, data, err = clean(fake_root)
+    assert code == 0, err
+    k = kinds(data)
+    assert k["sessions"]["compressed"] == 2 and not k["sessions"].get("note")
+    assert any(n.endswith(".json.gz") for n in os.listdir(ssd))
+    assert "not followed" in k["thinking_logs"]["note"]
+    assert k["thinking_logs"]["skipped"] == {"symlink": 1}
+    assert snapshot(elsewhere) == before
+    moved = {h.replace(f"{PROJECT}/project_archive/sessions",
+                       "/mnt/ssd/my-name-is-claude/proj/sessions")
+             .replace(f"{PROJECT}/.claude/thinking-logs", "/srv/other/thinking"): d
+             for h, d in files.items()}
+    assert_nothing_lost(fake_root, moved)

@@ -1,0 +1,200 @@
+"""The crash-safe gzip engine, used in-process on real files."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mnic_ops import compress as cz
+from mnic_ops.hostroot import HostRoot
+
+OLD = time.time() - 10 * 86400
+
+
+def payload(i: int, size: int = 3000) -> bytes:
+    line = f'{{"id": {i}, "agent": "software-architect", "note": "decision {i}"}}\n'.encode()
+    return (line * (size // len(line) + 1))[:size]
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    d = tmp_path / "data"
+    d.mkdir()
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield d, fd
+    finally:
+        os.close(fd)
+
+
+def aged(p: Path, data: bytes, mtime: float = OLD) -> Path:
+    p.write_bytes(data)
+    os.utime(p, (mtime - 5, mtime))
+    return p
+
+
+def opts(fd: int, **kw: object) -> cz.Options:
+    return cz.Options(dev=os.fstat(fd).st_dev, max_mtime=time.time() - 7 * 86400,
+                      **kw)  # type: ignore[arg-type]
+
+
+def test_compresses_to_standard_gzip_keeping_metadata(folder: tuple[Path, int]) -> None:
+    d, fd = folder
+    files = {f"f{i}.json": payload(i, 1000 + 700 * i) for i in range(6)}
+    for n, data in files.items():
+        aged(d / n, data)
+    os.chown(d / "f1.json", 1234, 4321)
+    os.chmod(d / "f2.json", 0o640)
+    before = {n: os.stat(d / n) for n in files}
+    out = cz.compress_batch(fd, sorted(files), opts(fd))
+    assert [o.state for o in out] == [cz.COMPRESSED] * 6
+    for n, data in files.items():
+        assert not (d / n).exists()
+        gz = d / (n + ".gz")
+        st, old = os.stat(gz), before[n]
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (
+            old.st_uid, old.st_gid, stat.S_IMODE(old.st_mode))
+        assert st.st_mtime_ns == old.st_mtime_ns
+        assert subprocess.run(["gzip", "-t", str(gz)]).returncode == 0
+        assert subprocess.run(["gzip", "-dc", str(gz)], capture_output=True).stdout == data
+    assert sorted(os.listdir(d)) == sorted(n + ".gz" for n in files)  # no temporaries
+
+
+@pytest.mark.parametrize("compressor", ["zlib", "auto"])
+def test_large_file_is_streamed_and_verified(folder: tuple[Path, int], compressor: str) -> None:
+    d, fd = folder
+    data = os.urandom(1 << 19) + payload(1, 3 << 20)  # over the in-memory limit
+    aged(d / "big.json", data)
+    out = cz.compress_batch(fd, ["big.json"], opts(fd, compressor=compressor, level=1))
+    assert out[0].state == cz.COMPRESSED and out[0].before == len(data)
+    assert gzip.decompress((d / "big.json.gz").read_bytes()) == data
+
+
+def test_skips_what_it_must_not_touch(folder: tuple[Path, int], tmp_path: Path) -> None:
+    d, fd = folder
+    outside = aged(tmp_path / "secret.json", b"secret")
+    (d / "link.json").symlink_to(outside)
+    os.mkfifo(d / "fifo.json")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(d / "sock.json"))
+    aged(d / "hard.json", b"h" * 100)
+    os.link(d / "hard.json", d / "hard2.json")
+    aged(d / "young.json", b"y", mtime=time.time())
+    aged(d / "writing.json", b"w" * 100)
+    aged(d / "taken.json", b"t" * 100)
+    (d / "taken.json.gz").write_bytes(b"\x1f\x8b not really gzip")
+    names = ["link.json", "fifo.json", "sock.json", "hard.json", "young.json",
+             "writing.json", "taken.json", "missing.json"]
+    with open(d / "writing.json", "ab"):
+        out = {o.name: o.reason for o in cz.compress_batch(fd, names, opts(fd))}
+    sock.close()
+    assert out == {"link.json": "symlink", "fifo.json": "not_regular",
+                   "sock.json": "not_regular", "hard.json": "hard_links",
+                   "young.json": "too_young", "writing.json": "open_for_writing",
+                   "taken.json": "archive_exists", "missing.json": "vanished"}
+    assert outside.read_bytes() == b"secret"
+    assert (d / "taken.json.gz").read_bytes() == b"\x1f\x8b not really gzip"
+    assert not [n for n in os.listdir(d) if cz.is_ours(n)]
+
+
+def test_open_for_writing_fallback_scans_proc(folder: tuple[Path, int]) -> None:
+    d, _ = folder
+    p = aged(d / "w.json", b"x")
+    st = os.stat(p)
+    with open(p, "ab"):
+        assert cz.open_for_writing({(st.st_dev, st.st_ino)}) == {(st.st_dev, st.st_ino)}
+    with open(p, "rb"):
+        assert cz.open_for_writing({(st.st_dev, st.st_ino)}) == set()
+
+
+def test_an_interrupted_compression_is_finished(folder: tuple[Path, int]) -> None:
+    """Killed after the archive got its name but before the original was removed."""
+    d, fd = folder
+    data = payload(7)
+    aged(d / "a.json", data)
+    (d / "a.json.gz").write_bytes(gzip.compress(data))
+    out = cz.compress_batch(fd, ["a.json"], opts(fd))
+    assert out[0].state == cz.FINISHED
+    assert not (d / "a.json").exists()
+    assert gzip.decompress((d / "a.json.gz").read_bytes()) == data
+
+
+def test_stale_temporaries(folder: tuple[Path, int]) -> None:
+    d, fd = folder
+    dead = 4_000_000  # above pid_max: no such process
+    data = payload(3)
+    # archive temporary of a killed pass: removed
+    tmp = f".x.json.gz{cz.TMP_MARK}.{dead}.abcd0123"
+    (d / tmp).write_bytes(b"partial")
+    # original moved aside, archive complete: the aside copy goes
+    aged(d / f".y.json{cz.ASIDE_MARK}.{dead}.00ff00ff", data)
+    (d / "y.json.gz").write_bytes(gzip.compress(data))
+    # original moved aside, no archive: put back
+    aged(d / f".z.json{cz.ASIDE_MARK}.{dead}.00ff00fe", data)
+    # a live process's temporary: left alone
+    live = f".w.json.gz{cz.TMP_MARK}.{os.getppid()}.abcd0124"
+    (d / live).write_bytes(b"busy")
+    res = {o.name: o for o in (cz.recover_stale(fd, n, opts(fd)) for n in
+                               [tmp, f".y.json{cz.ASIDE_MARK}.{dead}.00ff00ff",
+                                f".z.json{cz.ASIDE_MARK}.{dead}.00ff00fe", live])}
+    assert sorted(os.listdir(d)) == sorted([live, "y.json.gz", "z.json"])
+    assert (d / "z.json").read_bytes() == data
+    assert res[live].reason == "tmp_in_use"
+    assert res["y.json"].state == cz.FINISHED and res["z.json"].state == cz.RECOVERED
+
+
+def test_no_space_keeps_the_original(folder: tuple[Path, int], monkeypatch: pytest.MonkeyPatch
+                                     ) -> None:
+    d, fd = folder
+    aged(d / "a.json", payload(1))
+    real_write = os.write
+
+    def full(fd_: int, data: bytes | memoryview) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    out = cz.compress_batch(fd, ["a.json"], opts(fd))
+    monkeypatch.setattr(os, "write", real_write)
+    assert (out[0].state, out[0].reason) == (cz.FAILED, "no_space")
+    assert sorted(os.listdir(d)) == ["a.json"]
+
+
+def test_expire_only_regular_single_link_old(folder: tuple[Path, int]) -> None:
+    d, fd = folder
+    aged(d / "old.json.gz", b"z", mtime=time.time() - 40 * 86400)
+    aged(d / "hard.json.gz", b"z", mtime=time.time() - 40 * 86400)
+    os.link(d / "hard.json.gz", d / "hard2.json.gz")
+    o = cz.Options(dev=os.fstat(fd).st_dev, max_mtime=time.time() - 30 * 86400)
+    assert cz.expire_at(fd, "old.json.gz", o).state == cz.EXPIRED
+    assert cz.expire_at(fd, "hard.json.gz", o).reason == "hard_links"
+    assert sorted(os.listdir(d)) == ["hard.json.gz", "hard2.json.gz"]
+
+
+def test_open_dir_nofollow_refuses_links(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(OSError):
+            cz.open_dir_nofollow(fd, ["link"])
+        os.close(cz.open_dir_nofollow(fd, ["real"]))
+    finally:
+        os.close(fd)
+
+
+def test_project_lock_is_exclusive(tmp_path: Path) -> None:
+    root = HostRoot.open(tmp_path)
+    with cz.project_lock(root, "/home/a/p") as first:
+        assert first
+        with cz.project_lock(root, "/home/a/p") as second:
+            assert not second
+        with cz.project_lock(root, "/home/a/q") as other:
+            assert other
