@@ -81,14 +81,34 @@ def atomic_write(
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise OpsError(f"{target}: not a regular file; refusing to replace it")
     folder = target.parent
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _replace_at(dfd, target.name, data, st, mode=mode, uid=uid, gid=gid,
+                    before_rename=None if before_rename is None
+                    else (lambda tmp: before_rename(folder / tmp)))
+    finally:
+        os.close(dfd)
+    return target
+
+
+def _replace_at(dfd: int, name: str, data: bytes, st: os.stat_result | None, *,
+                mode: int | None, uid: int | None, gid: int | None,
+                times_ns: tuple[int, int] | None = None,
+                before_rename: Callable[[str], None] | None = None) -> None:
+    """The one write-temporary-then-rename core of :func:`atomic_write` and
+    :func:`atomic_write_beneath`, all relative to the folder descriptor ``dfd``: the
+    temporary is created ``O_EXCL|O_NOFOLLOW``, gets the owner, group and mode of the
+    file it replaces (``st``) unless given, is fsynced, renamed over ``name``, and the
+    folder is fsynced. Any failure removes the temporary and leaves ``name`` as it was."""
     if mode is None:
         mode = stat.S_IMODE(st.st_mode) if st is not None else 0o644
     if uid is None:
         uid = st.st_uid if st is not None else -1
     if gid is None:
         gid = st.st_gid if st is not None else -1
-    tmp = folder / tmp_name(target.name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    tmp = tmp_name(name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600, dir_fd=dfd)
     try:
         try:
             view = memoryview(data)
@@ -98,18 +118,19 @@ def atomic_write(
             if uid != -1 or gid != -1:
                 os.fchown(fd, uid, gid)
             os.fchmod(fd, mode)
+            if times_ns is not None:
+                os.utime(fd, ns=times_ns)
             os.fsync(fd)
         finally:
             os.close(fd)
         if before_rename is not None:
             before_rename(tmp)
-        os.rename(tmp, target)
+        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
     except BaseException:
         with suppress(FileNotFoundError):
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=dfd)
         raise
-    fsync_dir(folder)
-    return target
+    os.fsync(dfd)
 
 
 def resolve_beneath(base: str | os.PathLike[str], path: str, *, max_links: int = 40) -> str:
@@ -282,35 +303,7 @@ def atomic_write_beneath(
             st = None
         if st is not None and not stat.S_ISREG(st.st_mode):
             raise OpsError(f"{base}/{relpath}: not a regular file; refusing to replace it")
-        if mode is None:
-            mode = stat.S_IMODE(st.st_mode) if st is not None else 0o644
-        if uid is None:
-            uid = st.st_uid if st is not None else -1
-        if gid is None:
-            gid = st.st_gid if st is not None else -1
-        tmp = tmp_name(name)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=dfd)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                if uid != -1 or gid != -1:
-                    os.fchown(fd, uid, gid)
-                os.fchmod(fd, mode)
-                if times_ns is not None:
-                    os.utime(fd, ns=times_ns)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-        except BaseException:
-            with suppress(FileNotFoundError):
-                os.unlink(tmp, dir_fd=dfd)
-            raise
-        os.fsync(dfd)
+        _replace_at(dfd, name, data, st, mode=mode, uid=uid, gid=gid, times_ns=times_ns)
     finally:
         os.close(dfd)
 
