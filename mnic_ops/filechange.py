@@ -22,6 +22,27 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _compare(host_path: str, old: bytes, st: os.stat_result | None, data: bytes, *,
+             mode: int | None, uid: int | None, gid: int | None, item_id: str | None,
+             description: str | None) -> Item | tuple[str, str, str]:
+    """The file already as wanted (an ``ok`` item), or the id, description and diff of
+    the pending change; shared by the path-based and the beneath-based planners."""
+    iid = item_id or f"file:{host_path}"
+    desc = description or (f"write {host_path}" if st is None else f"update {host_path}")
+    same_meta = st is not None and (
+        (mode is None or stat.S_IMODE(st.st_mode) == mode)
+        and (uid is None or st.st_uid == uid) and (gid is None or st.st_gid == gid))
+    if st is not None and old == data and same_meta:
+        return Item(id=iid, description=desc, state=OK, reason="already as wanted")
+    try:
+        diff = unified_diff(old.decode(), data.decode(), host_path)
+    except UnicodeDecodeError:
+        diff = f"binary file {host_path} differs\n"
+    if st is not None and old == data:
+        diff = f"{host_path}: mode/owner change\n"
+    return iid, desc, diff
+
+
 def file_item(
     root: HostRoot,
     host_path: str,
@@ -58,20 +79,11 @@ def file_item(
     old = b""
     if st is not None:
         old = safefs.read_bytes_nofollow(real)
-    iid = item_id or f"file:{host_path}"
-    desc = description or (f"write {host_path}" if st is None else f"update {host_path}")
-    same_meta = st is not None and (
-        (mode is None or stat.S_IMODE(st.st_mode) == mode)
-        and (uid is None or st.st_uid == uid) and (gid is None or st.st_gid == gid)
-    )
-    if st is not None and old == data and same_meta:
-        return Item(id=iid, description=desc, state=OK, reason="already as wanted")
-    try:
-        diff = unified_diff(old.decode(), data.decode(), host_path)
-    except UnicodeDecodeError:
-        diff = f"binary file {host_path} differs\n"
-    if st is not None and old == data:
-        diff = f"{host_path}: mode/owner change\n"
+    found = _compare(host_path, old, st, data, mode=mode, uid=uid, gid=gid,
+                     item_id=item_id, description=description)
+    if isinstance(found, Item):
+        return found
+    iid, desc, diff = found
     before = _sha(old) if st is not None else None
 
     def action(ctx: ApplyContext) -> Undo:
@@ -103,19 +115,11 @@ def _file_item_beneath(root: HostRoot, host_path: str, new: bytes | str, beneath
         raise ValueError(f"{host_path} is not below {beneath}")
     got = safefs.read_beneath(base, rel)
     old, st = (b"", None) if got is None else got
-    iid = item_id or f"file:{host_path}"
-    desc = description or (f"write {host_path}" if st is None else f"update {host_path}")
-    same_meta = st is not None and (
-        (mode is None or stat.S_IMODE(st.st_mode) == mode)
-        and (uid is None or st.st_uid == uid) and (gid is None or st.st_gid == gid))
-    if st is not None and old == data and same_meta:
-        return Item(id=iid, description=desc, state=OK, reason="already as wanted")
-    try:
-        diff = unified_diff(old.decode(), data.decode(), host_path)
-    except UnicodeDecodeError:
-        diff = f"binary file {host_path} differs\n"
-    if st is not None and old == data:
-        diff = f"{host_path}: mode/owner change\n"
+    found = _compare(host_path, old, st, data, mode=mode, uid=uid, gid=gid,
+                     item_id=item_id, description=description)
+    if isinstance(found, Item):
+        return found
+    iid, desc, diff = found
     before = _sha(old) if st is not None else None
 
     def action(ctx: ApplyContext) -> Undo:
