@@ -65,3 +65,67 @@ def test_vagrantfile_validates_and_uses_the_shared_classes(tmp_path: Path) -> No
     classes = json.loads((REPO / "tests/vm/classes.json").read_text())
     for name in (k for k in classes if not k.startswith("_")):
         assert f"==> {name}:" in p.stdout
+
+
+def _render_config(tmp_path: Path, extra: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    """Run the role's config template with real Ansible (template module, local)."""
+    ap = _tool("ansible-playbook")
+    dest = tmp_path / "config.toml"
+    play = tmp_path / "render.yml"
+    play.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  vars_files:\n"
+        f"    - {REPO}/roles/mnic_ops/defaults/main.yml\n  tasks:\n"
+        "    - name: Render\n      ansible.builtin.template:\n"
+        f"        src: {REPO}/roles/mnic_ops/templates/config.toml.j2\n"
+        f"        dest: {dest}\n        mode: '0644'\n")
+    extra = {"ansible_python_interpreter": sys.executable, **extra}
+    return subprocess.run([ap, "-i", "localhost,", "-c", "local", "-e", json.dumps(extra),
+                           str(play)], cwd=REPO, capture_output=True, text=True,
+                          env=_env(tmp_path), timeout=300)
+
+
+def test_config_template_renders_settings_that_mnic_ops_reads(tmp_path: Path) -> None:
+    """mnic_ops_settings reaches /etc/mnic-ops/config.toml as valid TOML: nested
+    sections, lists, quotes and non-ASCII survive, None is left out, and the role's own
+    variables win over the same keys in the dict."""
+    settings = {
+        "cron": {"compress_schedule": "* * * * *", "log": '/var/log/"odd" dir/é.log'},
+        "watch": {"settle_seconds": {"checkpoints": 2.5}, "poll": True},
+        "clean": {"sessions": {"patterns": ["*.md", "a\\b*"], "compress_after_days": 3},
+                  "level": None},
+        "provision": {"cron": True, "relocate": True},
+        "search_depth": 5,
+    }
+    p = _render_config(tmp_path, {"mnic_ops_settings": settings, "mnic_ops_cron": False,
+                                  "mnic_ops_ssd_path": "", "mnic_ops_projects": ["/srv/p"],
+                                  "mnic_ops_host_class": "server"})
+    assert p.returncode == 0, p.stdout + p.stderr
+    conf = tmp_path / "config.toml"
+    q = subprocess.run([str(BIN / "mnic-ops"), "--json", "--config", str(conf), "config"],
+                       capture_output=True, text=True, timeout=60)
+    assert q.returncode == 0, conf.read_text() + q.stderr
+    v = json.loads(q.stdout)["values"]
+    assert v["cron"]["compress_schedule"] == "* * * * *"
+    assert v["cron"]["log"] == '/var/log/"odd" dir/é.log'
+    assert v["watch"]["settle_seconds"]["checkpoints"] == 2.5
+    assert v["watch"]["poll"] is True
+    assert v["clean"]["sessions"]["patterns"] == ["*.md", "a\\b*"]
+    assert v["clean"]["sessions"]["compress_after_days"] == 3
+    assert v["clean"]["level"] == 5  # None: left out, the default stays
+    assert v["search_depth"] == 5
+    assert v["host_class"] == "server" and v["projects"] == ["/srv/p"]
+    # the role's variables win: mnic_ops_cron false, ssd_path empty -> no relocation
+    assert v["provision"]["cron"] is False and v["provision"]["relocate"] is False
+
+
+def test_config_template_with_defaults_only(tmp_path: Path) -> None:
+    p = _render_config(tmp_path, {})
+    assert p.returncode == 0, p.stdout + p.stderr
+    q = subprocess.run([str(BIN / "mnic-ops"), "--json", "--config",
+                        str(tmp_path / "config.toml"), "config"],
+                       capture_output=True, text=True, timeout=60)
+    assert q.returncode == 0, q.stderr
+    v = json.loads(q.stdout)["values"]
+    assert v["provision"] == {"relocate": True, "apply_fstab": False, "cron": True,
+                              "watcher": True}
+    assert v["ssd_path"] == "/mnt/ssd/my-name-is-claude" and v["host_class"] is None
