@@ -438,9 +438,13 @@ def _move_item(app: AppContext, mv: _Move, jdir: Path, space: _Space, problems: 
             back = _Move(mv.project, d, mv.rel, os.path.dirname(relink_from),
                          os.path.basename(relink_from))
             _do_back(app, back, jdir, None)
+        created = _missing_dirs(app.root, mv.dest_base)
         res = _do_out(app, mv, jdir, _progress_for(app, mv))
         item.data["result"] = res.to_json() if res else "completed by recovery"
-        return Undo("relocate", mv.record("out"))
+        rec = mv.record("out")
+        if created:
+            rec["created_dirs"] = created
+        return Undo("relocate", rec)
 
     item.action = action
     return item
@@ -485,10 +489,26 @@ def _ensure_project_dir(root: HostRoot, rec: dict[str, Any]) -> None:
         os.close(bfd)
 
 
+def _missing_dirs(root: HostRoot, host_dir: str) -> list[str]:
+    """The folders of ``host_dir`` (itself and its parents) that do not exist yet, top
+    first: what the move is about to create, so that undo can take them away again."""
+    missing: list[str] = []
+    path = host_dir.rstrip("/") or "/"
+    while path != "/" and not os.path.lexists(root.path(path)):
+        missing.insert(0, path)
+        path = os.path.dirname(path)
+    return missing
+
+
 def _remove_project_dir_if_empty(root: HostRoot, rec: dict[str, Any]) -> None:
+    """After a move back: the install's folder on the target, and the target folders
+    this relocation created (``created_dirs``), go when nothing else is left in them."""
     slug = rec["dest_rel"].split("/")[0]
     with suppress(OSError):  # not empty (other kinds still there) or already gone
         os.rmdir(root.path(rec["dest_base"]) / slug)
+    for host_dir in reversed(rec.get("created_dirs", [])):
+        with suppress(OSError):  # not empty: someone else uses it now
+            os.rmdir(root.path(host_dir))
 
 
 def _do_out(app: AppContext, mv: _Move, jdir: Path, bar: Any) -> treemove.MoveResult | None:

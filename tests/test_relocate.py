@@ -151,6 +151,32 @@ def test_move_verify_and_undo_roundtrip(env: Env) -> None:
         assert x.is_dir() and not x.is_symlink()
         assert diff_snapshots(b, snapshot(x)) == []
     assert not proj_dir.exists()  # emptied and removed
+    assert not target.exists()  # the move created it: undo takes it away again
+
+
+def test_undo_removes_only_the_target_folders_the_move_created(env: Env) -> None:
+    """A nested target that did not exist goes with undo, up to the first folder that
+    was already there; a target the admin made (or that holds anything else) stays."""
+    p = env.project("olga", files=30)
+    made = env.ssd.mnt / "admins"
+    made.mkdir()
+    nested = made / "a" / "b"
+    r = mnic(p, "relocate", "--to", str(nested))
+    assert r.code == 0, r.err + r.out
+    assert p.sessions.is_symlink()
+    r = mnic(p, "undo", "--last")
+    assert r.code == 0, r.err + r.out
+    assert p.sessions.is_dir() and not p.sessions.is_symlink()
+    assert made.is_dir() and not (made / "a").exists()
+
+    q = env.project("pete", files=30)
+    r = mnic(q, "relocate", "--to", str(made))
+    assert r.code == 0, r.err + r.out
+    (made / "keep.txt").write_text("the admin's\n")
+    r = mnic(q, "undo", "--last")
+    assert r.code == 0, r.err + r.out
+    assert (made / "keep.txt").read_text() == "the admin's\n"
+    assert sorted(os.listdir(made)) == ["keep.txt"]
 
 
 def test_relocate_undo_flag_and_rename_on_same_filesystem(env: Env) -> None:
