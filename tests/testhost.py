@@ -146,22 +146,7 @@ class TestHost:
         """A framework install with the real config files, sessions and checkpoints,
         owned by a user."""
         p = self.root / host_path.lstrip("/")
-        for d in (".claude/agents", ".claude/config", ".claude/checkpoints/manual",
-                  ".ai-tools/checkpoint/storage/metadata", "project_archive/sessions",
-                  "project_archive/logs"):
-            (p / d).mkdir(parents=True, exist_ok=True)
-        (p / ".claude/agents/backend-engineer.md").write_text(
-            "---\nname: backend-engineer\ndescription: builds APIs\n---\nBody\n")
-        for f in FIXTURE_CONFIGS.glob("*.json"):
-            shutil.copy2(f, p / ".claude/config" / f.name)
-        for n in range(20):
-            (p / f"project_archive/sessions/SESSION_SUMMARY_{n:03}.md").write_text(
-                f"session {n}\n" * 200)
-        (p / "project_archive/sessions/SESSION_CURRENT.md").write_text("now\n")
-        (p / ".claude/checkpoints/manual/cp_1.json").write_text('{"id": 1}\n')
-        (p / ".ai-tools/checkpoint/storage/checkpoint_index.json").write_text("{}\n")
-        (p / ".ai-tools/checkpoint/storage/metadata/cp_20260101_000000_deadbeef.json"
-         ).write_text('{"x": 1}\n')
+        write_project(p)
         passwd, group = self.root / "etc/passwd", self.root / "etc/group"
         passwd.write_text(passwd.read_text() + f"{user}:x:{uid}:{gid}::/home/{user}:/bin/sh\n")
         group.write_text(group.read_text() + f"{user}:x:{gid}:\n")
@@ -171,6 +156,28 @@ class TestHost:
                 os.lchown(os.path.join(dirpath, n), uid, gid)
         os.lchown(home, uid, gid)
         return p
+
+
+def write_project(p: Path) -> Path:
+    """A framework install at ``p``: the real config files, an agent, session summaries,
+    checkpoints and the checkpoint store (owners are the caller's business)."""
+    for d in (".claude/agents", ".claude/config", ".claude/checkpoints/manual",
+              ".ai-tools/checkpoint/storage/metadata", "project_archive/sessions",
+              "project_archive/logs"):
+        (p / d).mkdir(parents=True, exist_ok=True)
+    (p / ".claude/agents/backend-engineer.md").write_text(
+        "---\nname: backend-engineer\ndescription: builds APIs\n---\nBody\n")
+    for f in FIXTURE_CONFIGS.glob("*.json"):
+        shutil.copy2(f, p / ".claude/config" / f.name)
+    for n in range(20):
+        (p / f"project_archive/sessions/SESSION_SUMMARY_{n:03}.md").write_text(
+            f"session {n}\n" * 200)
+    (p / "project_archive/sessions/SESSION_CURRENT.md").write_text("now\n")
+    (p / ".claude/checkpoints/manual/cp_1.json").write_text('{"id": 1}\n')
+    (p / ".ai-tools/checkpoint/storage/checkpoint_index.json").write_text("{}\n")
+    (p / ".ai-tools/checkpoint/storage/metadata/cp_20260101_000000_deadbeef.json"
+     ).write_text('{"x": 1}\n')
+    return p
 
 
 def tree_hash(root: Path, rel: str, *, skip: Sequence[str] = ()

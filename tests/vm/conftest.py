@@ -15,36 +15,56 @@ Fixtures (all session scope, per class where they depend on ``host_class``):
   ``vm.ansible_playbook(path)``, ``vm.guest_wheels`` (the wheels, inside the guest).
 - ``mnic_vm``: the same guest with mnic-ops installed in /opt/mnic-ops from the wheels
   (``vm.mnic(*args)`` runs it).
-- ``provisioned_vm``: the same guest after ``ansible-playbook tests/vm/provision.yml``
-  applied ``roles/mnic_ops`` (skips until that playbook exists).
+- ``provisioned_vm``: the same guest with a framework install (user alice) after
+  ``playbooks/site.yml`` (the playbook the Vagrantfile uses) applied ``roles/mnic_ops``
+  over SSH, in two runs: tool and config only (the state "before provisioning" is
+  recorded then), then the full provision.
 
 All three are the same VM per class: what one test changes, later tests of the class see
 (test modules run in file order, tests in definition order).
 
 Environment: ``MNIC_OPS_VM_CACHE`` (image cache folder), ``MNIC_OPS_VM_MIRROR``
-(Debian mirror; default: the one apt uses), ``MNIC_OPS_VM_BOOT_TIMEOUT`` (seconds).
+(Debian mirror; default: the one apt uses), ``MNIC_OPS_VM_BOOT_TIMEOUT`` (seconds),
+``MNIC_OPS_VM_FULL`` (comma-separated classes that get the whole provisioning flow of
+test_vm_provisioned.py; default: all. The other classes get test_vm.py's checks only:
+boot, firmware chassis and detect, SSD, testinfra. CI sets one class per commit, since
+the whole flow takes about 8 minutes per class under emulation.)
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import REPO
-from tests.vm.image import Image, ImageError, ensure_image
-from tests.vm.machine import VM, HostClass, Keys, VMError, load_classes
+from tests.testhost import write_project
+from tests.vm.image import GUEST_SHARE, Image, ImageError, ensure_image
+from tests.vm.machine import SSD_BY_ID, VM, GuestResult, HostClass, Keys, VMError, load_classes
 
 HERE = Path(__file__).resolve().parent
 CLASSES = load_classes()
 BOOT_TIMEOUT = float(os.environ.get("MNIC_OPS_VM_BOOT_TIMEOUT", "600"))
-PROVISION_PLAYBOOK = HERE / "provision.yml"
+SITE_PLAYBOOK = REPO / "playbooks" / "site.yml"
+PROJECT = "/home/alice/proj"
+SSD_MOUNT = "/mnt/ssd"
+# Files the tests write into the install start with this; the before/after comparison
+# of undo --all leaves them out (what they became is checked by their own tests).
+TEST_PREFIX = "vmtest-"
+# What "the state before provisioning" covers: what provision may change.
+STATE_ROOTS = ("/etc", "/home/alice", SSD_MOUNT)
+# sshd's host key is installed anew by the image's seed unit at every boot.
+STATE_SKIP = (TEST_PREFIX, "ssh_host_")
 
 # Measurements shown at the end of the run (pytest -m vm prints them).
 TIMINGS: dict[str, str] = {}
@@ -63,6 +83,37 @@ def vm_unavailable() -> str | None:
         if not shutil.which(tool):
             return f"{tool} not installed (apt-get install {package})"
     return None
+
+
+def full_flow_classes() -> list[str]:
+    """The classes MNIC_OPS_VM_FULL names (all when unset or empty)."""
+    raw = os.environ.get("MNIC_OPS_VM_FULL", "").strip()
+    if not raw:
+        return list(CLASSES)
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CLASSES]
+    if unknown:
+        raise pytest.UsageError(f"MNIC_OPS_VM_FULL: unknown class {', '.join(unknown)} "
+                                f"(known: {', '.join(CLASSES)})")
+    return names
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the provisioning flow for classes MNIC_OPS_VM_FULL does not name."""
+    full = full_flow_classes()
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        cls = callspec.params.get("host_class") if callspec else None
+        if item.path.name == "test_vm_provisioned.py" and cls not in full:
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+        TIMINGS["provisioning flow"] = (f"for {', '.join(full)} (MNIC_OPS_VM_FULL); "
+                                        f"{len(drop)} tests of other classes left out")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -156,17 +207,69 @@ def mnic_vm(vm: VM) -> VM:
     return vm
 
 
+def role_vars(vm: VM, **override: Any) -> list[str]:
+    """Extra vars for playbooks/site.yml on a test VM, as an admin of an offline host
+    would pass them: wheels from the share, the SSD by id for the pre-tasks, fstab
+    applied; the class is not set (the firmware decides). Cron runs the compress pass
+    every minute and the watcher settles checkpoints after 2 s, so both can be seen
+    working within a test."""
+    ev: dict[str, Any] = {
+        "mnic_ops_install_source": "mnic-ops",
+        "mnic_ops_pip_extra_args": f"--no-index --find-links {vm.guest_wheels}",
+        "mnic_ops_ssd_device": SSD_BY_ID,
+        "mnic_ops_ssd_mount": SSD_MOUNT,
+        "mnic_ops_apply_fstab": True,
+        "mnic_ops_settings": {"cron": {"compress_schedule": "* * * * *"},
+                              "watch": {"settle_seconds": {"checkpoints": 2}}},
+        **override,
+    }
+    return ["-e", json.dumps(ev)]
+
+
+def recap(r: GuestResult) -> dict[str, int]:
+    """The PLAY RECAP counters of an ansible-playbook run on the one VM."""
+    m = re.search(r"^\S+\s*:\s*(ok=.*)$", r.stdout.split("PLAY RECAP")[-1], re.M)
+    assert m, f"no PLAY RECAP in:\n{r}"
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
+
+
+def add_project(vm: VM) -> None:
+    """A framework install owned by alice (uid 4242) at PROJECT, made from the real
+    framework configs on the host and copied in through the 9p share."""
+    write_project(vm.share / "project")
+    vm.run(f"set -e; id alice >/dev/null 2>&1 || useradd -u 4242 -U -m -s /bin/sh alice; "
+           f"cp -a {GUEST_SHARE}/project {PROJECT}; chown -R alice:alice /home/alice",
+           check=True)
+
+
+@dataclass
+class Provisioned:
+    vm: VM
+    before: dict[str, list[object]]  # STATE_ROOTS just before the role run
+    fstab_before: str
+    first: GuestResult  # the role run
+    aged: list[str]  # session files backdated 10 days, written right after provisioning
+    aged_at: float  # guest clock (epoch seconds) when they were written
+
+
 @pytest.fixture(scope="session")
-def provisioned_vm(vm: VM) -> VM:
-    """``vm`` after the playbook applied ``roles/mnic_ops`` over SSH. The playbook (SSD
-    pre-tasks, role vars) lives in tests/vm/provision.yml; the inventory gives it
-    ``mnic_host_class``, ``mnic_chassis``, ``mnic_wheels`` (for
-    ``mnic_ops_pip_extra_args: --no-index --find-links {{ mnic_wheels }}``) and
-    ``mnic_ssd_device`` (the non-rotational disk, by id)."""
-    if not PROVISION_PLAYBOOK.exists():
-        pytest.skip("tests/vm/provision.yml (the role run for the VMs) does not exist yet")
+def provisioned_vm(mnic_vm: VM) -> Provisioned:
+    """The guest after one run of playbooks/site.yml over SSH, as an admin would do it
+    (pre-tasks format and mount the SSD; the role writes its config and provisions).
+    ``before`` is the state just before that run. Right after it, session files 10 days
+    old are written for the cron test: the job runs every minute, so by the time that
+    test looks, cron has had its chance."""
+    vm = mnic_vm
+    add_project(vm)
+    before = vm.state(*STATE_ROOTS, skip=STATE_SKIP)
+    fstab = vm.run("cat /etc/fstab", check=True).stdout
     t0 = time.monotonic()
-    r = vm.ansible_playbook(PROVISION_PLAYBOOK)
-    assert r.rc == 0, f"ansible-playbook failed:\n{r}"
-    TIMINGS[f"{vm.cls.name} provision"] = f"{time.monotonic() - t0:.0f} s"
-    return vm
+    first = vm.ansible_playbook(SITE_PLAYBOOK, *role_vars(vm))
+    assert first.rc == 0, f"role run failed:\n{first}"
+    TIMINGS[f"{vm.cls.name} role run"] = f"{time.monotonic() - t0:.0f} s"
+    sessions = f"{PROJECT}/project_archive/sessions"
+    aged = [f"{sessions}/{TEST_PREFIX}old-{n}.md" for n in range(3)]
+    r = vm.run("set -e; " + "; ".join(
+        f"runuser -u alice -- sh -c 'seq 1 5000 > {p} && touch -d \"10 days ago\" {p}'"
+        for p in aged) + "; date +%s", check=True)
+    return Provisioned(vm, before, fstab, first, aged, float(r.stdout.split()[-1]))

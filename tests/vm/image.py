@@ -32,11 +32,12 @@ SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # Field notes section 7, plus sudo (an Ansible play with `become: true` calls sudo even
 # as root) and python3-apt (Ansible's apt module, which the role uses to check
-# python3-venv, would otherwise try to download it: the guest has no network).
+# python3-venv, would otherwise try to download it: the guest has no network), and
+# python3-packaging (the role installs it: Ansible's pip module needs it on the target).
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "linux-image-amd64", "initramfs-tools", "cron",
     "python3", "python3-venv", "openssh-server", "udev", "kmod", "e2fsprogs", "procps",
-    "iproute2", "sudo", "python3-apt",
+    "iproute2", "sudo", "python3-apt", "python3-packaging",
 )
 IMAGE_SIZE = "3G"
 # Bump when build() changes what lands in the image in a way the recipe does not show.

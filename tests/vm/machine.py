@@ -418,9 +418,23 @@ class VM:
                  f"test -x {venv}/bin/python || python3 -m venv --without-pip {venv}; "
                  f"PYTHONPATH={GUEST_PIP} PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 "
                  f"{venv}/bin/python -m pip install -q --no-compile --no-index "
-                 f"--find-links {self.guest_wheels} \"$whl\" mnic-ops",
+                 # pip is importable from PYTHONPATH already: without --ignore-installed
+                 # it would count as installed and the venv would get no bin/pip
+                 f"--ignore-installed --find-links {self.guest_wheels} \"$whl\" mnic-ops; "
+                 f"test -x {venv}/bin/pip",
                  check=True, timeout=900)
         return time.monotonic() - t0
+
+    def state(self, *roots: str, skip: tuple[str, ...] = ()) -> dict[str, list[object]]:
+        """{path: [sha256 | ->target | dir, mode, uid, gid, mtime_ns]} of every entry under
+        ``roots`` in the guest (guest_state.py, links not followed); entries whose name
+        starts with one of ``skip`` are left out."""
+        argv = ["python3", "-", *roots]
+        for prefix in skip:
+            argv += ["--skip", prefix]
+        r = self.run(argv, input=(HERE / "guest_state.py").read_text(), check=True,
+                     timeout=300)
+        return dict(json.loads(r.stdout))
 
     def mnic(self, *args: str, venv: str = GUEST_VENV, timeout: float = 120) -> GuestResult:
         return self.run([f"{venv}/bin/mnic-ops", *args], timeout=timeout)
@@ -452,14 +466,17 @@ class VM:
         home = self.dir / "ansible"
         (home / "tmp").mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+        repo = HERE.parent.parent
         env.update(ANSIBLE_HOME=str(home), ANSIBLE_LOCAL_TEMP=str(home / "tmp"),
+                   ANSIBLE_CONFIG=str(repo / "ansible.cfg"),
+                   ANSIBLE_ROLES_PATH=str(repo / "roles"),
                    ANSIBLE_HOST_KEY_CHECKING="True", ANSIBLE_NOCOLOR="1",
                    ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_SSH_ARGS="",
                    ANSIBLE_PIPELINING="1")
         try:
             p = subprocess.run([exe, "-i", str(self.inventory), str(playbook), *args],
                                capture_output=True, text=True, timeout=timeout, env=env,
-                               stdin=subprocess.DEVNULL)
+                               stdin=subprocess.DEVNULL, cwd=repo)
         except subprocess.TimeoutExpired as exc:
             return GuestResult(-1, _text(exc.stdout), _text(exc.stderr) + "\n(timeout)")
         return GuestResult(p.returncode, p.stdout, p.stderr)

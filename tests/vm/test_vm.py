@@ -1,9 +1,10 @@
 """The test hosts themselves, one VM per class (laptop, workstation, server): systemd
 boots, the firmware's chassis type decides the class inside the guest, the second disk
-is an SSD to the kernel, testinfra and Ansible reach the guest, and a reboot comes back.
+is an SSD to the kernel, testinfra reaches the guest. Ansible, the role, cron, the
+watcher and a reboot are test_vm_provisioned.py's, on the same VM after these.
 
 Runs with ``pytest -m vm tests/vm``; skips (with the reason) without root, qemu or
-debootstrap. The reboot test is last: later modules see the VM after one reboot."""
+debootstrap."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import json
 
 import pytest
 
-from tests.vm.conftest import HERE, TIMINGS
 from tests.vm.machine import SSD_BY_ID, VM, HostClass
 
 pytestmark = pytest.mark.vm
@@ -66,22 +66,3 @@ def test_testinfra_reaches_the_vm(vm: VM, host_class: HostClass) -> None:
         str(host_class.chassis)
     assert host.service("ssh").is_running
     assert host.service("cron").is_running
-
-
-def test_ansible_reaches_the_vm(vm: VM) -> None:
-    r = vm.ansible_playbook(HERE / "smoke.yml")
-    assert r.rc == 0, str(r)
-    assert "failed=0" in r.stdout
-
-
-def test_reboot_comes_back_with_systemd_running_and_disk_changes_kept(mnic_vm: VM) -> None:
-    vm = mnic_vm
-    before = vm.boot_id()
-    vm.run("echo kept > /root/reboot-marker && sync", check=True)
-    seconds = vm.reboot()
-    TIMINGS[f"{vm.cls.name} reboot"] = f"{seconds:.0f} s"
-    assert vm.boot_id() != before
-    assert vm.system_state == "running", f"failed units: {vm.failed_units}"
-    # -snapshot keeps writes for the life of the qemu process, across guest reboots.
-    assert vm.run("cat /root/reboot-marker", check=True).stdout.strip() == "kept"
-    assert vm.mnic("detect").rc == 0
