@@ -394,12 +394,27 @@ class _OverflowLog(logging.Handler):
 _WAKE = ("wake", "", "", 0.0)
 
 
+def process_start_time() -> float:
+    """Wall-clock time this process was started, from /proc (start ticks after boot
+    plus the boot time, which /proc/stat gives in whole seconds, so this may be up to a
+    second early: a file closed just before the start is then gzipped after it settles,
+    which is harmless). Falls back to now."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/stat", encoding="ascii") as f:
+            btime = next(int(ln.split()[1]) for ln in f if ln.startswith("btime "))
+        return min(time.time(), btime + ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
 class Daemon:
     """The watcher's state and event loop (everything but the observers' own threads
     runs on the main thread, which is also where signals arrive)."""
 
     def __init__(self, app: AppContext, names: Sequence[str], *, poll: bool,
-                 once_settled: bool, service: bool) -> None:
+                 once_settled: bool, service: bool, started: float | None = None) -> None:
         self.app, self.names = app, tuple(names)
         self.poll_flag, self.once_settled, self.service = poll, once_settled, service
         self.q: queue.SimpleQueue[tuple[str, str, str, float]] = queue.SimpleQueue()
@@ -413,7 +428,7 @@ class Daemon:
         self.new_dirs: dict[str, WatchRoot] = {}
         self.unverified: list[tuple[str, int]] = []  # new folders: did inotify take them?
         self.next_verify = 0.0
-        self.started = time.time()
+        self.started = time.time() if started is None else started
         # ctime at or after it: written (or moved here) since start; the margin covers
         # the kernel's coarse file timestamps
         self.watermark = self.started - 0.05
@@ -1687,7 +1702,10 @@ def watch_cmd(app: AppContext, poll: bool, once_settled: bool, install_unit: boo
                         command=cmd)
     if check:
         return preflight(app, names, poll)
-    daemon = Daemon(app, names, poll=poll, once_settled=once_settled, service=service)
+    # "Since start" counts from the exec, not from here: files closed while Python was
+    # still importing (seconds on a loaded or emulated host, right after boot) are ours.
+    daemon = Daemon(app, names, poll=poll, once_settled=once_settled, service=service,
+                    started=process_start_time())
     try:
         return daemon.run()
     except OSError as exc:

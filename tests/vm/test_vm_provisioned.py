@@ -165,7 +165,9 @@ def test_second_role_run_changes_nothing(provisioned_vm: Provisioned) -> None:
     TIMINGS[f"{vm.cls.name} role (again)"] = f"{time.monotonic() - t0:.0f} s"
     assert r.rc == 0, str(r)
     counts = recap(r)
-    assert counts["changed"] == 0 and counts["failed"] == 0, r.stdout
+    assert counts["changed"] == 0 and counts["failed"] == 0, \
+        r.stdout + "\n--- what mnic-ops journalled (newest last) ---\n" + \
+        "\n".join(vm.mnic("undo", "--list").stdout.splitlines()[-15:])
     assert vm.mnic("verify").rc == 0
 
 
