@@ -22,6 +22,7 @@ from mnic_ops.hostroot import HostRoot
 MIB = 1024 * 1024
 TIERS_FILE = "tiers.toml"
 INOTIFY_WATCH_BYTES = 1024  # kernel memory per watch, roughly (fs/notify/inotify)
+MEMORY_STEP = 64 * 1024 * 1024  # machine memory is counted in these steps
 INOTIFY_MIN = 8192  # the kernel's own lowest default
 
 
@@ -186,6 +187,10 @@ def derive(values: dict[str, Any], *, cpus: int | None, memory_bytes: int | None
     """Machine-fitted numbers for the templates, and one reason line per number."""
     t = values
     why: list[str] = []
+    if memory_bytes:
+        # MemTotal moves by some KiB from one boot to the next: fit to whole steps, so
+        # that a reboot does not turn into a changed config on the next run.
+        memory_bytes -= memory_bytes % MEMORY_STEP
     mem_mb = memory_bytes // MIB if memory_bytes else None
 
     memory = int(t["memory_limit_mb"])
@@ -238,6 +243,7 @@ def derive(values: dict[str, Any], *, cpus: int | None, memory_bytes: int | None
     watches = want
     if memory_bytes:
         cap = int(memory_bytes * t["inotify_memory_percent"] / 100 // INOTIFY_WATCH_BYTES)
+        cap -= cap % 1024
         if cap < want:
             watches = max(INOTIFY_MIN, cap)
     why.append(f"inotify_watches = {watches}: tier floor {floor}, watcher needs "

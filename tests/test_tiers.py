@@ -85,3 +85,17 @@ def test_overrides_apply_and_are_checked(fake_root: Path) -> None:
     with pytest.raises(InputError, match=r"config.toml:2: tiers.laptop.max_agents: expected "
                                          r"integer, got boolean"):
         tiers.effective(table(), "server", cfg)
+
+
+@pytest.mark.parametrize("name", HOST_CLASSES)
+def test_a_few_kib_more_or_less_memory_changes_nothing(name: str) -> None:
+    """MemTotal moves by some KiB between boots (seen on the workstation VM: a second
+    role run after a reboot rewrote the sysctl file). Within a 64 MiB step every value,
+    the capped watch count and the machine memory included, stays the same."""
+    v = table().tiers[name]
+    base = 4096 * 1024**2 - 130 * 1024**2  # a 4 GiB guest's MemTotal, mid-step
+    seen = {repr(tiers.derive(v, cpus=2, memory_bytes=base + delta, watch_dirs=50)[0])
+            for delta in (-300 * 1024, -4096, 0, 4096, 300 * 1024)}
+    assert len(seen) == 1, seen
+    d, _ = tiers.derive(v, cpus=2, memory_bytes=base, watch_dirs=50)
+    assert d["inotify_watches"] % 1024 == 0
