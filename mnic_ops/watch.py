@@ -395,17 +395,15 @@ _WAKE = ("wake", "", "", 0.0)
 
 
 def process_start_time() -> float:
-    """Wall-clock time this process was started, from /proc (start ticks after boot
-    plus the boot time, which /proc/stat gives in whole seconds, so this may be up to a
-    second early: a file closed just before the start is then gzipped after it settles,
-    which is harmless). Falls back to now."""
+    """Wall-clock time this process was exec'ed: its start in clock ticks on the boot
+    clock (/proc/self/stat), turned into wall time through CLOCK_BOOTTIME. Falls back
+    to now."""
     try:
         with open("/proc/self/stat", encoding="ascii") as f:
             ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
-        with open("/proc/stat", encoding="ascii") as f:
-            btime = next(int(ln.split()[1]) for ln in f if ln.startswith("btime "))
-        return min(time.time(), btime + ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError, StopIteration):
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - max(0.0, age)
+    except (OSError, ValueError, IndexError):
         return time.time()
 
 
