@@ -86,6 +86,12 @@ def test_end_to_end(host: TestHost) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     before = _hashes(th)
 
+    # 1b. A bad setting fails the role with mnic-ops's own error; the config stays.
+    r = _playbook(th, mnic_ops_provision=False, mnic_ops_settings={"cron": {"bogus": 1}})
+    assert r.returncode != 0
+    assert "bogus: unknown key" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert _hashes(th) == before
+
     # 2. --check on the fresh host: exit 3, nothing changes.
     c = th.chroot([MNIC, "--json", "provision", "--check"], check=False)
     assert c.returncode == 3, c.stdout + c.stderr
