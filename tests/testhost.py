@@ -11,7 +11,6 @@ returns to its own namespace in :meth:`TestHost.stop`.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import shutil
 import signal
@@ -181,10 +180,14 @@ def write_project(p: Path) -> Path:
 
 
 def tree_hash(root: Path, rel: str, *, skip: Sequence[str] = ()
-              ) -> dict[str, tuple[str, int, int, int, int]]:
-    """{path: (sha256 | link target | 'dir', mode, uid, gid, mtime_ns)} of a tree, for
-    byte-identity checks before and after."""
-    out: dict[str, tuple[str, int, int, int, int]] = {}
+              ) -> dict[str, list[object]]:
+    """{path below root: [sha256 | ->target | dir | other, mode, uid, gid, mtime_ns]} of
+    a tree, for byte-identity checks before and after: the same record per entry as the
+    VM tests take in their guests (tests/vm/guest_state.py), so a fifo or socket is
+    noted, never opened. Folders are compared without their mtime."""
+    from tests.vm.guest_state import entry
+
+    out: dict[str, list[object]] = {}
     top = root / rel.lstrip("/")
     for dirpath, dirnames, filenames in os.walk(top):
         dirnames[:] = [d for d in dirnames
@@ -194,14 +197,8 @@ def tree_hash(root: Path, rel: str, *, skip: Sequence[str] = ()
             rel_p = os.path.relpath(p, root)
             if rel_p in skip:
                 continue
-            st = os.lstat(p)
-            if os.path.islink(p):
-                what = "link:" + os.readlink(p)
-            elif os.path.isdir(p):
-                what = "dir"
-            else:
-                with open(p, "rb") as fh:
-                    what = hashlib.sha256(fh.read()).hexdigest()
-            out[rel_p] = (what, st.st_mode, st.st_uid, st.st_gid,
-                          0 if os.path.isdir(p) else st.st_mtime_ns)
+            record = entry(p)
+            if record[0] == "dir":
+                record[4] = 0
+            out[rel_p] = record
     return out
