@@ -37,6 +37,26 @@ LAZY_COMMANDS: dict[str, str] = {
 }
 
 
+def _json_flag(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        app = ctx.find_object(AppContext)
+        if app is not None:
+            app.json = True
+
+
+def with_json_option(cmd: click.Command) -> click.Command:
+    """``CMD --json`` works for every command (and subcommand), as ``--json CMD`` does."""
+    if isinstance(cmd, click.Group):
+        for sub in cmd.commands.values():
+            with_json_option(sub)
+        return cmd
+    if not any("--json" in getattr(p, "opts", ()) for p in cmd.params):
+        cmd.params.append(click.Option(
+            ["--json"], is_flag=True, expose_value=False, callback=_json_flag,
+            help="Print one JSON document (same as the global --json)."))
+    return cmd
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(LAZY_COMMANDS) | set(super().list_commands(ctx)))
@@ -48,7 +68,7 @@ class LazyGroup(click.Group):
         mod_name, _, attr = ref.partition(":")
         cmd = getattr(importlib.import_module(mod_name), attr)
         assert isinstance(cmd, click.Command)
-        return cmd
+        return with_json_option(cmd)
 
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "MNIC_OPS",
@@ -84,39 +104,94 @@ def cli(ctx: click.Context, root: str, config_path: str | None, as_json: bool,
     top = logging.getLogger()
     top.handlers[:] = [handler]
     top.setLevel(logging.DEBUG)
+    # --root is checked before any command runs: an error here is still reported as a
+    # JSON document when --json was asked for (see main()).
     ctx.obj = AppContext(root=HostRoot.open(root), config_path=config_path, json=as_json,
                          verbose=verbose)
 
 
+@cli.result_callback()
+@click.pass_context
+def _print_result(ctx: click.Context, /, rv: Any, **_: Any) -> Any:
+    """Under --json, the command's data becomes the one document, now that its exit
+    code (and so ``ok``) is known."""
+    app = ctx.find_object(AppContext)
+    if app is not None and app.json and app.result is not None:
+        from mnic_ops.output import document, print_document
+
+        code = rv if isinstance(rv, int) else 0
+        print_document(document(app.command, code, app.result))
+        app.result = None
+    return rv
+
+
+# Global options that take a value: skipped when finding the command name in argv.
+_VALUE_OPTIONS = frozenset({"--root", "--config"})
+
+
+def _command_name(argv: list[str]) -> str:
+    """``cron install``, ``clean``...: the (sub)command named in ``argv``, for the
+    document of an error raised before the command ran."""
+    words: list[str] = []
+    it = iter(argv)
+    for a in it:
+        if a in _VALUE_OPTIONS:
+            next(it, None)
+        elif not a.startswith("-"):
+            words.append(a)
+            if a != "cron" or len(words) == 2:
+                break
+    return " ".join(words)
+
+
+def _json_wanted(argv: list[str]) -> bool:
+    if os.environ.get("MNIC_OPS_JSON", "").lower() in ("1", "true", "yes", "on"):
+        return True
+    args = argv[: argv.index("--")] if "--" in argv else argv
+    return "--json" in args
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: turn every error into a message and a documented exit code."""
+    """Entry point: turn every error into a message and a documented exit code (with
+    --json: the same document as on success, ``ok: false``, on stdout)."""
     debug = bool(os.environ.get("MNIC_OPS_DEBUG"))
+    args = sys.argv[1:] if argv is None else argv
+    as_json = _json_wanted(args)
+
+    def fail(code: int, exc: BaseException, text: str) -> None:
+        if as_json:
+            from mnic_ops.output import error_document
+
+            error_document(_command_name(args), code, exc, text)
+        else:
+            click.echo(f"mnic-ops: {text}", err=True)
+        sys.exit(code)
+
     try:
         rv: Any = cli.main(args=argv, prog_name="mnic-ops", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
-    except click.exceptions.Abort:
-        click.echo("mnic-ops: aborted", err=True)
-        sys.exit(EXIT_FAILURE)
+        if not as_json:
+            exc.show()
+        code = exc.exit_code if exc.exit_code else EXIT_USAGE
+        if as_json:
+            fail(code, exc, exc.format_message())
+        sys.exit(code)
+    except click.exceptions.Abort as exc:
+        fail(EXIT_FAILURE, exc, "aborted")
     except OpsError as exc:
-        click.echo(f"mnic-ops: error: {exc.message}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("mnic-ops: interrupted", err=True)
-        sys.exit(130)
+        fail(exc.exit_code, exc, f"error: {exc.message}")
+    except KeyboardInterrupt as exc:
+        fail(130, exc, "interrupted")
     except OSError as exc:
         if debug:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
-        click.echo(f"mnic-ops: error: {where}{exc.strerror or exc}", err=True)
-        sys.exit(EXIT_FAILURE)
+        fail(EXIT_FAILURE, exc, f"error: {where}{exc.strerror or exc}")
     except Exception as exc:
         if debug:
             raise
-        click.echo(f"mnic-ops: internal error: {type(exc).__name__}: {exc} "
-                   "(set MNIC_OPS_DEBUG=1 for a traceback)", err=True)
-        sys.exit(EXIT_FAILURE)
+        fail(EXIT_FAILURE, exc, f"internal error: {type(exc).__name__}: {exc} "
+             "(set MNIC_OPS_DEBUG=1 for a traceback)")
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -101,8 +101,8 @@ def config_cmd(app: AppContext, schema: bool) -> int:
 
     if schema:
         rows = cfgmod.schema_doc()
-        emit(app, [dict(zip(("key", "type", "default", "doc"), r, strict=True))
-                   for r in rows],
+        emit(app, {"keys": [dict(zip(("key", "type", "default", "doc"), r, strict=True))
+                            for r in rows]},
              lambda: "\n".join(f"{k:<34} {t:<30} {d:<24} {doc}" for k, t, d, doc in rows))
         return EXIT_OK
     cfg = app.config
@@ -130,7 +130,7 @@ def undo_cmd(app: AppContext, which: str | None, list_only: bool, check: bool,
 
     entries = [e for e in changes.read_journal(app.root) if not e.get("undone")]
     if list_only or (which is None and change_id is None):
-        emit(app, entries, lambda: "\n".join(
+        emit(app, {"entries": entries}, lambda: "\n".join(
             f"{e['entry']}  {e['change']}  {e['description']}" for e in entries)
             or "no recorded changes")
         return EXIT_OK

@@ -1,6 +1,9 @@
 """Output for people and for machines, and the shared plan/apply command flow.
 
-Every command prints readable text by default and one JSON document with ``--json``.
+Every command prints readable text by default and one JSON document with ``--json``:
+``{"schema_version": 1, "command", "ok", ...its own keys..., "errors": [...]}``, built
+here (:func:`document`) once the exit code is known, and by the CLI for errors, so
+that scripts and the Ansible module read one shape whatever happened.
 :func:`run_plan` is the single place where ``--check`` stops after the plan, where
 apply is logged to ``<root>/var/log/mnic-ops.log`` and where exit codes are chosen.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mnic_ops.errors import EXIT_FAILURE, EXIT_OK, EXIT_PENDING
+from mnic_ops.errors import EXIT_FAILURE, EXIT_OK, EXIT_PENDING, OpsError
 
 if TYPE_CHECKING:
     from mnic_ops.changes import Plan
@@ -34,6 +38,9 @@ class AppContext:
     json: bool = False
     verbose: int = 0
     _config: Config | None = field(default=None, repr=False)
+    # The command's JSON data, printed by the CLI once its exit code is known.
+    result: dict[str, Any] | None = field(default=None, repr=False)
+    command: str = ""
 
     @property
     def config(self) -> Config:
@@ -44,14 +51,60 @@ class AppContext:
         return self._config
 
 
-def emit(app: AppContext, data: Any, text: Callable[[], str] | str) -> None:
-    """Print ``data`` as JSON with ``--json``, else the text."""
+SCHEMA_VERSION = 1
+_WHERE = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+)(?::\d+)?: ")
+
+
+def emit(app: AppContext, data: dict[str, Any], text: Callable[[], str] | str) -> None:
+    """With ``--json`` keep ``data`` for the one document the CLI prints when the
+    command returns (see :func:`document`); else print the text now."""
     if app.json:
-        click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+        app.result = data
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None:  # "mnic-ops cron install" -> "cron install"
+            app.command = " ".join(ctx.command_path.split()[1:])
     else:
         out = text() if callable(text) else text
         if out:
             click.echo(out.rstrip("\n"))
+
+
+def error_entry(message: str, exc: BaseException | None = None) -> dict[str, Any]:
+    """One ``errors`` entry: the message, plus ``file`` and ``line`` where the error
+    names them (``file:line: ...``, as every input error does)."""
+    out: dict[str, Any] = {"message": message}
+    src, line = getattr(exc, "source", None), getattr(exc, "line", None)
+    if isinstance(src, str) and isinstance(line, int):
+        out.update(file=src, line=line)
+        return out
+    m = _WHERE.match(message)
+    if m:
+        out.update(file=m.group("file"), line=int(m.group("line")))
+    return out
+
+
+def document(command: str, exit_code: int, data: dict[str, Any] | None = None,
+             errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The JSON contract: schema version, command, ``ok`` (exit 0, or 3 in --check),
+    the command's own keys, then every error."""
+    data = dict(data or {})
+    errs = [*data.pop("errors", []), *(errors or [])]
+    ok = exit_code in (EXIT_OK, EXIT_PENDING) and bool(data.pop("ok", True))
+    data.pop("command", None)
+    data.pop("schema_version", None)
+    return {"schema_version": SCHEMA_VERSION, "command": command, "ok": ok, **data,
+            "errors": errs}
+
+
+def print_document(doc: dict[str, Any]) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=False, default=str))
+
+
+def error_document(command: str, exit_code: int, exc: BaseException, message: str) -> None:
+    """Under ``--json`` a failure is the same document on stdout, ``ok: false``."""
+    if isinstance(exc, OpsError):
+        message = exc.message
+    print_document(document(command, exit_code, None, [error_entry(message, exc)]))
 
 
 _STATE_COLOURS = {"ok": "green", "changed": "yellow", "pending": "yellow", "failed": "red",
@@ -99,7 +152,9 @@ def run_plan(app: AppContext, plan: Plan, *, check: bool, diff: bool, command: s
                 logging.getLogger().removeHandler(handler)
                 handler.close()
     counts = plan.counts()
-    data = {"command": command, "check": check, **plan.to_json(), **(extra or {})}
+    data = {"check": check, **plan.to_json(), **(extra or {}),
+            "errors": [{"message": f"{i.id}: {i.error}"} for i in plan.items
+                       if i.state == "failed" and i.error]}
     emit(app, data, lambda: plan_text(plan, diff=diff or (check and app.verbose > 0),
                                       title=title))
     if check:

@@ -88,7 +88,7 @@ def test_undo_cli(fake_root: Path) -> None:
     for n in range(3):
         changes.apply_plan(Plan([file_item(root, f"/etc/f{n}", f"{n}\n")]), root)
     r = run_mnic("--root", str(fake_root), "--json", "undo", "--list")
-    assert [e["change"] for e in json.loads(r.out)] == ["file:/etc/f0", "file:/etc/f1",
+    assert [e["change"] for e in json.loads(r.out)["entries"]] == ["file:/etc/f0", "file:/etc/f1",
                                                         "file:/etc/f2"]
     r = run_mnic("--root", str(fake_root), "undo", "--last", "--check")
     assert r.code == 3 and "file:/etc/f2" in r.out and (fake_root / "etc/f2").exists()
