@@ -34,6 +34,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "provision": "mnic_ops.provision:provision_cmd",
     "verify": "mnic_ops.provision:verify_cmd",
     "doctor": "mnic_ops.doctor:doctor_cmd",
+    "completion": "mnic_ops.completion:completion_cmd",
+    "manpage": "mnic_ops.completion:manpage_cmd",
 }
 
 
@@ -84,10 +86,14 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix":
 @click.option("--json", "as_json", is_flag=True, envvar="MNIC_OPS_JSON",
               help="Print one JSON document for scripts.")
 @click.option("-v", "--verbose", count=True, help="More detail; -vv for debug logging.")
+@click.option("--color", "color", type=click.Choice(["auto", "always", "never"]),
+              default="auto", show_default=True, envvar="MNIC_OPS_COLOR",
+              help="Colour the text output: auto = only on a terminal, and never with "
+                   "NO_COLOR set or TERM=dumb.")
 @click.version_option(__version__, "--version", prog_name="mnic-ops")
 @click.pass_context
 def cli(ctx: click.Context, root: str, config_path: str | None, as_json: bool,
-        verbose: int) -> None:
+        verbose: int, color: str) -> None:
     """Provision and maintain hosts that run the My Name Is Claude framework.
 
     Every change can be previewed with --check (and --diff), is logged, and is recorded
@@ -107,7 +113,7 @@ def cli(ctx: click.Context, root: str, config_path: str | None, as_json: bool,
     # --root is checked before any command runs: an error here is still reported as a
     # JSON document when --json was asked for (see main()).
     ctx.obj = AppContext(root=HostRoot.open(root), config_path=config_path, json=as_json,
-                         verbose=verbose)
+                         verbose=verbose, color_mode=color)
 
 
 @cli.result_callback()
@@ -126,7 +132,7 @@ def _print_result(ctx: click.Context, /, rv: Any, **_: Any) -> Any:
 
 
 # Global options that take a value: skipped when finding the command name in argv.
-_VALUE_OPTIONS = frozenset({"--root", "--config"})
+_VALUE_OPTIONS = frozenset({"--root", "--config", "--color"})
 
 
 def _command_name(argv: list[str]) -> str:

@@ -1163,7 +1163,7 @@ def doctor_cmd(app: AppContext, as_json: bool, metrics: str | None,
             error = f"--metrics {path}: {exc.strerror or exc}"
         if error:
             report["metrics_error"] = error
-    emit(app, report, lambda: report_text(report, sys.stdout.isatty()))
+    emit(app, report, lambda: report_text(report, app.color))
     if error:
         raise OpsError(error)  # after the report: the measurements are not lost
     return EXIT_OK if report["ok"] else EXIT_FAILURE

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -37,10 +38,17 @@ class AppContext:
     config_path: str | None
     json: bool = False
     verbose: int = 0
+    color_mode: str = "auto"  # --color: auto | always | never
     _config: Config | None = field(default=None, repr=False)
     # The command's JSON data, printed by the CLI once its exit code is known.
     result: dict[str, Any] | None = field(default=None, repr=False)
     command: str = ""
+
+    @property
+    def color(self) -> bool:
+        """Colour on stdout: ``always``/``never`` as asked; ``auto`` only on a terminal,
+        and never with ``NO_COLOR`` set (https://no-color.org) or ``TERM=dumb``."""
+        return want_color(self.color_mode, sys.stdout)
 
     @property
     def config(self) -> Config:
@@ -49,6 +57,19 @@ class AppContext:
 
             self._config = config.load(self.root, self.config_path)
         return self._config
+
+
+def want_color(mode: str, stream: Any) -> bool:
+    if mode == "always":
+        return True
+    if mode == "never" or os.environ.get("NO_COLOR", "") != "":
+        return False
+    if os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 SCHEMA_VERSION = 1
@@ -66,7 +87,7 @@ def emit(app: AppContext, data: dict[str, Any], text: Callable[[], str] | str) -
     else:
         out = text() if callable(text) else text
         if out:
-            click.echo(out.rstrip("\n"))
+            click.echo(out.rstrip("\n"), color=app.color)
 
 
 def error_entry(message: str, exc: BaseException | None = None) -> dict[str, Any]:
@@ -111,11 +132,10 @@ _STATE_COLOURS = {"ok": "green", "changed": "yellow", "pending": "yellow", "fail
                   "skipped": "cyan"}
 
 
-def plan_text(plan: Plan, *, diff: bool, title: str = "") -> str:
+def plan_text(plan: Plan, *, diff: bool, title: str = "", colour: bool = False) -> str:
     lines: list[str] = []
     if title:
         lines.append(title)
-    colour = sys.stdout.isatty()
     for item in plan.items:
         state = "would change" if item.state == "pending" else item.state
         tag = click.style(f"{state}:", fg=_STATE_COLOURS.get(item.state)) if colour \
@@ -156,7 +176,7 @@ def run_plan(app: AppContext, plan: Plan, *, check: bool, diff: bool, command: s
             "errors": [{"message": f"{i.id}: {i.error}"} for i in plan.items
                        if i.state == "failed" and i.error]}
     emit(app, data, lambda: plan_text(plan, diff=diff or (check and app.verbose > 0),
-                                      title=title))
+                                      title=title, colour=app.color))
     if check:
         return EXIT_PENDING if counts["pending"] else EXIT_OK
     return EXIT_FAILURE if counts["failed"] else EXIT_OK
