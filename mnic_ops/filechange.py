@@ -98,7 +98,8 @@ def file_item(
             rec["backup"] = str(bak)
         else:
             rec["created"] = True
-        safefs.atomic_write(real, data, mode=mode, uid=uid, gid=gid, follow=follow)
+        with FolderTimes(rec, os.path.dirname(real)):
+            safefs.atomic_write(real, data, mode=mode, uid=uid, gid=gid, follow=follow)
         return Undo("file", rec)
 
     return Item(id=iid, description=desc, diff=diff, action=action,
@@ -134,11 +135,49 @@ def _file_item_beneath(root: HostRoot, host_path: str, new: bytes | str, beneath
             rec["backup"] = str(bak)
         else:
             rec["created"] = True
-        safefs.atomic_write_beneath(base, rel, data, mode=mode, uid=uid, gid=gid)
+        with FolderTimes(rec, base, os.path.dirname(rel)):
+            safefs.atomic_write_beneath(base, rel, data, mode=mode, uid=uid, gid=gid)
         return Undo("file", rec)
 
     return Item(id=iid, description=desc, diff=diff, action=action,
                 data={"path": host_path}, payload=(old if st is not None else None, data))
+
+
+class FolderTimes:
+    """Around a write or an undo: the times of the file's folder before it, and its mtime
+    after, go into the record; on undo they are put back when nobody else changed the
+    folder since (so provision then undo leaves folders as they were, times included)."""
+
+    def __init__(self, rec: dict[str, Any], base: str | os.PathLike[str],
+                 rel: str = "", *, restore: bool = False) -> None:
+        self.rec, self.base, self.rel, self.restore = rec, base, rel, restore
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        try:
+            self.fd = safefs.open_beneath(self.base, self.rel or ".",
+                                          os.O_RDONLY | os.O_DIRECTORY)
+        except (OSError, OpsError):
+            self.fd = -1
+            return
+        if self.restore:
+            self.still_ours = os.fstat(self.fd).st_mtime_ns == self.rec.get("folder_after")
+        else:
+            self.rec["folder_before"] = list(safefs.folder_times(self.fd))
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd < 0:
+            return
+        try:
+            if exc[0] is not None:
+                return
+            if not self.restore:
+                self.rec["folder_after"] = os.fstat(self.fd).st_mtime_ns
+            elif self.still_ours and "folder_before" in self.rec:
+                before = self.rec["folder_before"]
+                os.utime(self.fd, ns=(before[0], before[1]))
+        finally:
+            os.close(self.fd)
 
 
 def _undo_beneath(rec: dict[str, Any]) -> str:
@@ -148,15 +187,17 @@ def _undo_beneath(rec: dict[str, Any]) -> str:
         raise OpsError(f"{rec['path']}: changed since mnic-ops wrote it; not reverting "
                        f"(backup: {rec.get('backup', 'none')})")
     if rec.get("created"):
-        safefs.unlink_beneath(base, rel)
+        with FolderTimes(rec, base, os.path.dirname(rel), restore=True):
+            safefs.unlink_beneath(base, rel)
         return f"removed {rec['path']}"
     bak = safefs.read_beneath(os.path.dirname(rec["backup"]), os.path.basename(rec["backup"]))
     if bak is None:
         raise OpsError(f"{rec['path']}: backup {rec['backup']} is gone; not reverting")
     data, st = bak
-    safefs.atomic_write_beneath(base, rel, data, mode=stat.S_IMODE(st.st_mode),
-                                uid=st.st_uid, gid=st.st_gid,
-                                times_ns=(st.st_atime_ns, st.st_mtime_ns))
+    with FolderTimes(rec, base, os.path.dirname(rel), restore=True):
+        safefs.atomic_write_beneath(base, rel, data, mode=stat.S_IMODE(st.st_mode),
+                                    uid=st.st_uid, gid=st.st_gid,
+                                    times_ns=(st.st_atime_ns, st.st_mtime_ns))
     return f"restored {rec['path']}"
 
 
@@ -170,10 +211,11 @@ def _undo_file(root: HostRoot, rec: dict[str, Any]) -> str:
         if cur != rec["after"]:
             raise OpsError(f"{rec['path']}: changed since mnic-ops wrote it; not reverting "
                            f"(backup: {rec.get('backup', 'none')})")
-    if rec.get("created"):
-        if os.path.lexists(real):
-            os.unlink(real)
-            safefs.fsync_dir(os.path.dirname(real))
-        return f"removed {rec['path']}"
-    safefs.copy_verified(rec["backup"], real)
+    with FolderTimes(rec, os.path.dirname(real), restore=True):
+        if rec.get("created"):
+            if os.path.lexists(real):
+                os.unlink(real)
+                safefs.fsync_dir(os.path.dirname(real))
+            return f"removed {rec['path']}"
+        safefs.copy_verified(rec["backup"], real)
     return f"restored {rec['path']}"

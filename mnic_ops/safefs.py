@@ -308,6 +308,13 @@ def atomic_write_beneath(
         os.close(dfd)
 
 
+def folder_times(dfd: int) -> tuple[int, int]:
+    """(atime, mtime) in ns of the folder open at ``dfd``: what a change that adds,
+    replaces or removes a name in it is about to move, so that undo can put it back."""
+    st = os.fstat(dfd)
+    return st.st_atime_ns, st.st_mtime_ns
+
+
 def unlink_beneath(base: str | os.PathLike[str], relpath: str) -> bool:
     """Remove the file ``base/relpath`` without following symlinks below ``base``;
     False when it was already gone."""

@@ -103,3 +103,45 @@ def test_undo_cli(fake_root: Path) -> None:
     assert r.code == 0 and not (fake_root / "etc/f1").exists()
     r = run_mnic("--root", str(fake_root), "undo", "--all")
     assert r.code == 0 and "nothing to revert" in r.out
+
+
+def _mtime(p: Path) -> int:
+    return os.stat(p).st_mtime_ns
+
+
+@pytest.mark.parametrize("beneath", [None, "/home/u/p"])
+@pytest.mark.parametrize("existing", [True, False])
+def test_undo_restores_the_folder_times(fake_root: Path, beneath: str | None,
+                                        existing: bool) -> None:
+    """Issue 16 item 10: provision then undo leaves folders as they were, times
+    included; three changes in one folder are undone newest first."""
+    root = HostRoot.open(fake_root)
+    folder = fake_root / ("home/u/p/cfg" if beneath else "etc/cfg")
+    folder.mkdir(parents=True)
+    host = "/home/u/p/cfg" if beneath else "/etc/cfg"
+    if existing:
+        for n in range(3):
+            (folder / f"f{n}").write_text("old\n")
+    os.utime(folder, ns=(1_000_000_000_000, 2_000_000_000_000))
+    before = (os.stat(folder).st_atime_ns, _mtime(folder))
+    for n in range(3):
+        item = file_item(root, f"{host}/f{n}", f"new {n}\n", beneath=beneath)
+        changes.apply_plan(Plan([item]), root)
+        assert item.state == "changed", item.error
+    assert _mtime(folder) != before[1]
+    changes.undo_entries(root, changes.read_journal(root))
+    assert _mtime(folder) == before[1]
+    assert sorted(os.listdir(folder)) == (["f0", "f1", "f2"] if existing else [])
+
+
+def test_undo_keeps_the_times_of_a_folder_someone_else_changed(fake_root: Path) -> None:
+    root = HostRoot.open(fake_root)
+    folder = fake_root / "etc/cfg"
+    folder.mkdir()
+    os.utime(folder, ns=(1_000_000_000_000, 2_000_000_000_000))
+    changes.apply_plan(Plan([file_item(root, "/etc/cfg/f", "x\n")]), root)
+    (folder / "admins-own").write_text("y\n")
+    os.utime(folder, ns=(3_000_000_000_000, 3_000_000_000_000))
+    changes.undo_entries(root, changes.read_journal(root))
+    assert not (folder / "f").exists()
+    assert _mtime(folder) != 2_000_000_000_000  # not passed off as untouched
