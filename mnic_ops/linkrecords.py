@@ -416,14 +416,16 @@ def _link_at(project: Project, public: str) -> tuple[str, str | None]:
     except (OSError, OpsError):
         return "other", None
     try:
+        return "link", os.readlink(name, dir_fd=pfd)  # a link at this instant, or not
+    except OSError:
+        pass
+    try:
         st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-        if stat.S_ISLNK(st.st_mode):
-            return "link", os.readlink(name, dir_fd=pfd)
-        return ("dir" if stat.S_ISDIR(st.st_mode) else "other"), None
     except FileNotFoundError:
         return "absent", None
     finally:
         os.close(pfd)
+    return ("dir" if stat.S_ISDIR(st.st_mode) else "other"), None
 
 
 def _mismatch(project: Project, r: LinkRecord) -> str | None:

@@ -197,18 +197,20 @@ def _checkpoint_store_rel(path: Path, host_path: str) -> str:
 
 
 def _data_dir(root: HostRoot, kind: str, host_path: str) -> DataDir:
+    """One data folder as it is now. The user may be swapping it with a link while this
+    runs: ``readlink`` decides (a link at that instant or not), never lstat-then-readlink,
+    which raised when the link went in between."""
     real = root.path(host_path)
-    try:
-        st: os.stat_result | None = os.lstat(real)
-    except OSError:
-        st = None
-    is_link = st is not None and stat.S_ISLNK(st.st_mode)
     target = None
-    if is_link:
+    try:
         raw = os.readlink(real)
+        is_link = exists = True
         # normpath of an absolute path clamps "..": the target never leaves the root.
         target = os.path.normpath(os.path.join(os.path.dirname(host_path), raw))
-    return DataDir(kind=kind, host_path=host_path, path=real, exists=st is not None,
+    except OSError:
+        is_link = False
+        exists = os.path.lexists(real)
+    return DataDir(kind=kind, host_path=host_path, path=real, exists=exists,
                    is_link=is_link, link_target=target)
 
 

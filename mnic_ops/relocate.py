@@ -563,11 +563,13 @@ def _null() -> Iterator[None]:
 
 def _lkind(p: Path) -> tuple[str, str | None]:
     try:
+        return "link", os.readlink(p)  # a link at this instant (no lstat-then-readlink race)
+    except OSError:
+        pass
+    try:
         st = os.lstat(p)
     except FileNotFoundError:
         return "absent", None
-    if stat.S_ISLNK(st.st_mode):
-        return "link", os.readlink(p)
     return ("dir" if stat.S_ISDIR(st.st_mode) else "other"), None
 
 
