@@ -313,7 +313,7 @@ def _dev(p: Path) -> int:
 
 
 def plan_out(app: AppContext, projects: list[Project], target: Target, force: bool,
-             jdir: Path, mounts: list[facts.Mount], busy: set[str]) -> Plan:
+             jdir: Path, mounts: list[facts.Mount], busy: dict[str, str]) -> Plan:
     root, cfg = app.root, app.config
     plan = Plan()
     kinds = _kinds(app)
@@ -329,8 +329,7 @@ def plan_out(app: AppContext, projects: list[Project], target: Target, force: bo
             mv = _Move(p, d, rel, target.host_path, f"{slug}/{kind}")
             desc = f"move {d.host_path} to {mv.dest_host}"
             if d.host_path in busy:
-                plan.add(Item(iid, desc, SKIPPED, "an interrupted move of it is finished "
-                                                  "first"))
+                plan.add(Item(iid, desc, SKIPPED, busy[d.host_path]))
                 continue
             if not d.exists:
                 plan.add(Item(iid, desc, SKIPPED, "not present"))
@@ -619,7 +618,7 @@ def _not_owner(p: Project, uid: int) -> str:
 
 
 def plan_back(app: AppContext, projects: list[Project], force: bool, jdir: Path,
-              busy: set[str]) -> Plan:
+              busy: dict[str, str]) -> Plan:
     """``--undo``: every data folder that is a link made by relocate comes back."""
     root = app.root
     plan = Plan()
@@ -634,8 +633,7 @@ def plan_back(app: AppContext, projects: list[Project], force: bool, jdir: Path,
             rel = _rel_in_project(p, d)
             desc = f"bring {d.host_path} back"
             if d.host_path in busy:
-                plan.add(Item(iid, desc, SKIPPED, "an interrupted move of it is finished "
-                                                  "first"))
+                plan.add(Item(iid, desc, SKIPPED, busy[d.host_path]))
                 continue
             if not d.exists:
                 plan.add(Item(iid, desc, SKIPPED, "not present"))
@@ -711,13 +709,13 @@ _NOTHING_TO_FINISH = {
 
 
 def plan_recovery(app: AppContext, jdir: Path, projects: list[Project]
-                  ) -> tuple[Plan, set[str]]:
+                  ) -> tuple[Plan, dict[str, str]]:
     """Items that finish moves a crash interrupted, for the installs of this run only;
     they run before anything else. A journal of another install is listed as pending
     (skipped), one whose install or target is gone or that cannot be read is reported
     and skipped: never `changed`, never in the way of another install."""
     plan = Plan()
-    busy: set[str] = set()
+    busy: dict[str, str] = {}  # data folder -> why it is not moved in this run
     for pm in treemove.pending_moves(jdir):
         if pm.data is None:
             plan.add(Item(f"recover:{pm.id}", f"interrupted move {pm.id}", SKIPPED,
@@ -725,21 +723,24 @@ def plan_recovery(app: AppContext, jdir: Path, projects: list[Project]
                           f"{pm.id} discards it)", data={"journal": str(pm.path)}))
             continue
         host, _project = _journal_host(pm)
-        busy.add(host)
+        busy[host] = "an interrupted move of it is finished first"
         phase = pm.data.get("phase")
         desc = f"finish the interrupted move of {host} (journal {pm.id}, phase {phase})"
         info = {"path": host, "journal": str(pm.path), "phase": phase, "id": pm.id}
+        status = pm.status()
+        if status != "recoverable":
+            why = _NOTHING_TO_FINISH[status].format(host=host, dest=pm.dest.path.parent)
+            busy[host] = (f"an interrupted move of it (journal {pm.id}) cannot be finished: "
+                          f"{why}; relocate --forget {pm.id} discards it once nothing of "
+                          "it is left")
+            plan.add(Item(f"recover:{host}", desc, SKIPPED, f"nothing to finish: {why} "
+                          f"(relocate --forget {pm.id} discards the journal once nothing "
+                          "of the move is left)", data={**info, "status": status}))
+            continue
         if not _in_run(pm, projects):
             plan.add(Item(f"recover:{host}", desc, SKIPPED, "pending: its install is not "
                           "in this run (`mnic-ops relocate INSTALL` finishes it; relocate "
                           "--list-pending lists it)", data=info))
-            continue
-        status = pm.status()
-        if status != "recoverable":
-            why = _NOTHING_TO_FINISH[status].format(host=host, dest=pm.dest.path.parent)
-            plan.add(Item(f"recover:{host}", desc, SKIPPED, f"nothing to finish: {why} "
-                          f"(relocate --forget {pm.id} discards the journal once nothing "
-                          "of the move is left)", data={**info, "status": status}))
             continue
         what = ("roll back the partial copy, then move it again" if phase in ("start", "copy")
                 else "complete it")

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tests.security.nshost import NsHost, ns_host, tree_files
 from tests.security.users import User, plain_users, python_as, spawn_as
 
@@ -216,3 +220,62 @@ def test_relocated_data_is_maintained_on_its_target(host: NsHost,
     assert tree_files(slug) == carol_before  # compressed in place, nothing lost
     dk = _kinds(doc, d.root)["sessions"]
     assert "not followed" in dk["note"] and dk["compressed"] == 0, dk
+
+
+def test_watcher_follows_no_link_swapped_in(host: NsHost, users: dict[str, User]) -> None:
+    """Race against the watcher: inside her sessions Alice swaps a folder with a link
+    onto Bob's relocated sessions (where Bob keeps writing) while `watch` compresses her
+    finished files. Hers get compressed; nothing of Bob's is ever touched."""
+    alice, bob = users["alice"], users["bob"]
+    a = host.install(alice, "a3", files=2)
+    b = host.install(bob, "b3", files=2)
+    target = host.target("watch-race")
+    cfg = host.config("watch-race", [a, b], "[watch.settle_seconds]\nsessions = 0.3\n")
+    r = host.mnic(cfg, "relocate", "--to", str(target), str(b.root))
+    assert r.code == 0, r.out + r.err
+    bob_sessions = _slug(target, "b3") / "sessions"
+    sessions = a.root / "project_archive/sessions"
+    python_as(alice, "import os, sys\nos.mkdir(sys.argv[1])\nos.mkdir(sys.argv[2])",
+              str(sessions / "flip"), str(sessions / "keep"))
+    bob_before = {p.name for p in bob_sessions.iterdir()}
+    stop = host.top / "stop-watch-race"
+    # paced (about 500 swaps a second): a storm of events is attack 5's business (the
+    # watcher's own tests); this one is about which folders the watcher can reach
+    flipper = spawn_as(alice, FLIPPER.replace("    n += 1\n", "    n += 1\n"
+                                              "    __import__('time').sleep(0.002)\n"),
+                       str(sessions / "flip"), str(bob_sessions), str(stop), "10000000")
+    writer = spawn_as(bob, "import json, os, sys, time\nstop = sys.argv[2]\nn = 0\n"
+                      "while not os.path.exists(stop) and n < 4000:\n"
+                      "    p = os.path.join(sys.argv[1], f'late_{n:04}.json')\n"
+                      "    with open(p, 'w') as fh: json.dump({'bob': n}, fh)\n"
+                      "    n += 1\n    time.sleep(0.005)\nprint(n)",
+                      str(bob_sessions), str(stop))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MNIC_OPS_")}
+    env["PYTHONPATH"] = str(REPO)
+    watcher = subprocess.Popen([sys.executable, "-m", "mnic_ops", "--config", str(cfg),
+                                "--json", "watch", str(a.root)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.0)
+        for i in range(30):  # Alice's own finished files, as the framework writes them
+            python_as(alice, "import sys\nopen(sys.argv[1], 'w').write('{}')",
+                      str(sessions / "keep" / f"mine_{i:03}.json"))
+        time.sleep(3.0)
+    finally:
+        stop.touch()
+        out_f, err_f = flipper.communicate(timeout=60)
+        out_w, _ = writer.communicate(timeout=60)
+        watcher.send_signal(signal.SIGTERM)
+        out, err = watcher.communicate(timeout=60)
+        stop.unlink()
+    flips = int(out_f.strip() or 0)
+    events = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+    done = [e["path"] for e in events if e.get("event") == "compressed"]
+    print(f"{flips} flips by alice, {out_w.strip()} files by bob, {len(done)} compressed")
+    assert watcher.returncode == 0, err
+    assert flipper.returncode == 0, err_f
+    assert flips > 100
+    assert not [p for p in bob_sessions.rglob("*.gz")]
+    assert bob_before <= {p.name for p in bob_sessions.iterdir()}
+    assert all(p.startswith(str(sessions)) for p in done), done
+    assert len([p for p in done if "/keep/" in p]) == 30, (out[-3000:], err)
