@@ -283,7 +283,10 @@ def load(root: HostRoot) -> Records:
         recs = Records(problem=exc.message)
         if exc.message not in _warned:
             _warned.add(exc.message)
-            log.warning("%s", exc.message)
+            # As a plain user (a user crontab) root's state is simply not readable: the
+            # user's relocated data is then left to root's passes; said, not warned.
+            log.log(logging.WARNING if os.geteuid() == 0 else logging.INFO, "%s",
+                    exc.message)
     _cache[key] = (stamp, recs)
     return recs
 

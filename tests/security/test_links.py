@@ -230,7 +230,9 @@ def test_watcher_follows_no_link_swapped_in(host: NsHost, users: dict[str, User]
     a = host.install(alice, "a3", files=2)
     b = host.install(bob, "b3", files=2)
     target = host.target("watch-race")
-    cfg = host.config("watch-race", [a, b], "[watch.settle_seconds]\nsessions = 0.3\n")
+    # polling every half second where the inotify limits are taken (parallel runs)
+    cfg = host.config("watch-race", [a, b], "[watch]\npoll_seconds = 0.5\n"
+                      "[watch.settle_seconds]\nsessions = 0.3\n")
     r = host.mnic(cfg, "relocate", "--to", str(target), str(b.root))
     assert r.code == 0, r.out + r.err
     bob_sessions = _slug(target, "b3") / "sessions"
@@ -255,12 +257,16 @@ def test_watcher_follows_no_link_swapped_in(host: NsHost, users: dict[str, User]
     watcher = subprocess.Popen([sys.executable, "-m", "mnic_ops", "--config", str(cfg),
                                 "--json", "watch", str(a.root)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    keep = sessions / "keep"
     try:
         time.sleep(2.0)
         for i in range(30):  # Alice's own finished files, as the framework writes them
             python_as(alice, "import sys\nopen(sys.argv[1], 'w').write('{}')",
-                      str(sessions / "keep" / f"mine_{i:03}.json"))
-        time.sleep(3.0)
+                      str(keep / f"mine_{i:03}.json"))
+        end = time.time() + 30
+        while time.time() < end and len(list(keep.glob("*.gz"))) < 30:
+            time.sleep(0.2)
+        time.sleep(1.0)  # the race goes on a little after the last one
     finally:
         stop.touch()
         out_f, err_f = flipper.communicate(timeout=60)
