@@ -28,7 +28,7 @@ from typing import Any
 
 import click
 
-from mnic_ops import facts, linkrecords, safefs, treemove
+from mnic_ops import facts, linkrecords, pendingmoves, safefs, treemove
 from mnic_ops.changes import OK, SKIPPED, ApplyContext, Item, Plan, Undo, undo_handler
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_OK, InputError, OpsError
 from mnic_ops.hostroot import HostRoot
@@ -37,7 +37,7 @@ from mnic_ops.projects import DATA_KINDS, DataDir, Project, human, select_projec
 
 log = logging.getLogger(__name__)
 
-JOURNAL_DIR = "/var/lib/mnic-ops/relocate"
+JOURNAL_DIR = pendingmoves.JOURNAL_DIR
 TARGET_DIRNAME = "my-name-is-claude"
 # Filesystems that keep owners, modes, symlinks and hardlinks.
 POSIX_FS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "zfs", "bcachefs",
@@ -686,28 +686,6 @@ def _back_action(app: AppContext, mv: _Move, jdir: Path, item: Item, real: Path)
     return action
 
 
-def _journal_host(pm: treemove.PendingMove) -> tuple[str, str | None]:
-    """(host path of the moved folder, host path of its install or None) of a journal."""
-    assert pm.data is not None
-    meta = pm.data.get("meta") or {}
-    host = meta.get("public") or str(pm.public.path)
-    project = meta.get("project")
-    return str(host), (str(project) if isinstance(project, str) else None)
-
-
-def _in_run(pm: treemove.PendingMove, projects: list[Project]) -> bool:
-    host, project = _journal_host(pm)
-    if project is not None:
-        return any(p.host_path == project for p in projects)
-    return any(facts.path_is_within(host, p.host_path) for p in projects)
-
-
-_NOTHING_TO_FINISH = {
-    "install_missing": "the folder that held {host} no longer exists",
-    "target_missing": "the target folder {dest} no longer exists",
-}
-
-
 def plan_recovery(app: AppContext, jdir: Path, projects: list[Project]
                   ) -> tuple[Plan, dict[str, str]]:
     """Items that finish moves a crash interrupted, for the installs of this run only;
@@ -722,14 +700,14 @@ def plan_recovery(app: AppContext, jdir: Path, projects: list[Project]
                           f"{pm.error} (relocate --list-pending shows it; relocate --forget "
                           f"{pm.id} discards it)", data={"journal": str(pm.path)}))
             continue
-        host, _project = _journal_host(pm)
+        host, _project = pendingmoves.journal_host(pm)
         busy[host] = "an interrupted move of it is finished first"
         phase = pm.data.get("phase")
         desc = f"finish the interrupted move of {host} (journal {pm.id}, phase {phase})"
         info = {"path": host, "journal": str(pm.path), "phase": phase, "id": pm.id}
         status = pm.status()
         if status != "recoverable":
-            why = _NOTHING_TO_FINISH[status].format(host=host, dest=pm.dest.path.parent)
+            why = pendingmoves.NOTHING_TO_FINISH[status].format(host=host, dest=pm.dest.path.parent)
             busy[host] = (f"an interrupted move of it (journal {pm.id}) cannot be finished: "
                           f"{why}; relocate --forget {pm.id} discards it once nothing of "
                           "it is left")
@@ -737,7 +715,7 @@ def plan_recovery(app: AppContext, jdir: Path, projects: list[Project]
                           f"(relocate --forget {pm.id} discards the journal once nothing "
                           "of the move is left)", data={**info, "status": status}))
             continue
-        if not _in_run(pm, projects):
+        if not pendingmoves.in_run(pm, projects):
             plan.add(Item(f"recover:{host}", desc, SKIPPED, "pending: its install is not "
                           "in this run (`mnic-ops relocate INSTALL` finishes it; relocate "
                           "--list-pending lists it)", data=info))
@@ -774,60 +752,6 @@ def plan_recovery(app: AppContext, jdir: Path, projects: list[Project]
         item.action = action
         plan.add(item)
     return plan, busy
-
-
-def _pending_text(rows: list[dict[str, Any]], jdir_host: str) -> str:
-    if not rows:
-        return f"no interrupted moves (no journals in {jdir_host})"
-    lines = [f"interrupted moves ({len(rows)}, journals in {jdir_host}):"]
-    for r in rows:
-        if r["status"] == "unreadable":
-            lines.append(f"  {r['id']}: unreadable journal {r['journal']}: {r['error']}")
-            continue
-        lines.append(f"  {r['id']}: {r['op']} of {r.get('public_host') or r['public']} "
-                     f"(to {r['dest']}), stopped in phase {r['phase']}")
-        if r.get("project"):
-            lines.append(f"      install: {r['project']}")
-        lines.append(f"      status: {r['status'].replace('_', ' ')}")
-        left = r.get("leftovers") or []
-        lines.append("      left on disk: " + (", ".join(left) if left else "nothing"))
-        if r["status"] == "recoverable":
-            lines.append(f"      next: mnic-ops relocate {r.get('project') or 'INSTALL'} "
-                         "finishes it")
-        elif not left:
-            lines.append(f"      next: mnic-ops relocate --forget {r['id']} discards it")
-        else:
-            lines.append("      next: move what is left on disk away, then mnic-ops "
-                         f"relocate --forget {r['id']}")
-    return "\n".join(lines)
-
-
-def _forget_plan(app: AppContext, jdir: Path, move_id: str) -> Plan:
-    """One item: discard a journal whose move left nothing on disk (undoable)."""
-    plan = Plan()
-    match = [pm for pm in treemove.pending_moves(jdir)
-             if move_id in (pm.id, f"{pm.id}.json")
-             or (pm.data is not None and move_id in _journal_host(pm)[:1])]
-    if not match:
-        raise InputError(f"{move_id}: no such interrupted move (relocate --list-pending "
-                         "lists them)")
-    pm = match[0]
-    left = pm.leftovers()
-    desc = f"forget the interrupted move {pm.id}" + (
-        f" of {_journal_host(pm)[0]}" if pm.data is not None else " (unreadable journal)")
-    if left:
-        raise OpsError(f"{pm.id}: not forgotten: still on disk: {', '.join(left)}; finish "
-                       "the move (mnic-ops relocate INSTALL) or move these away first")
-    item = Item(f"forget:{pm.id}", desc, diff=f"--- {pm.path}\n+++ (removed)\n",
-                data={"id": pm.id, "journal": str(pm.path), "status": pm.status()})
-
-    def action(ctx: ApplyContext) -> Undo | None:
-        data = treemove.forget(jdir, pm.id)
-        return Undo("relocate-forget", {"id": pm.id, "journal": data})
-
-    item.action = action
-    plan.add(item)
-    return plan
 
 
 # --- the command -------------------------------------------------------------------
@@ -870,11 +794,11 @@ def relocate_cmd(app: AppContext, check: bool, diff: bool, to: str | None, undo:
         if list_pending:
             rows = [pm.to_json() for pm in treemove.pending_moves(jdir)]
             emit(app, {"command": "relocate", "journal_dir": JOURNAL_DIR,
-                       "pending": rows}, lambda: _pending_text(rows, JOURNAL_DIR))
+                       "pending": rows}, lambda: pendingmoves.text(rows, JOURNAL_DIR))
             return EXIT_OK
         assert forget_id is not None
-        return run_plan(app, _forget_plan(app, jdir, forget_id), check=check, diff=diff,
-                        command="relocate", title="relocate --forget")
+        return run_plan(app, pendingmoves.forget_plan(jdir, forget_id), check=check,
+                        diff=diff, command="relocate", title="relocate --forget")
     _kinds(app)  # a config error first, before anything is looked at
     projects = select_projects(app, names)
     recovery, busy = plan_recovery(app, jdir, projects)
@@ -939,9 +863,3 @@ def _undo_relocate(root: HostRoot, rec: dict[str, Any]) -> str:
     _out(root, rec, jdir, None)
     return f"moved {rec['public']} to {rec['link_text']} again"
 
-
-@undo_handler("relocate-forget")
-def _undo_forget(root: HostRoot, rec: dict[str, Any]) -> str:
-    """Put a forgotten journal back: the next relocate of its install finishes it."""
-    treemove.restore_journal(root.path(JOURNAL_DIR), rec["id"], rec["journal"])
-    return f"journal {rec['id']} restored"
