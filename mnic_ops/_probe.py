@@ -166,7 +166,7 @@ def agents(base_fd: int, rel: str, big: int) -> dict[str, Any]:
 
 def _open_dir(base_fd: int, spec: dict[str, Any], roots: dict[str, int]) -> int:
     if "abs" in spec:
-        fd = roots[spec["abs"]]
+        fd = roots[_key(spec)]
         if fd < 0:  # opening the relocated folder failed: -errno
             raise OSError(-fd, os.strerror(-fd))
         return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
@@ -275,6 +275,28 @@ def _drop(req: dict[str, Any]) -> None:
     os.setuid(int(uid))
 
 
+def _key(spec: dict[str, Any]) -> str:
+    return f"{spec['abs']}\0{spec.get('below', '')}"
+
+
+def _open_relocated(base: str, below: str) -> int:
+    """An O_PATH descriptor of relocated data: ``base`` (mnic-ops's recorded target
+    base) as given, every component of ``below`` with ``O_NOFOLLOW``."""
+    fd = os.open(base, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in [x for x in below.split("/") if x]:
+            if part in (".", ".."):
+                raise OSError(errno.EINVAL, "bad path component")
+            nfd = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def run(req: dict[str, Any]) -> dict[str, Any]:
     flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
     try:
@@ -283,11 +305,11 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
         return {"fatal": f"{req.get('label', req['base'])}: {_err(exc)}", "seconds": None}
     roots: dict[str, int] = {}
     for spec in (req.get("sessions"), req.get("checkpoint_store")):
-        if spec and "abs" in spec and spec["abs"] not in roots:
+        if spec and "abs" in spec and _key(spec) not in roots:
             try:
-                roots[spec["abs"]] = os.open(spec["abs"], flags | os.O_NOFOLLOW)
+                roots[_key(spec)] = _open_relocated(spec["abs"], spec.get("below", ""))
             except OSError as exc:
-                roots[spec["abs"]] = -(exc.errno or errno.EIO)
+                roots[_key(spec)] = -(exc.errno or errno.EIO)
     _drop(req)
     if req["mode"] == "agents":
         return agents(base_fd, req.get("rel", ".claude/agents"), int(req.get("big", 1 << 62)))

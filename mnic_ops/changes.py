@@ -259,4 +259,4 @@ def undo_entries(root: HostRoot, entries: list[dict[str, Any]]) -> list[dict[str
 
 # Modules that register undo handlers; a capability adds itself here.
 UNDO_MODULES: list[str] = ["mnic_ops.filechange", "mnic_ops.fstab", "mnic_ops.cron",
-                           "mnic_ops.relocate", "mnic_ops.watch"]
+                           "mnic_ops.relocate", "mnic_ops.pendingmoves", "mnic_ops.watch"]

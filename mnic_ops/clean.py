@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mnic_ops import compress as cz
+from mnic_ops import linkrecords
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, EXIT_PENDING, InputError
 from mnic_ops.hostroot import HostRoot
 from mnic_ops.projects import DATA_KINDS, PROTECTED_NAMES, Project, human, select_projects
@@ -185,6 +186,24 @@ def printable(path: str) -> str:
         else:
             out.append(ch.encode("unicode_escape").decode())
     return "".join(out)
+
+
+_DEPRECATION_SHOWN = False
+
+
+def warn_follow_links_under(cfg: Config) -> None:
+    """``clean.follow_links_under`` used to let ``clean`` and ``watch`` follow any link
+    into the folders it named, including links a user made into a shared folder (one
+    user's policy then deleted another user's data). It is still accepted, so that an
+    existing config stays valid, but has no effect: links are followed only when
+    mnic-ops made them (:mod:`mnic_ops.linkrecords`). Said once per process."""
+    global _DEPRECATION_SHOWN
+    if cfg.get("clean.follow_links_under") and not _DEPRECATION_SHOWN:
+        _DEPRECATION_SHOWN = True
+        log.warning("clean.follow_links_under is deprecated and has no effect: a data "
+                    "folder's symlink is followed only when mnic-ops relocate made it "
+                    "(recorded in /var/lib/mnic-ops/links.json); remove the key from the "
+                    "config")
 
 
 # --- jobs (run in worker processes) --------------------------------------------------
@@ -355,9 +374,7 @@ class Pass:
         # batch's filesystem sync or the journal
         n = int(cfg.get("clean.workers", 0)) or min(8, 2 * len(os.sched_getaffinity(0)))
         self.workers = max(1, n)
-        self.link_roots = [os.path.normpath(p) for p in
-                           [cfg.get("ssd_path") or "", *(cfg.get("clean.follow_links_under")
-                                                         or [])] if p.startswith("/")]
+        warn_follow_links_under(cfg)
         self.pool: ProcessPoolExecutor | None = None
         self.inflight: dict[Future[list[cz.Outcome]], tuple[KindReport, str]] = {}
         self.now = time.time()
@@ -398,29 +415,19 @@ class Pass:
 
     # opening a data folder
     def _data_root(self, project: Project, kind: str, rep: KindReport
-                   ) -> tuple[str, tuple[str, ...]] | None:
-        """(trusted prefix, components to open without following links) of a data
-        folder, or None with the reason noted."""
-        d = project.data[kind]
-        if not d.exists:
-            rep.note = "absent"
+                   ) -> linkrecords.Location | None:
+        """Where a data folder's files are (the folder, or the target of a link
+        relocate made for this install, see :mod:`mnic_ops.linkrecords`), or None with
+        the reason noted: absent, or a link that is not mnic-ops's own."""
+        loc = linkrecords.locate(self.root, project, kind)
+        if loc.state == linkrecords.ABSENT:
+            rep.note = loc.note or "absent"
             return None
-        base = project.host_path.rstrip("/") or "/"
-        if d.is_link:
-            target = d.link_target or ""
-            allowed = [r for r in [base, *self.link_roots]
-                       if target == r or target.startswith(r.rstrip("/") + "/")]
-            if not allowed:
-                rep.note = (f"is a symlink to {printable(target)}, outside the install and "
-                            "ssd_path/clean.follow_links_under: not followed")
-                rep.skip("symlink", ".")
-                return None
-            prefix = max(allowed, key=len)
-            rel = os.path.relpath(target, prefix)
-        else:
-            prefix, rel = base, os.path.relpath(d.host_path, base)
-        parts = tuple(p for p in rel.split("/") if p and p != ".")
-        return prefix, parts
+        if loc.state == linkrecords.REFUSED:
+            rep.note = printable(loc.note)
+            rep.skip("symlink", ".")
+            return None
+        return loc
 
     def run_project(self, project: Project, tier: dict[str, Any] | None) -> ProjectReport:
         rep = ProjectReport(project.host_path)
@@ -449,17 +456,20 @@ class Pass:
         exp = pol.delete_after_days > 0 and pol.expire_patterns and self.only != "compress"
         return bool(comp or exp)
 
-    def _walk_kind(self, where: tuple[str, tuple[str, ...]], pol: Policy,
+    def _walk_kind(self, where: linkrecords.Location, pol: Policy,
                    rep: KindReport) -> None:
-        prefix, parts = where
+        prefix, parts = where.prefix or "/", where.parts
         try:
-            top = open_tree(self.root, prefix, parts)
+            top = linkrecords.open_location(self.root, where)
         except OSError as exc:
             if exc.errno in (40, 20):  # ELOOP, ENOTDIR: a link in the way
                 rep.note = "a symlink is in the way: not followed"
                 rep.skip("symlink", ".")
             elif exc.errno == 2:
                 rep.note = "absent"
+            elif exc.errno == 1:  # EPERM: a relocated folder of someone else
+                rep.note = printable(exc.strerror or "not followed")
+                rep.skip("symlink", ".")
             else:
                 rep.note = f"cannot open: {exc.strerror}"
                 rep.skip("unreadable_dir", ".")

@@ -130,9 +130,10 @@ SCHEMA: Schema = {
                           choices=("auto", "zlib-ng", "isal", "zlib")),
         "batch_files": Key("int", 256, "Files written before one filesystem sync makes "
                            "them durable together.", minimum=1),
-        "follow_links_under": Key("list[str]", [], "Besides ssd_path and the install "
-                                  "itself: host folders a data folder may be a symlink "
-                                  "into (other links are not followed)."),
+        "follow_links_under": Key("list[str]", [], "Deprecated, no effect (a warning "
+                                  "says so): a data folder's symlink is followed only when "
+                                  "`relocate` made it (/var/lib/mnic-ops/links.json), never "
+                                  "because of where it points."),
         "textfile": Key("str", "/var/lib/prometheus/node-exporter/mnic_ops_clean.prom",
                         "node_exporter textfile written after each pass (when its folder "
                         "exists); empty = none."),

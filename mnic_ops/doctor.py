@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mnic_ops import execute, facts, safefs
+from mnic_ops import execute, facts, linkrecords, safefs
 from mnic_ops.errors import EXIT_FAILURE, EXIT_OK, InputError, OpsError
 from mnic_ops.projects import DATA_KINDS, PROTECTED_NAMES, Project, human, select_projects
 
@@ -185,13 +185,18 @@ def _owner(root: HostRoot, p: Project) -> dict[str, Any]:
     return {"uid": p.uid, "gid": p.gid, "groups": groups}
 
 
-def _dir_spec(root: HostRoot, p: Project, kind: str) -> dict[str, Any]:
-    d = p.data[kind]
-    label = os.path.relpath(d.host_path, p.host_path)
-    if d.is_link and d.link_target is not None:
-        return {"abs": str(root.path(d.link_target)), "label": label}
-    if not (d.host_path + "/").startswith(p.host_path.rstrip("/") + "/"):
-        return {"abs": str(d.path), "label": label}
+def _dir_spec(root: HostRoot, p: Project, kind: str) -> dict[str, Any] | None:
+    """How the measurement child reaches a data folder: below the install root, or for
+    data relocated by mnic-ops from the recorded base, every component below it without
+    following links. None for a link mnic-ops did not make (never followed)."""
+    loc = linkrecords.locate(root, p, kind)
+    label = os.path.relpath(loc.host_path, p.host_path)
+    if loc.state == linkrecords.REFUSED or loc.prefix is None:
+        return None
+    if loc.state == linkrecords.RELOCATED or (
+            loc.state == linkrecords.ABSENT and loc.record is not None):
+        return {"abs": str(root.path(loc.prefix)), "below": "/".join(loc.parts),
+                "label": label}
     return {"rel": label, "label": label}
 
 
@@ -354,15 +359,34 @@ class DirScan:
     errors: list[dict[str, str]] = field(default_factory=list)
 
 
-def _storage(root: HostRoot, p: Project, kind: str) -> tuple[str, Path] | None:
-    d = p.data[kind]
-    if not d.exists:
+def _storage(root: HostRoot, p: Project, kind: str) -> linkrecords.Location | None:
+    """Where a data folder's files are (see :mod:`mnic_ops.linkrecords`); None when
+    absent or not followed."""
+    loc = linkrecords.locate(root, p, kind)
+    if loc.state in (linkrecords.FOLDER, linkrecords.RELOCATED):
+        return loc
+    return None
+
+
+def link_check(root: HostRoot, p: Project) -> Check | None:
+    """Data folders that are symlinks mnic-ops did not make: not followed by any pass,
+    so their data is neither compressed, expired, watched nor measured."""
+    refused = []
+    for kind in DATA_KINDS:
+        if not p.data[kind].is_link:
+            continue
+        loc = linkrecords.locate(root, p, kind)
+        if loc.state == linkrecords.REFUSED:
+            refused.append({"kind": kind, "path": loc.host_path,
+                            "link_target": p.data[kind].link_target, "note": loc.note})
+    if not refused:
         return None
-    if d.is_link:
-        if d.link_target is None:
-            return None
-        return d.link_target, root.path(d.link_target)
-    return d.host_path, d.path
+    return Check("links", "warn",
+                 "symlinks not made by mnic-ops are not followed: "
+                 + _short([f"{r['path']} -> {r['link_target']}" for r in refused]),
+                 "put the data back in place of the link (rm the link, mv its target "
+                 "there); `mnic-ops relocate` then moves it and keeps the link it makes",
+                 None, {"links": refused})
 
 
 def scan_data(root: HostRoot, p: Project, kind: str, *, older_than: float | None,
@@ -371,12 +395,12 @@ def scan_data(root: HostRoot, p: Project, kind: str, *, older_than: float | None
     symlink: folder count (inotify watches), uncompressed files older than the
     policy, and (sessions) files over the size limit."""
     where = _storage(root, p, kind)
-    if where is None:
+    if where is None or where.target is None:
         return None
-    host, real = where
+    host = where.target
     res = DirScan(kind, host)
     try:
-        top = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        top = linkrecords.open_location(root, where)
     except OSError as exc:
         res.errors.append({"path": host, "error": exc.strerror or str(exc)})
         return res
@@ -442,15 +466,15 @@ def storage_checks(root: HostRoot, p: Project, mounts: list[facts.Mount]
     seen_mounts: dict[str, facts.Mount] = {}
     for kind in DATA_KINDS:
         where = _storage(root, p, kind)
-        if where is None:
+        if where is None or where.target is None:
             continue
-        m = facts.mount_for(where[0], mounts)
+        m = facts.mount_for(where.target, mounts)
         if m is None:
             continue
         if m.ssd is not None:
             rot_known += 1
             if not m.ssd:
-                rot.append(f"{kind} ({where[0]} on {m.device or m.source})")
+                rot.append(f"{kind} ({where.target} on {m.device or m.source})")
         if m.pseudo or m.network or m.read_only:
             continue
         atime_known += 1
@@ -825,7 +849,9 @@ def _probe_context(app: AppContext, p: Project, newest: int, timeout: float
                            "newest": newest, **_owner(app.root, p)}
     for kind in ("sessions", "checkpoint_store"):
         if p.data[kind].exists:
-            req[kind] = _dir_spec(app.root, p, kind)
+            spec = _dir_spec(app.root, p, kind)
+            if spec is not None:
+                req[kind] = spec
     return run_probe(req, timeout)
 
 
@@ -871,6 +897,9 @@ def doctor_project(app: AppContext, p: Project, mounts: list[facts.Mount],
     checks += context_checks(app.root, p, cres, scans, session_limit)
     checks.append(uncompressed_check(app.root, p, scans, days))
     checks += storage_checks(app.root, p, mounts)
+    links = link_check(app.root, p)
+    if links is not None:
+        checks.append(links)
     scan_errors = [e for s in scans.values() for e in s.errors]
     if scan_errors:
         checks.append(Check("data_folders", "warn",

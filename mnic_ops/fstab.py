@@ -617,18 +617,28 @@ def locate(root: HostRoot, fstab_file: str | None) -> Target:
 
 def data_mount_points(root: HostRoot, cfg: Any, mounts: Sequence[facts.Mount],
                       fstab: Fstab) -> dict[str, list[str]]:
-    """Mount point -> the framework data folders it holds, following a data folder's
-    symlink (to the SSD) inside the root. Without live mounts (an image under --root)
-    the fstab entry with the longest matching mount point stands in."""
+    """Mount point -> the framework data folders it holds: each folder where
+    :func:`mnic_ops.linkrecords.locate` puts its data (a link to the SSD only when
+    relocate made it; a link a user made counts for nothing). The trusted prefix (the
+    install root, the recorded target base) is resolved inside the root, the rest is
+    taken as it is. Without live mounts (an image under --root) the fstab entry with
+    the longest matching mount point stands in."""
+    from mnic_ops import linkrecords
     from mnic_ops.projects import find_projects
 
     targets = [norm_target(e.target) for e in fstab.entries if e.target.startswith("/")]
     out: dict[str, list[str]] = {}
     for p in find_projects(root, cfg):
-        for d in p.data.values():
-            if not d.exists:
+        for kind, loc in linkrecords.locate_all(root, p).items():
+            if loc.state not in (linkrecords.FOLDER, linkrecords.RELOCATED):
                 continue
-            real = safefs.resolve_beneath(root.root, d.host_path)
+            assert loc.prefix is not None
+            try:
+                os.close(linkrecords.open_location(root, loc))
+            except OSError:
+                continue  # gone meanwhile, or a link in the way: not followed
+            base = safefs.resolve_beneath(root.root, loc.prefix)
+            real = posixpath.join(base, *loc.parts)
             m = facts.mount_for(real, list(mounts))
             if m is not None:
                 mp = norm_target(m.mount_point)
@@ -637,7 +647,8 @@ def data_mount_points(root: HostRoot, cfg: Any, mounts: Sequence[facts.Mount],
                 if not inside:
                     continue
                 mp = max(inside, key=len)
-            label = d.host_path + (f" -> {real}" if real != d.host_path else "")
+            host = p.data[kind].host_path
+            label = host + (f" -> {real}" if real != host else "")
             out.setdefault(mp, []).append(label)
     return out
 

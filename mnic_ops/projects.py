@@ -100,7 +100,16 @@ class Project:
             dd: dict[str, Any] = {"path": d.host_path, "exists": d.exists,
                                   "is_link": d.is_link, "link_target": d.link_target}
             if sizes:
-                dd["bytes"], dd["files"] = measure(d) if d.exists else (0, 0)
+                dd["bytes"], dd["files"] = measure(d, self) if d.exists else (0, 0)
+            if sizes and d.is_link:
+                from mnic_ops import linkrecords
+
+                loc = linkrecords.locate(_root_of(self), self, kind)
+                # relocated (a link mnic-ops made: followed), absent (its target is
+                # missing) or refused (not mnic-ops's own: never followed)
+                dd["link_state"] = loc.state
+                if loc.note:
+                    dd["link_note"] = loc.note
             out["data"][kind] = dd
         return out
 
@@ -188,18 +197,20 @@ def _checkpoint_store_rel(path: Path, host_path: str) -> str:
 
 
 def _data_dir(root: HostRoot, kind: str, host_path: str) -> DataDir:
+    """One data folder as it is now. The user may be swapping it with a link while this
+    runs: ``readlink`` decides (a link at that instant or not), never lstat-then-readlink,
+    which raised when the link went in between."""
     real = root.path(host_path)
-    try:
-        st: os.stat_result | None = os.lstat(real)
-    except OSError:
-        st = None
-    is_link = st is not None and stat.S_ISLNK(st.st_mode)
     target = None
-    if is_link:
+    try:
         raw = os.readlink(real)
+        is_link = exists = True
         # normpath of an absolute path clamps "..": the target never leaves the root.
         target = os.path.normpath(os.path.join(os.path.dirname(host_path), raw))
-    return DataDir(kind=kind, host_path=host_path, path=real, exists=st is not None,
+    except OSError:
+        is_link = False
+        exists = os.path.lexists(real)
+    return DataDir(kind=kind, host_path=host_path, path=real, exists=exists,
                    is_link=is_link, link_target=target)
 
 
@@ -416,38 +427,35 @@ def select_projects(app: AppContext, names: Sequence[str]) -> list[Project]:
     return out
 
 
-def data_top(d: DataDir) -> str | None:
-    """The real folder holding a data kind's files: the folder itself, or for a folder
-    that is a link (relocated data) the link's target under the same root; None when
-    there is nothing to look at."""
+def _root_of(project: Project) -> HostRoot:
+    """The host root a project was loaded under (its real path minus its host path)."""
+    real, host = str(project.path), project.host_path
+    return HostRoot(Path(real[: len(real) - len(host)] or "/"))
+
+
+def data_top(d: DataDir, project: Project | None = None) -> str | None:
+    """The real folder holding a data kind's files: the folder itself; for a folder
+    that is a link, the target ``relocate`` made for ``project`` when mnic-ops's own
+    record matches (:mod:`mnic_ops.linkrecords`); None when there is nothing to look
+    at or the link is not followed (always, without ``project``)."""
+    from mnic_ops import linkrecords
+
     if not d.exists:
         return None
     if not d.is_link:
         return str(d.path)
-    if d.link_target is None:
+    if project is None:
         return None
-    # d.path is root.path(host_path): strip host_path to get the root back.
-    root_dir = str(d.path)[: len(str(d.path)) - len(d.host_path)] or "/"
-    return str(HostRoot(Path(root_dir)).path(d.link_target))
+    root = _root_of(project)
+    loc = linkrecords.locate(root, project, d.kind)
+    if loc.state != linkrecords.RELOCATED or loc.target is None:
+        return None
+    return str(root.path(loc.target))
 
 
-def measure(d: DataDir) -> tuple[int, int]:
-    """(bytes, files) of the regular files below a data folder, following no symlink
-    inside it. For a folder that is itself a link (relocated data) the link's target
-    is measured, because that is where the data is."""
-    top = data_top(d)
-    if top is None:
-        return 0, 0
+def _count_files(dfd: int) -> tuple[int, int]:
     total = files = 0
-    try:
-        st = os.lstat(top)
-    except OSError:
-        return 0, 0
-    if stat.S_ISREG(st.st_mode):
-        return st.st_size, 1
-    if not stat.S_ISDIR(st.st_mode):
-        return 0, 0
-    for _dirpath, _dirs, filenames, dirfd in os.fwalk(top, follow_symlinks=False):
+    for _dirpath, _dirs, filenames, dirfd in os.fwalk(".", dir_fd=dfd, follow_symlinks=False):
         for fn in filenames:
             try:
                 fst = os.stat(fn, dir_fd=dirfd, follow_symlinks=False)
@@ -457,6 +465,45 @@ def measure(d: DataDir) -> tuple[int, int]:
                 total += fst.st_size
                 files += 1
     return total, files
+
+
+def measure(d: DataDir, project: Project | None = None) -> tuple[int, int]:
+    """(bytes, files) of the regular files below a data folder, following no symlink
+    inside it. For a folder that is itself a link, the relocated data at its target is
+    measured when ``relocate`` made that link for ``project`` (see :func:`data_top`);
+    any other link counts as empty."""
+    from mnic_ops import linkrecords
+
+    if not d.exists:
+        return 0, 0
+    if d.is_link:
+        if project is None:
+            return 0, 0
+        root = _root_of(project)
+        loc = linkrecords.locate(root, project, d.kind)
+        if loc.state != linkrecords.RELOCATED:
+            return 0, 0
+        try:
+            fd = linkrecords.open_location(root, loc)
+        except OSError:
+            return 0, 0
+    else:
+        try:
+            st = os.lstat(d.path)
+        except OSError:
+            return 0, 0
+        if stat.S_ISREG(st.st_mode):
+            return st.st_size, 1
+        if not stat.S_ISDIR(st.st_mode):
+            return 0, 0
+        try:
+            fd = os.open(d.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return 0, 0
+    try:
+        return _count_files(fd)
+    finally:
+        os.close(fd)
 
 
 # --- the command ---------------------------------------------------------------------
@@ -483,7 +530,9 @@ def _text(rows: list[dict[str, Any]]) -> str:
             else:
                 state = f"{human(d['bytes'])} in {d['files']} files"
                 if d["is_link"]:
-                    state += f" (link -> {d['link_target']})"
+                    state += f" (link -> {d['link_target']}"
+                    state += ", not followed: not made by mnic-ops)" \
+                        if d.get("link_state") == "refused" else ")"
             lines.append(f"  {kind:<17} {d['path']}: {state}")
     return "\n".join(lines)
 

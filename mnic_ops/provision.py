@@ -58,7 +58,7 @@ def _step_relocate(ctx: Context) -> list[Item]:
 
     app = ctx.app
     jdir = app.root.path(relocate.JOURNAL_DIR)
-    recovery, busy = relocate.plan_recovery(app, jdir)
+    recovery, busy = relocate.plan_recovery(app, jdir, ctx.projects)
     mounts = facts.mounts(app.root, facts.Absent())
     default = SCHEMA["ssd_path"]
     assert isinstance(default, Key)

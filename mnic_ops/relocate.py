@@ -28,16 +28,16 @@ from typing import Any
 
 import click
 
-from mnic_ops import facts, safefs, treemove
+from mnic_ops import facts, linkrecords, pendingmoves, safefs, treemove
 from mnic_ops.changes import OK, SKIPPED, ApplyContext, Item, Plan, Undo, undo_handler
-from mnic_ops.errors import EXIT_CODES_HELP, InputError, OpsError
+from mnic_ops.errors import EXIT_CODES_HELP, EXIT_OK, InputError, OpsError
 from mnic_ops.hostroot import HostRoot
-from mnic_ops.output import AppContext, run_plan
+from mnic_ops.output import AppContext, emit, run_plan
 from mnic_ops.projects import DATA_KINDS, DataDir, Project, human, select_projects
 
 log = logging.getLogger(__name__)
 
-JOURNAL_DIR = "/var/lib/mnic-ops/relocate"
+JOURNAL_DIR = pendingmoves.JOURNAL_DIR
 TARGET_DIRNAME = "my-name-is-claude"
 # Filesystems that keep owners, modes, symlinks and hardlinks.
 POSIX_FS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "zfs", "bcachefs",
@@ -284,20 +284,6 @@ def _holders_error(app: AppContext, paths: list[Path], what: str) -> str | None:
             f"{listing}{more}; stop them (the framework?) and run again")
 
 
-def _link_state(root: HostRoot, d: DataDir) -> tuple[str, Path | None]:
-    """For a data folder that is a symlink: ("dir", real target) or ("dangling", None)
-    or ("other", real target)."""
-    assert d.link_target is not None
-    real = root.path(d.link_target)
-    try:
-        st = os.lstat(real)
-    except FileNotFoundError:
-        return "dangling", None
-    if stat.S_ISDIR(st.st_mode):
-        return "dir", real
-    return "other", real
-
-
 class _Space:
     """Space accounting per target filesystem across all planned moves."""
 
@@ -327,7 +313,7 @@ def _dev(p: Path) -> int:
 
 
 def plan_out(app: AppContext, projects: list[Project], target: Target, force: bool,
-             jdir: Path, mounts: list[facts.Mount], busy: set[str]) -> Plan:
+             jdir: Path, mounts: list[facts.Mount], busy: dict[str, str]) -> Plan:
     root, cfg = app.root, app.config
     plan = Plan()
     kinds = _kinds(app)
@@ -343,8 +329,7 @@ def plan_out(app: AppContext, projects: list[Project], target: Target, force: bo
             mv = _Move(p, d, rel, target.host_path, f"{slug}/{kind}")
             desc = f"move {d.host_path} to {mv.dest_host}"
             if d.host_path in busy:
-                plan.add(Item(iid, desc, SKIPPED, "an interrupted move of it is finished "
-                                                  "first"))
+                plan.add(Item(iid, desc, SKIPPED, busy[d.host_path]))
                 continue
             if not d.exists:
                 plan.add(Item(iid, desc, SKIPPED, "not present"))
@@ -364,24 +349,20 @@ def plan_out(app: AppContext, projects: list[Project], target: Target, force: bo
                 raise InputError(f"{d.host_path}: already inside the target "
                                  f"{target.host_path}")
             if d.is_link:
-                state, real = _link_state(root, d)
-                if state == "dangling":
-                    raise InputError(f"{d.host_path}: dangling symlink to {d.link_target}; "
-                                     "fix or remove it first")
-                if state != "dir":
-                    raise InputError(f"{d.host_path}: symlink to {d.link_target}, which "
-                                     "is not a folder")
-                if d.link_target == mv.dest_host:
+                rec = _our_link(app, p, kind, d)
+                if isinstance(rec, str):  # not ours: never moved, whatever the flags
+                    plan.add(Item(iid, desc, SKIPPED, rec))
+                    continue
+                if rec.link_text == mv.dest_host:
                     plan.add(Item(iid, desc, OK, f"already on the SSD at {mv.dest_host}"))
                     continue
                 if not force:
-                    plan.add(Item(iid, desc, SKIPPED, f"a symlink to {d.link_target}, not "
-                                  "made by mnic-ops for this target; left alone (--force "
-                                  "moves its data to the target)"))
+                    plan.add(Item(iid, desc, SKIPPED, f"relocated by mnic-ops to "
+                                  f"{rec.link_text}; left there (--force moves it to "
+                                  f"{mv.dest_host})"))
                     continue
-                assert real is not None
-                mv.size = treemove.measure_tree(real)
-                plan.add(_move_item(app, mv, jdir, space, problems, relink_from=d.link_target))
+                mv.size = treemove.measure_tree(root.path(rec.target))
+                plan.add(_move_item(app, mv, jdir, space, problems, relink_from=rec))
                 continue
             st = os.lstat(d.path)
             if not stat.S_ISDIR(st.st_mode):
@@ -395,6 +376,9 @@ def plan_out(app: AppContext, projects: list[Project], target: Target, force: bo
                 plan.add(Item(iid, desc, OK, f"already on an SSD ({src_mount.source} at "
                               f"{src_mount.mount_point}): nothing to do"))
                 continue
+            if st.st_uid != p.uid:
+                plan.add(Item(iid, desc, SKIPPED, _not_owner(p, st.st_uid)))
+                continue
             mv.size = treemove.measure_tree(d.path)
             plan.add(_move_item(app, mv, jdir, space, problems, relink_from=None))
     if problems:
@@ -403,10 +387,10 @@ def plan_out(app: AppContext, projects: list[Project], target: Target, force: bo
 
 
 def _move_item(app: AppContext, mv: _Move, jdir: Path, space: _Space, problems: list[str],
-               relink_from: str | None) -> Item:
+               relink_from: linkrecords.LinkRecord | None) -> Item:
     root = app.root
     d = mv.data
-    src_real = root.path(relink_from) if relink_from else d.path
+    src_real = root.path(relink_from.target) if relink_from else d.path
     dest_real = root.path(mv.dest_host)
     if mv.size.unsupported:
         problems.append(f"{d.host_path}: holds sockets ({', '.join(mv.size.unsupported[:3])})"
@@ -424,7 +408,7 @@ def _move_item(app: AppContext, mv: _Move, jdir: Path, space: _Space, problems: 
     summary = f"{human(mv.size.bytes)} in {mv.size.files} files"
     desc = f"move {d.host_path} to {mv.dest_host} ({summary}, {how})"
     before = f"{d.host_path}/ (folder, {summary})" if not relink_from else \
-        f"{d.host_path} -> {relink_from}"
+        f"{d.host_path} -> {relink_from.link_text}"
     diff = (f"--- {before}\n+++ {d.host_path} -> {mv.dest_host}\n")
     item = Item(f"relocate:{d.host_path}", desc, diff=diff,
                 data={"path": d.host_path, "to": mv.dest_host, "bytes": mv.size.bytes,
@@ -435,8 +419,7 @@ def _move_item(app: AppContext, mv: _Move, jdir: Path, space: _Space, problems: 
         if hold:
             raise OpsError(hold)
         if relink_from:
-            back = _Move(mv.project, d, mv.rel, os.path.dirname(relink_from),
-                         os.path.basename(relink_from))
+            back = _Move(mv.project, d, mv.rel, relink_from.dest_base, relink_from.dest_rel)
             _do_back(app, back, jdir, None)
         created = _missing_dirs(app.root, mv.dest_base)
         res = _do_out(app, mv, jdir, _progress_for(app, mv))
@@ -475,6 +458,10 @@ def _ensure_project_dir(root: HostRoot, rec: dict[str, Any]) -> None:
             if not stat.S_ISDIR(st.st_mode):
                 raise OpsError(f"{rec['dest_base']}/{slug}: exists and is not a folder; "
                                "refusing to use it") from None
+            if st.st_uid not in (0, rec["owner"][0]):
+                raise OpsError(f"{rec['dest_base']}/{slug}: exists and belongs to uid "
+                               f"{st.st_uid}, not to the install's owner (uid "
+                               f"{rec['owner'][0]}); refusing to put its data there") from None
             return
         fd = os.open(slug, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                      dir_fd=bfd)
@@ -521,12 +508,21 @@ def _out(root: HostRoot, rec: dict[str, Any], jdir: Path, bar: Any,
     pub, dst = _places(root, rec)
     kind, text = _lkind(pub.path)
     if kind == "link" and text == rec["link_text"]:
+        sync_record(root, rec)
         return None  # already there (an interrupted run was completed by recovery)
+    if kind == "dir" and os.lstat(pub.path).st_uid != rec["owner"][0]:
+        raise OpsError(f"{rec['public']}: now owned by uid {os.lstat(pub.path).st_uid}, "
+                       f"not by the install's owner (uid {rec['owner'][0]}); not moved")
     _ensure_project_dir(root, rec)
-    with bar or _null() as progress:
-        res = treemove.link_out(pub, dst, rec["link_text"], jdir,
-                                owner=(rec["owner"][0], rec["owner"][1]), progress=progress,
-                                verify_from_disk=from_disk, meta=rec)
+    # The record first: a link of mnic-ops's own making never exists without it.
+    linkrecords.add(root, linkrecords.LinkRecord.from_move(rec))
+    try:
+        with bar or _null() as progress:
+            res = treemove.link_out(pub, dst, rec["link_text"], jdir,
+                                    owner=(rec["owner"][0], rec["owner"][1]),
+                                    progress=progress, verify_from_disk=from_disk, meta=rec)
+    finally:
+        sync_record(root, rec)
     kind, text = _lkind(pub.path)
     if kind != "link" or text != rec["link_text"] or not dst.path.is_dir():
         raise OpsError(f"{rec['public']}: after the move it is not the link to "
@@ -544,10 +540,14 @@ def _back(root: HostRoot, rec: dict[str, Any], jdir: Path, bar: Any,
     pub, dst = _places(root, rec)
     kind, _ = _lkind(pub.path)
     if kind == "dir":
+        sync_record(root, rec)
         return None
-    with bar or _null() as progress:
-        res = treemove.link_back(pub, dst, rec["link_text"], jdir, progress=progress,
-                                 verify_from_disk=from_disk, meta=rec)
+    try:
+        with bar or _null() as progress:
+            res = treemove.link_back(pub, dst, rec["link_text"], jdir, progress=progress,
+                                     verify_from_disk=from_disk, meta=rec)
+    finally:
+        sync_record(root, rec)
     if _lkind(pub.path)[0] != "dir":
         raise OpsError(f"{rec['public']}: after moving back it is not a folder")
     if rec.get("dest_rel", "").count("/") == 1:
@@ -562,16 +562,63 @@ def _null() -> Iterator[None]:
 
 def _lkind(p: Path) -> tuple[str, str | None]:
     try:
+        return "link", os.readlink(p)  # a link at this instant (no lstat-then-readlink race)
+    except OSError:
+        pass
+    try:
         st = os.lstat(p)
     except FileNotFoundError:
         return "absent", None
-    if stat.S_ISLNK(st.st_mode):
-        return "link", os.readlink(p)
     return ("dir" if stat.S_ISDIR(st.st_mode) else "other"), None
 
 
+def sync_record(root: HostRoot, rec: dict[str, Any]) -> None:
+    """Keep the link record (:mod:`mnic_ops.linkrecords`) in step with the disk after a
+    move, its recovery or its undo: the data folder is the link this move makes ->
+    recorded; anything else -> no record for that link."""
+    try:
+        lr = linkrecords.LinkRecord.from_move(rec)
+    except (ValueError, KeyError, TypeError, IndexError):
+        return  # not a relocate record (a bare treemove journal): nothing to keep
+    pub, _dst = _places(root, rec)
+    kind, text = _lkind(pub.path)
+    if kind == "link" and text == lr.link_text:
+        linkrecords.add(root, lr)
+    else:
+        linkrecords.discard(root, lr.public, lr.link_text)
+
+
+def _our_link(app: AppContext, p: Project, kind: str, d: DataDir
+              ) -> linkrecords.LinkRecord | str:
+    """The record of the link at a data folder when mnic-ops made it (its target there
+    and owned by the install's owner), else why it is left alone. A recorded link whose
+    target is gone is bad input (the data is not there)."""
+    loc = linkrecords.locate(app.root, p, kind)
+    rec = loc.record
+    if rec is not None and rec.public == d.host_path:
+        if loc.state == linkrecords.RELOCATED:
+            return rec
+        if loc.state == linkrecords.ABSENT:
+            raise InputError(f"{d.host_path}: dangling symlink to {d.link_target}; the "
+                             "data is not there (is the SSD mounted?); fix or remove the "
+                             "link first")
+    dangling = d.link_target is not None and not os.path.lexists(
+        app.root.path(d.link_target))
+    why = loc.note.split(": not followed", 1)[0] if loc.note else "not recorded"
+    return (f"a {'dangling ' if dangling else ''}symlink to {d.link_target}, not made by "
+            f"mnic-ops for this install: left alone, with or without --force ({why}); to "
+            "hand its data to mnic-ops, put the folder back in place of the link and run "
+            "relocate again")
+
+
+def _not_owner(p: Project, uid: int) -> str:
+    return (f"owned by uid {uid}, not by the install's owner {p.user} (uid {p.uid}): not "
+            "moved, with or without --force (a folder of someone else must not end up in "
+            "a folder the install's owner controls); chown it if it is theirs")
+
+
 def plan_back(app: AppContext, projects: list[Project], force: bool, jdir: Path,
-              busy: set[str]) -> Plan:
+              busy: dict[str, str]) -> Plan:
     """``--undo``: every data folder that is a link made by relocate comes back."""
     root = app.root
     plan = Plan()
@@ -580,15 +627,13 @@ def plan_back(app: AppContext, projects: list[Project], force: bool, jdir: Path,
                    int(app.config.get("relocate.min_free_mib", 256)) << 20)
     problems: list[str] = []
     for p in projects:
-        slug = project_dirname(p)
         for kind in kinds:
             d = p.data[kind]
             iid = f"relocate-back:{d.host_path}"
             rel = _rel_in_project(p, d)
             desc = f"bring {d.host_path} back"
             if d.host_path in busy:
-                plan.add(Item(iid, desc, SKIPPED, "an interrupted move of it is finished "
-                                                  "first"))
+                plan.add(Item(iid, desc, SKIPPED, busy[d.host_path]))
                 continue
             if not d.exists:
                 plan.add(Item(iid, desc, SKIPPED, "not present"))
@@ -598,28 +643,12 @@ def plan_back(app: AppContext, projects: list[Project], force: bool, jdir: Path,
                     raise InputError(f"{d.host_path}: is a file, not a folder")
                 plan.add(Item(iid, desc, OK, "already a folder"))
                 continue
-            assert d.link_target is not None
-            state, real = _link_state(root, d)
-            if state == "dangling":
-                raise InputError(f"{d.host_path}: dangling symlink to {d.link_target}; "
-                                 "the data is not there; fix or remove the link first")
-            if state != "dir":
-                raise InputError(f"{d.host_path}: symlink to {d.link_target}, which is not "
-                                 "a folder")
-            ours = (os.path.basename(d.link_target) == kind
-                    and os.path.basename(os.path.dirname(d.link_target)) == slug)
-            if not ours and not force:
-                plan.add(Item(iid, desc, SKIPPED, f"a symlink to {d.link_target}, not made "
-                              "by mnic-ops relocate; left alone (--force brings it back)"))
+            rec = _our_link(app, p, kind, d)
+            if isinstance(rec, str):  # not ours: never moved, whatever the flags
+                plan.add(Item(iid, desc, SKIPPED, rec))
                 continue
-            assert real is not None
-            if ours:
-                base = os.path.dirname(os.path.dirname(d.link_target))
-                dest_rel = f"{slug}/{kind}"
-            else:
-                base, dest_rel = os.path.dirname(d.link_target), os.path.basename(
-                    d.link_target)
-            mv = _Move(p, d, rel, base, dest_rel, treemove.measure_tree(real))
+            real = root.path(rec.target)
+            mv = _Move(p, d, rel, rec.dest_base, rec.dest_rel, treemove.measure_tree(real))
             hold = _holders_error(app, [real], d.host_path)
             if hold:
                 problems.append(hold)
@@ -657,27 +686,53 @@ def _back_action(app: AppContext, mv: _Move, jdir: Path, item: Item, real: Path)
     return action
 
 
-def plan_recovery(app: AppContext, jdir: Path) -> tuple[Plan, set[str]]:
-    """Items that finish moves a crash interrupted; they run before anything else."""
+def plan_recovery(app: AppContext, jdir: Path, projects: list[Project]
+                  ) -> tuple[Plan, dict[str, str]]:
+    """Items that finish moves a crash interrupted, for the installs of this run only;
+    they run before anything else. A journal of another install is listed as pending
+    (skipped), one whose install or target is gone or that cannot be read is reported
+    and skipped: never `changed`, never in the way of another install."""
     plan = Plan()
-    busy: set[str] = set()
-    for data in treemove.pending(jdir):
-        meta = data.get("meta") or {}
-        host = meta.get("public") or data["public"]["base"] + "/" + data["public"]["rel"]
-        busy.add(host)
-        phase = data.get("phase")
+    busy: dict[str, str] = {}  # data folder -> why it is not moved in this run
+    for pm in treemove.pending_moves(jdir):
+        if pm.data is None:
+            plan.add(Item(f"recover:{pm.id}", f"interrupted move {pm.id}", SKIPPED,
+                          f"{pm.error} (relocate --list-pending shows it; relocate --forget "
+                          f"{pm.id} discards it)", data={"journal": str(pm.path)}))
+            continue
+        host, _project = pendingmoves.journal_host(pm)
+        busy[host] = "an interrupted move of it is finished first"
+        phase = pm.data.get("phase")
+        desc = f"finish the interrupted move of {host} (journal {pm.id}, phase {phase})"
+        info = {"path": host, "journal": str(pm.path), "phase": phase, "id": pm.id}
+        status = pm.status()
+        if status != "recoverable":
+            why = pendingmoves.NOTHING_TO_FINISH[status].format(host=host, dest=pm.dest.path.parent)
+            busy[host] = (f"an interrupted move of it (journal {pm.id}) cannot be finished: "
+                          f"{why}; relocate --forget {pm.id} discards it once nothing of "
+                          "it is left")
+            plan.add(Item(f"recover:{host}", desc, SKIPPED, f"nothing to finish: {why} "
+                          f"(relocate --forget {pm.id} discards the journal once nothing "
+                          "of the move is left)", data={**info, "status": status}))
+            continue
+        if not pendingmoves.in_run(pm, projects):
+            plan.add(Item(f"recover:{host}", desc, SKIPPED, "pending: its install is not "
+                          "in this run (`mnic-ops relocate INSTALL` finishes it; relocate "
+                          "--list-pending lists it)", data=info))
+            continue
         what = ("roll back the partial copy, then move it again" if phase in ("start", "copy")
                 else "complete it")
-        jpath = treemove.journal_path(jdir, treemove.Place(**data["public"]))
         item = Item(f"recover:{host}", f"finish the interrupted move of {host} "
-                    f"(stopped in phase {phase}: {what})",
-                    data={"path": host, "journal": str(jpath), "phase": phase})
+                    f"(stopped in phase {phase}: {what})", data=info)
+        meta = pm.data.get("meta") or {}
 
-        def action(ctx: ApplyContext, jpath: Path = jpath, item: Item = item,
+        def action(ctx: ApplyContext, jpath: Path = pm.path, item: Item = item,
                    meta: dict[str, Any] = meta, host: str = host) -> Undo | None:
             r = treemove.recover(jpath)
             item.data["result"] = r.message
             log.info("%s", r.message)
+            if meta.get("direction") in ("out", "back"):
+                sync_record(app.root, meta)
             if r.outcome == "completed" and meta.get("direction") in ("out", "back"):
                 return Undo("relocate", meta)
             if r.outcome == "reverted":
@@ -707,23 +762,46 @@ def plan_recovery(app: AppContext, jdir: Path) -> tuple[Plan, set[str]]:
 @click.option("--to", "to", metavar="DIR", help="Target folder (default: ssd_path, else "
               "the SSD mount with most free space).")
 @click.option("--undo", is_flag=True, help="Bring relocated data back and remove the links.")
-@click.option("--force", is_flag=True, help="Accept a rotational target, move data already "
-              "on an SSD, and take over links made by someone else.")
+@click.option("--force", is_flag=True, help="Accept a rotational or unknown target, move "
+              "data already on an SSD, and move data mnic-ops relocated elsewhere to this "
+              "target. Never moves a folder the install's owner does not own, nor follows "
+              "a link mnic-ops did not make.")
+@click.option("--list-pending", is_flag=True, help="List the journals of interrupted moves "
+              "(with --json: one document) and what each left on disk; change nothing.")
+@click.option("--forget", "forget_id", metavar="ID", help="Discard the journal of an "
+              "interrupted move (ID from --list-pending) whose install or target is gone, "
+              "once nothing of it is left on disk; recorded for `mnic-ops undo`.")
 @click.argument("names", nargs=-1, metavar="[PROJECT]...")
 @click.pass_obj
 def relocate_cmd(app: AppContext, check: bool, diff: bool, to: str | None, undo: bool,
-                 force: bool, names: tuple[str, ...]) -> int:
+                 force: bool, list_pending: bool, forget_id: str | None,
+                 names: tuple[str, ...]) -> int:
     """Move sessions and checkpoints to an SSD behind symlinks (verified copy, atomic
     swap, resumable after a crash, recorded for `mnic-ops undo`).
 
     PROJECT is an install's path or folder name; all found installs when none is given.
+    An interrupted move is finished first, for the installs of this run only.
     """
     from mnic_ops.config import SCHEMA, Key
 
-    _kinds(app)  # a config error first, before anything is looked at
     jdir = app.root.path(JOURNAL_DIR)
-    recovery, busy = plan_recovery(app, jdir)
+    if list_pending or forget_id:
+        if list_pending and forget_id:
+            raise InputError("--list-pending and --forget: give one of them")
+        if undo or to or force or names:
+            raise InputError(f"{'--list-pending' if list_pending else '--forget'} takes "
+                             "no PROJECT, --to, --undo or --force")
+        if list_pending:
+            rows = [pm.to_json() for pm in treemove.pending_moves(jdir)]
+            emit(app, {"command": "relocate", "journal_dir": JOURNAL_DIR,
+                       "pending": rows}, lambda: pendingmoves.text(rows, JOURNAL_DIR))
+            return EXIT_OK
+        assert forget_id is not None
+        return run_plan(app, pendingmoves.forget_plan(jdir, forget_id), check=check,
+                        diff=diff, command="relocate", title="relocate --forget")
+    _kinds(app)  # a config error first, before anything is looked at
     projects = select_projects(app, names)
+    recovery, busy = plan_recovery(app, jdir, projects)
     mounts = facts.mounts(app.root, facts.Absent())
     extra: dict[str, Any] = {}
     if undo:
@@ -784,3 +862,4 @@ def _undo_relocate(root: HostRoot, rec: dict[str, Any]) -> str:
         raise OpsError(f"{rec['public']}: not a folder any more; not reverting")
     _out(root, rec, jdir, None)
     return f"moved {rec['public']} to {rec['link_text']} again"
+

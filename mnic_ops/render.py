@@ -251,7 +251,7 @@ def count_watch_dirs(found: list[projects.Project]) -> int:
     n = 0
     for p in found:
         for d in p.data.values():
-            top = projects.data_top(d)
+            top = projects.data_top(d, p)
             if top is None:
                 continue
             for _dirpath, _dirs, _files, _fd in os.fwalk(top, follow_symlinks=False):

@@ -57,7 +57,7 @@ import click
 
 from mnic_ops import clean as cl
 from mnic_ops import compress as cz
-from mnic_ops import safefs
+from mnic_ops import linkrecords, safefs
 from mnic_ops.changes import OK, ApplyContext, Item, Undo, undo_handler, unified_diff
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, InputError, OpsError
 from mnic_ops.projects import DATA_KINDS, PROTECTED_NAMES, Project, human
@@ -102,8 +102,9 @@ class WatchRoot:
     policy: cl.Policy
     settle: float
     host_path: str  # the data folder as the framework names it
-    prefix: str | None = None  # trusted host prefix (install, ssd_path) ...
+    prefix: str | None = None  # trusted host prefix (install, recorded relocation base) ...
     parts: tuple[str, ...] = ()  # ... and the components below it, opened with O_NOFOLLOW
+    owner: int | None = None  # uid a relocated folder must belong to
     real: str = ""  # real path of the folder watched (under --root)
     state: str = READY
     note: str = ""
@@ -151,11 +152,13 @@ def _lident(path: str | os.PathLike[str]) -> tuple[int, int, int] | None:
 
 def build_roots(app: AppContext, projects: Sequence[Project], pass_: cl.Pass,
                 tier: dict[str, Any] | None) -> list[WatchRoot]:
-    """The data folders to watch: every class whose clean policy compresses, resolved
-    like ``clean`` resolves them (a symlink only into the install, ssd_path or
-    clean.follow_links_under). Pure apart from reading the data map."""
+    """The data folders to watch: every class whose clean policy compresses, where
+    :func:`mnic_ops.linkrecords.locate` puts it (the folder, or the target of a link
+    relocate made for the install; any other link is refused). Pure apart from reading
+    the data map and the link records."""
     out: list[WatchRoot] = []
     seen: dict[str, WatchRoot] = {}
+    records = linkrecords.load(app.root)
     for p in projects:
         pols = cl.resolve_policy(app.config, p, tier)
         for kind in DATA_KINDS:
@@ -165,18 +168,13 @@ def build_roots(app: AppContext, projects: Sequence[Project], pass_: cl.Pass,
             d = p.data[kind]
             r = WatchRoot(p, kind, pol, settle_of(app, kind), d.host_path,
                           link_ident=_lident(d.path))
-            if not d.exists:
-                base = p.host_path.rstrip("/") or "/"
-                rel = os.path.relpath(d.host_path, base)
-                r.prefix, r.parts = base, tuple(x for x in rel.split("/") if x and x != ".")
-                r.state = ABSENT
+            loc = linkrecords.locate(app.root, p, kind, records)
+            if loc.state == linkrecords.REFUSED:
+                r.state, r.note = REFUSED, cl.printable(loc.note)
             else:
-                rep = cl.KindReport(d.host_path, pol)
-                where = pass_._data_root(p, kind, rep)
-                if where is None:
-                    r.state, r.note = REFUSED, rep.note
-                else:
-                    r.prefix, r.parts = where
+                r.prefix, r.parts, r.owner = loc.prefix, loc.parts, loc.owner
+                if loc.state == linkrecords.ABSENT:
+                    r.state = ABSENT
             if r.prefix is not None:
                 r.real = os.path.join(str(app.root.path(r.prefix)), *r.parts)
                 other = seen.get(r.real)
@@ -191,19 +189,22 @@ def build_roots(app: AppContext, projects: Sequence[Project], pass_: cl.Pass,
 
 def prepare_root(app: AppContext, r: WatchRoot, mounts: list[Mount], force_poll: bool
                  ) -> None:
-    """Open the folder from its trusted prefix without following links and check that
-    the path watchdog will watch is that same folder; note its filesystem."""
+    """Open the folder from its trusted prefix without following links (a relocated
+    one must still belong to the install's owner) and check that the path watchdog will
+    watch is that same folder; note its filesystem."""
     from mnic_ops import facts
 
     if r.prefix is None or r.state == REFUSED:
         return
     try:
-        fd = cl.open_tree(app.root, r.prefix, r.parts)
+        fd = linkrecords.open_folder(app.root, r.prefix, r.parts, r.owner)
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             r.state = ABSENT
         elif exc.errno in (errno.ELOOP, errno.ENOTDIR):
             r.state, r.note = REFUSED, "a symlink is in the way: not followed"
+        elif exc.errno == errno.EPERM:
+            r.state, r.note = REFUSED, cl.printable(exc.strerror or "not followed")
         else:
             r.state, r.note = REFUSED, f"cannot open: {exc.strerror}"
         return

@@ -35,6 +35,7 @@ from tests.cleanhelp import (
     write_config,
 )
 from tests.conftest import REPO, require, run_mnic
+from tests.linkhelp import relocate_by_hand
 
 FW = Path("/work/shared/fixtures/framework-configs")
 FW_CONFIGS = next((p for p in (REPO.parent / "shared/fixtures/framework-configs", FW)
@@ -466,31 +467,45 @@ def test_kill_9_at_random_points(tmp_path: Path) -> None:
         shutil.rmtree(root)
 
 
-def test_relocated_data_folder_is_followed_only_into_allowed_places(fake_root: Path) -> None:
-    """`relocate` leaves sessions as a symlink into ssd_path: followed. A symlink a user
-    points anywhere else is not."""
+def test_relocated_data_folder_is_followed_only_when_relocate_made_it(fake_root: Path) -> None:
+    """A link `relocate` made (recorded in mnic-ops's root-owned links.json) is followed.
+    A link a user made is not, even into the same ssd_path folder (where the old rule,
+    a path prefix, used to follow it), and neither is a recorded link whose text changed.
+    """
     files = make_project(fake_root, files=10)
     base = fake_root / PROJECT.lstrip("/")
-    ssd = fake_root / "mnt/ssd/my-name-is-claude/proj/sessions"
-    ssd.parent.mkdir(parents=True)
-    os.rename(base / "project_archive/sessions", ssd)
-    (base / "project_archive/sessions").symlink_to("/mnt/ssd/my-name-is-claude/proj/sessions")
-    elsewhere = fake_root / "srv/other/thinking"
+    ssd = relocate_by_hand(fake_root, PROJECT, "project_archive/sessions",
+                           "/mnt/ssd/my-name-is-claude/proj-1/sessions", "sessions")
+    # a user-made link into the shared SSD folder (another install's relocated data)
+    other = fake_root / "mnt/ssd/my-name-is-claude/other-2/thinking"
+    other.parent.mkdir(parents=True)
+    os.rename(base / ".claude/thinking-logs", other)
+    (base / ".claude/thinking-logs").symlink_to("/mnt/ssd/my-name-is-claude/other-2/thinking")
+    # a recorded link, then re-pointed by hand: no longer the one relocate made
+    relocate_by_hand(fake_root, PROJECT, ".claude/checkpoints",
+                     "/mnt/ssd/my-name-is-claude/proj-1/checkpoints", "checkpoints")
+    elsewhere = fake_root / "srv/other/checkpoints"
     elsewhere.parent.mkdir(parents=True)
-    os.rename(base / ".claude/thinking-logs", elsewhere)
-    (base / ".claude/thinking-logs").symlink_to("/srv/other/thinking")
-    write_config(fake_root)
-    before = snapshot(elsewhere)
+    os.rename(fake_root / "mnt/ssd/my-name-is-claude/proj-1/checkpoints", elsewhere)
+    (base / ".claude/checkpoints").unlink()
+    (base / ".claude/checkpoints").symlink_to("/srv/other/checkpoints")
+    write_config(fake_root, extra='[clean]\nfollow_links_under = ["/srv"]\n')
+    before = snapshot(other), snapshot(elsewhere)
     code, data, err = clean(fake_root)
     assert code == 0, err
+    assert "follow_links_under is deprecated and has no effect" in err
     k = kinds(data)
     assert k["sessions"]["compressed"] == 2 and not k["sessions"].get("note")
     assert any(n.endswith(".json.gz") for n in os.listdir(ssd))
     assert "not followed" in k["thinking_logs"]["note"]
     assert k["thinking_logs"]["skipped"] == {"symlink": 1}
-    assert snapshot(elsewhere) == before
+    assert "not followed" in k["checkpoints"]["note"]
+    assert "text changed" in k["checkpoints"]["note"]
+    assert (snapshot(other), snapshot(elsewhere)) == before
     moved = {h.replace(f"{PROJECT}/project_archive/sessions",
-                       "/mnt/ssd/my-name-is-claude/proj/sessions")
-             .replace(f"{PROJECT}/.claude/thinking-logs", "/srv/other/thinking"): d
+                       "/mnt/ssd/my-name-is-claude/proj-1/sessions")
+             .replace(f"{PROJECT}/.claude/thinking-logs",
+                      "/mnt/ssd/my-name-is-claude/other-2/thinking")
+             .replace(f"{PROJECT}/.claude/checkpoints", "/srv/other/checkpoints"): d
              for h, d in files.items()}
     assert_nothing_lost(fake_root, moved)

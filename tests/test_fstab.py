@@ -26,6 +26,7 @@ from mnic_ops.changes import ApplyContext
 from mnic_ops.errors import InputError, OpsError
 from mnic_ops.hostroot import HostRoot
 from tests.conftest import FIXTURES, REPO, run_mnic, write_tree
+from tests.linkhelp import record
 
 CORPUS = sorted((FIXTURES / "fstab").glob("*.fstab"))
 HAVE_FINDMNT = shutil.which("findmnt") is not None
@@ -400,6 +401,9 @@ def host(fake_root: Path, fstab: str = FSTAB) -> Path:
         (byu / f"0a1b2c3d-0000-4000-8000-00000000000{n}").symlink_to(f"../../{dev}")
     (fake_root / "home/alice/p/project_archive").mkdir()
     (fake_root / "home/alice/p/project_archive/sessions").symlink_to("/mnt/ssd/mnic/sessions")
+    # as relocate leaves it: the link is in mnic-ops's own record, so it is followed
+    record(fake_root, "/home/alice/p", "project_archive/sessions", "/mnt/ssd/mnic/sessions",
+           "sessions", 0, 0, dest_base="/mnt/ssd", dest_rel="mnic/sessions")
     return fake_root
 
 

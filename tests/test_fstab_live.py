@@ -56,6 +56,9 @@ def test_apply_remount_in_private_namespace(tmp_path: Path) -> None:
         subprocess.run(["losetup", "-d", loop], check=False)
     out = r.stdout
     assert r.returncode == 0, out + r.stderr
+    if "dev-disk: unavailable" in out:
+        pytest.skip(f"no /dev/disk/by-uuid/{uuid} (udev not running) and /dev cannot be "
+                    "overlaid here to make it: the UUID= entry cannot be matched")
     report = "\n".join(f"--- {f.name}\n{f.read_text()}" for f in sorted(tmp_path.iterdir())
                        if f.suffix in (".out", ".err", ".json"))
     # the machine's /etc/fstab never changed

@@ -16,6 +16,7 @@ from mnic_ops.errors import InputError
 from mnic_ops.hostroot import HostRoot
 from mnic_ops.output import AppContext
 from tests.conftest import REPO, require, run_mnic, write_tree
+from tests.linkhelp import record
 
 
 def make_install(base: Path, *, version: str | None = None,
@@ -115,7 +116,16 @@ def test_data_map_paths_links_and_checkpoint_store(fake_root: Path, caplog:
     logs = d["logs"]
     assert logs.is_link and logs.exists
     assert logs.link_target == "/mnt/ssd/my-name-is-claude/sessions"
-    assert projects.measure(logs) == (8, 2)  # the relocated data, at the link's target
+    # A link mnic-ops did not make is not followed: nothing is measured through it ...
+    assert projects.measure(logs, p) == (0, 0)
+    assert projects.data_top(logs, p) is None
+    # ... a link relocate made (in its record) is: the relocated data, at its target.
+    record(fake_root, "/home/alice/p", "project_archive/logs",
+           "/mnt/ssd/my-name-is-claude/sessions", "logs", p.uid, p.gid,
+           dest_base="/mnt/ssd", dest_rel="my-name-is-claude/sessions")
+    assert projects.measure(logs, p) == (8, 2)
+    assert projects.data_top(logs, p) == str(ssd)
+    assert projects.measure(logs) == (0, 0)  # without its install: never followed
     assert not d["sessions"].is_link and d["sessions"].link_target is None
 
     # A relative link is made absolute; ".." cannot climb above the root.

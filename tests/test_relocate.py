@@ -61,8 +61,13 @@ class Env:
             make_tree(root / ".claude" / "checkpoints", 40, seed=7)
         if "checkpoint_store" in kinds:
             make_tree(root / ".ai-tools" / "checkpoint" / "storage", 30, seed=8)
-        for p in (root, root / "project_archive"):
-            os.chown(p, 1000, 1000)
+        # The install and its data folders belong to its user, as the framework makes
+        # them (relocate moves no folder of someone else into the user's target folder).
+        for p in (root, root / "project_archive", root / "project_archive" / "sessions",
+                  root / ".claude" / "checkpoints", root / ".ai-tools" / "checkpoint" /
+                  "storage"):
+            if p.is_dir():
+                os.chown(p, 1000, 1000)
         cfg = self.tmp / f"{name}.toml"
         cfg.write_text(f'projects = ["{root}"]\nsearch_paths = []\n[relocate]\n'
                        f"min_free_mib = 1\nkinds = {json.dumps(list(kinds))}\n{extra_cfg}")
@@ -210,20 +215,44 @@ def test_source_on_ssd_is_left_alone(env: Env) -> None:
     assert not p.sessions.is_symlink()
 
 
-def test_link_made_by_someone_else(env: Env) -> None:
+def test_link_made_by_someone_else_is_left_alone_even_with_force(env: Env) -> None:
+    """A data folder that is a link mnic-ops did not make is reported and left alone,
+    with or without --force, in both directions (it used to be moved with --force: a
+    link to /root would move /root). --force still moves data mnic-ops itself relocated
+    to another target."""
     p = env.project("dave", files=50)
     elsewhere = env.hdd.mnt / "manual-sessions"
     os.rename(p.sessions, elsewhere)
     os.symlink(str(elsewhere), p.sessions)
     before = snapshot(p.sessions)
     target = env.target()
+    for args in (["relocate"], ["relocate", "--force"], ["relocate", "--undo"],
+                 ["relocate", "--undo", "--force"]):
+        r = mnic(p, *args, "--to", str(target)) if "--undo" not in args else mnic(p, *args)
+        assert r.code == 0 and "not made by mnic-ops" in r.out, (args, r.out, r.err)
+        assert "with or without --force" in r.out, r.out
+        assert os.readlink(p.sessions) == str(elsewhere)
+        assert diff_snapshots(before, snapshot(elsewhere)) == []
+    assert not any(target.glob("dave-*")) if target.exists() else True
+    # The admin puts the folder back: relocate moves it and keeps its link ...
+    os.unlink(p.sessions)
+    os.rename(elsewhere, p.sessions)
     r = mnic(p, "relocate", "--to", str(target))
-    assert r.code == 0 and "not made by mnic-ops" in r.out, r.out
-    assert os.readlink(p.sessions) == str(elsewhere)
-    r = mnic(p, "relocate", "--force", "--to", str(target))
     assert r.code == 0, r.err + r.out
-    assert os.readlink(p.sessions) == str(slug_dir(env, p) / "sessions")
-    assert not elsewhere.exists()
+    first = slug_dir(env, p, target)
+    assert os.readlink(p.sessions) == str(first / "sessions")
+    # ... and a link of its own making goes to a new target only with --force.
+    other = env.target("other-ssd")
+    r = mnic(p, "relocate", "--to", str(other))
+    assert r.code == 0 and "relocated by mnic-ops to" in r.out, r.out
+    assert os.readlink(p.sessions) == str(first / "sessions")
+    r = mnic(p, "relocate", "--force", "--to", str(other))
+    assert r.code == 0, r.err + r.out
+    assert os.readlink(p.sessions) == str(slug_dir(env, p, other) / "sessions")
+    assert not first.exists()
+    assert diff_snapshots(before, snapshot(p.sessions)) == []
+    assert mnic(p, "relocate", "--undo").code == 0
+    assert p.sessions.is_dir() and not p.sessions.is_symlink()
     assert diff_snapshots(before, snapshot(p.sessions)) == []
 
 
@@ -293,8 +322,8 @@ def test_bad_input(env: Env, tmp_path: Path) -> None:
     # a dangling link
     q.sessions.unlink()
     os.symlink("/nonexistent/sessions", q.sessions)
-    r = mnic(q, "relocate", "--to", str(env.target()))
-    assert r.code == 2 and "dangling" in r.err, r.err
+    r = mnic(q, "relocate", "--to", str(env.target()))  # not mnic-ops's: reported, left
+    assert r.code == 0 and "dangling" in r.out and "not made by mnic-ops" in r.out, r.out
     assert os.readlink(q.sessions) == "/nonexistent/sessions"
     assert not any(env.target().glob("frank*")) if env.target().exists() else True
     assert no_journals() == []

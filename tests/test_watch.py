@@ -31,6 +31,7 @@ from tests.cleanhelp import (
     write_config,
 )
 from tests.conftest import REPO, require, run_mnic
+from tests.linkhelp import relocate_by_hand
 
 KINDS = ("sessions", "checkpoints", "checkpoint_store", "thinking_logs", "cost_records",
          "logs", "task_results")
@@ -232,10 +233,9 @@ def test_relocated_folder_is_watched_and_links_inside_are_not_followed(
         fake_root: Path, tmp_path: Path) -> None:
     make_project(fake_root, files=0)
     base = fake_root / BASE
-    ssd = fake_root / "mnt/ssd/my-name-is-claude/proj/sessions"
-    ssd.mkdir(parents=True)
     shutil.rmtree(base / "project_archive/sessions")
-    (base / "project_archive/sessions").symlink_to("/mnt/ssd/my-name-is-claude/proj/sessions")
+    ssd = relocate_by_hand(fake_root, PROJECT, "project_archive/sessions",
+                           "/mnt/ssd/my-name-is-claude/proj/sessions", "sessions")
     outside = tmp_path / "outside"
     outside.mkdir()
     (ssd / "elsewhere").symlink_to(outside)
@@ -258,7 +258,8 @@ def test_relocation_target_that_appears_later_is_watched(fake_root: Path) -> Non
     make_project(fake_root, files=0)
     base = fake_root / BASE
     shutil.rmtree(base / "project_archive/sessions")
-    (base / "project_archive/sessions").symlink_to("/mnt/ssd/my-name-is-claude/p/sessions")
+    relocate_by_hand(fake_root, PROJECT, "project_archive/sessions",
+                     "/mnt/ssd/my-name-is-claude/p/sessions", "sessions", move=False)
     write_config(fake_root)
     with Watcher(fake_root, env=settle_env(0.2)) as w:
         ready = w.ready()
@@ -594,11 +595,10 @@ def test_unit_install_verify_check_remove_undo(fake_root: Path) -> None:
 def test_unit_for_installs_outside_home_with_odd_names(fake_root: Path) -> None:
     proj = "/srv/odd name%1"
     make_project(fake_root, files=0, host_path=proj)
-    ssd = fake_root / "mnt/ssd/my-name-is-claude/odd/sessions"
-    ssd.mkdir(parents=True)
     sess = fake_root / proj.lstrip("/") / "project_archive/sessions"
     shutil.rmtree(sess)
-    sess.symlink_to("/mnt/ssd/my-name-is-claude/odd/sessions")
+    relocate_by_hand(fake_root, proj, "project_archive/sessions",
+                     "/mnt/ssd/my-name-is-claude/odd/sessions", "sessions")
     write_config(fake_root, host_path=proj)
     r = run_mnic("--root", str(fake_root), "watch", "--install-unit")
     assert r.code == 0, r.out + r.err

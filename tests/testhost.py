@@ -24,6 +24,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE_CONFIGS = REPO / "tests" / "fixtures" / "framework-configs"
 _CLONE_NEWNS = 0x00020000
+# mnic-ops's own files under /etc (relative): a test host starts without them.
+OWN_ETC_FILES = ("mnic-ops", "cron.d/mnic-ops", "systemd/system/mnic-ops-watch.service",
+                 "systemd/system/multi-user.target.wants/mnic-ops-watch.service",
+                 "sysctl.d/60-mnic-ops.conf", "profile.d/mnic-ops.sh")
 
 
 def _setns_fd(fd: int) -> None:
@@ -82,6 +86,7 @@ class TestHost:
             mkdir -p {b}/merged/var/spool/cron/crontabs
             mount -t tmpfs tmpfs {b}/merged/var/spool/cron/crontabs
         """)
+        self._own_state()
         # The checkout and the Python running the tests stay visible (read-only) in the
         # test host even where they live below the fresh /tmp.
         for keep in sorted({str(REPO), sys.prefix, sys.base_prefix}):
@@ -89,6 +94,24 @@ class TestHost:
                 dst = f"{b}/merged{keep}"
                 self.sh(f"mkdir -p '{dst}' && mount --bind '{keep}' '{dst}' "
                         f"&& mount -o remount,bind,ro '{dst}'")
+
+    def _own_state(self) -> None:
+        """The test host gets its own /etc, /var/log and /var/lib/mnic-ops, so that
+        nothing of this machine's mnic-ops state (a journal of an interrupted move, a
+        config, cron file, unit or log) is seen by the tool under test: /etc is a copy
+        of the machine's on a tmpfs without mnic-ops's own files, /var/log an empty
+        tmpfs, /var/lib/mnic-ops absent (hidden in the overlay, never deleted below)."""
+        m = f"{self.base}/merged"
+        own = " ".join(f"'{m}/etc/{p}'" for p in OWN_ETC_FILES)
+        self.sh(f"""
+            mkdir -p {self.base}/etc-copy
+            mount -t tmpfs -o mode=0755 tmpfs {self.base}/etc-copy
+            cp -a /etc/. {self.base}/etc-copy/
+            mount --bind {self.base}/etc-copy {m}/etc
+            rm -rf {own} {m}/etc/fstab.mnic-ops.*
+            mount -t tmpfs -o mode=0755 tmpfs {m}/var/log
+            rm -rf {m}/var/lib/mnic-ops
+        """)
 
     def stop(self) -> None:
         if self.holder is not None:
