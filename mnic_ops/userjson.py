@@ -96,6 +96,48 @@ def _scan(raw: bytes, source: str, max_depth: int, max_number: int) -> None:
         i += 1
 
 
+def _locate(raw: bytes, problem: str) -> tuple[int, int] | None:
+    """Line and column of the first duplicate key (``"duplicate"``) or of the first
+    number too large for a float (``"infinite"``) in a document already known to be
+    valid and bounded JSON: only the error path pays for this second pass."""
+    stack: list[set[str] | None] = []  # a set of keys per open object, None per array
+    want_key = False
+    i, n = 0, len(raw)
+    while i < n:
+        c = raw[i]
+        if c == 0x22:
+            j = i + 1
+            while j < n and raw[j] != 0x22:
+                j += 2 if raw[j] == 0x5C else 1
+            if want_key and stack and stack[-1] is not None:
+                key = json.loads(raw[i:j + 1])
+                if problem == "duplicate" and key in stack[-1]:
+                    return _position(raw, i)
+                stack[-1].add(key)
+                want_key = False
+            i = j + 1
+            continue
+        if c == 0x7B:
+            stack.append(set())
+            want_key = True
+        elif c == 0x5B:
+            stack.append(None)
+        elif c in (0x5D, 0x7D):
+            stack.pop()
+        elif c == 0x2C:
+            want_key = bool(stack) and stack[-1] is not None
+        elif c in _NUMBER_CHARS:
+            j = i
+            while j < n and raw[j] in _NUMBER_CHARS:
+                j += 1
+            if problem == "infinite" and not math.isfinite(float(raw[i:j])):
+                return _position(raw, i)
+            i = j
+            continue
+        i += 1
+    return None
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
@@ -143,9 +185,11 @@ def parse(raw: bytes | str, source: str, *, max_bytes: int = MAX_BYTES,
         raise UserDataError(source, f"not valid JSON: {exc.msg}", exc.lineno,
                             exc.colno) from None
     except _Duplicate as exc:
-        raise UserDataError(source, f"duplicate key {exc.args[0]!r}") from None
+        raise UserDataError(source, f"duplicate key {exc.args[0]!r}",
+                            *(_locate(data, "duplicate") or (None, None))) from None
     except (ValueError, RecursionError) as exc:
-        raise UserDataError(source, f"not usable JSON: {exc}") from None
+        raise UserDataError(source, f"not usable JSON: {exc}",
+                            *(_locate(data, "infinite") or (None, None))) from None
 
 
 def read_at(dirfd: int, name: str, source: str, *, max_bytes: int = MAX_BYTES,
