@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mnic_ops import jsonedit, projects, safefs, tiers
+from mnic_ops import jsonedit, projects, quoting, safefs, tiers
 from mnic_ops.changes import FAILED, SKIPPED, Item, Plan
 from mnic_ops.config import HOST_CLASSES
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_USAGE, InputError, OpsError
@@ -69,6 +69,8 @@ class Templates:
             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
             autoescape=False, auto_reload=False)  # noqa: S701 - JSON/shell, not HTML
         self.env.filters["mb_label"] = tiers.mb_label
+        # Values in the system files (shell, sysctl.d) go through the one quoting layer.
+        self.env.filters.update(quoting.JINJA_FILTERS)
 
     def render(self, name: str, ctx: dict[str, Any]) -> str:
         import jinja2
