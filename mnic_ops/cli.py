@@ -88,6 +88,18 @@ def cli(ctx: click.Context, root: str, config_path: str | None, as_json: bool,
                          verbose=verbose)
 
 
+@cli.result_callback()
+@click.pass_obj
+def _finish(app: AppContext, /, rv: Any, **_params: Any) -> Any:
+    """After every command: one line per install that failed in this run (one user's
+    bad file), and exit 1 for them where the command would have exited 0 or 3."""
+    if not app.failures:
+        return rv
+    for f in app.failures:
+        click.echo(f"mnic-ops: error: {f.text()}", err=True)
+    return app.failures.exit_code(rv if isinstance(rv, int) else 0)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: turn every error into a message and a documented exit code."""
     debug = bool(os.environ.get("MNIC_OPS_DEBUG"))
@@ -102,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("mnic-ops: aborted", err=True)
         sys.exit(EXIT_FAILURE)
     except OpsError as exc:
-        click.echo(f"mnic-ops: error: {exc.message}", err=True)
+        for line in exc.message.splitlines() or [""]:  # several errors: one line each
+            click.echo(f"mnic-ops: error: {line}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("mnic-ops: interrupted", err=True)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from mnic_ops.changes import Plan
     from mnic_ops.config import Config
     from mnic_ops.hostroot import HostRoot
+    from mnic_ops.installfail import InstallFailures
 
 
 @dataclass
@@ -34,6 +35,9 @@ class AppContext:
     json: bool = False
     verbose: int = 0
     _config: Config | None = field(default=None, repr=False)
+    # Installs that failed in this run (one user's bad file): reported by emit and by
+    # the CLI, which exits 1 for them; see mnic_ops.installfail.
+    failures: InstallFailures = field(default_factory=lambda: _failures())
 
     @property
     def config(self) -> Config:
@@ -44,9 +48,19 @@ class AppContext:
         return self._config
 
 
+def _failures() -> InstallFailures:
+    from mnic_ops.installfail import InstallFailures
+
+    return InstallFailures()
+
+
 def emit(app: AppContext, data: Any, text: Callable[[], str] | str) -> None:
-    """Print ``data`` as JSON with ``--json``, else the text."""
+    """Print ``data`` as JSON with ``--json``, else the text. The installs that failed
+    so far go into the JSON document as ``failed_installs`` (the CLI prints them on
+    stderr in both modes)."""
     if app.json:
+        if isinstance(data, dict) and (app.failures or "failed_installs" in data):
+            data = {**data, "failed_installs": app.failures.to_json()}
         click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
     else:
         out = text() if callable(text) else text

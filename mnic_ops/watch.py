@@ -57,7 +57,7 @@ import click
 
 from mnic_ops import clean as cl
 from mnic_ops import compress as cz
-from mnic_ops import quoting, safefs
+from mnic_ops import installfail, quoting, safefs
 from mnic_ops.changes import OK, ApplyContext, Item, Undo, undo_handler, unified_diff
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, InputError, OpsError
 from mnic_ops.projects import DATA_KINDS, PROTECTED_NAMES, Project, human
@@ -157,7 +157,11 @@ def build_roots(app: AppContext, projects: Sequence[Project], pass_: cl.Pass,
     out: list[WatchRoot] = []
     seen: dict[str, WatchRoot] = {}
     for p in projects:
-        pols = cl.resolve_policy(app.config, p, tier)
+        try:
+            pols = cl.resolve_policy(app.config, p, tier)
+        except installfail.INSTALL_ERRORS as exc:  # the owner's bad file: not watched
+            app.failures.add(p.host_path, exc, "watch")
+            continue
         for kind in DATA_KINDS:
             pol = pols[kind]
             if pol.compress_after_days <= 0 or not pol.patterns:
@@ -613,6 +617,8 @@ class Daemon:
 
     def _setup_roots(self, projects: Sequence[Project]) -> list[WatchRoot]:
         roots = build_roots(self.app, projects, self.pass_, self.tier)
+        for f in self.app.failures.drain():  # a long-running watcher logs them and goes on
+            log.warning("%s", f.text())
         for r in roots:
             prepare_root(self.app, r, self.mounts, self.force_poll)
             if r.state == READY:
