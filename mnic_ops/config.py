@@ -72,6 +72,7 @@ class Section:
     doc: str = ""
     open_keys: Key | Section | None = None  # schema for keys not listed (e.g. per tier)
     fill: bool = True  # False: holds only what the config sets (no defaults filled in)
+    each: str = ""  # keys that all share one Section are documented once as <each>
 
 
 # --- rules -------------------------------------------------------------------------------
@@ -136,21 +137,25 @@ def _days(doc: str) -> Key:
     return Key("float", None, doc, minimum=0, maximum=MAX_DAYS)
 
 
+def _policy_keys() -> Schema:
+    return {
+        "patterns": Key("list[str]", None, "Names to gzip (globs; with a `/` they match "
+                        "the path below the data folder). Unset: the built-in default.",
+                        rule=PATTERN),
+        "compress_after_days": _days("Gzip matching files not modified for this many "
+                                     "days; 0 turns compression off."),
+        "expire_patterns": Key("list[str]", None, "Archives to delete when old "
+                               "(default: each pattern + `.gz`).", rule=PATTERN),
+        "delete_after_days": _days("Delete matching archives older than this many days; "
+                                   "0 keeps them forever."),
+    }
+
+
 def _clean_kinds(fill: bool) -> Section:
-    """The per-class policy tables of ``[clean]`` (and of ``[tiers.<tier>.clean]``)."""
+    """The per-class policy tables of ``[clean]``."""
     return Section({
-        kind: Section({
-            "patterns": Key("list[str]", None, "Names to gzip (globs; with a `/` they match "
-                            "the path below the data folder). Unset: the built-in default.",
-                            rule=PATTERN),
-            "compress_after_days": _days("Gzip matching files not modified for this many "
-                                         "days; 0 turns compression off."),
-            "expire_patterns": Key("list[str]", None, "Archives to delete when old "
-                                   "(default: each pattern + `.gz`).", rule=PATTERN),
-            "delete_after_days": _days("Delete matching archives older than this many "
-                                       "days; 0 keeps them forever."),
-        }, f"Policy for {kind} (unset keys: tier, then the framework's own config, then "
-           "the built-in default).", fill=fill)
+        kind: Section(_policy_keys(), f"Policy for {kind} (unset keys: tier, then the "
+                      "framework's own config, then the built-in default).", fill=fill)
         for kind in DATA_KINDS}, fill=fill)
 
 
@@ -164,9 +169,11 @@ def _cron_schedules(fill: bool) -> Section:
     }, fill=fill)
 
 
+_TIER_POLICY = Section(_policy_keys(), "Policy for one data class on hosts of this class, "
+                       "as in [clean.<kind>] (which it yields to).", fill=False)
 _TIER = Section({
-    "clean": Section(_clean_kinds(False).keys, "Clean policy for hosts of this class "
-                     "(below [clean.<kind>] and the framework's own config).", fill=False),
+    "clean": Section({kind: _TIER_POLICY for kind in DATA_KINDS}, "Clean policy for hosts "
+                     "of this class.", fill=False, each="kind"),
     "cron": Section(_cron_schedules(False).keys, "Cron schedules for hosts of this class "
                     "(below [cron]).", fill=False),
 }, "Override tier values of templates/tiers.toml (keys and bounds: docs/tiers.md; "
@@ -202,7 +209,8 @@ SCHEMA: Schema = {
     }, "Host-class detection thresholds."),
     # Sections below are owned by their capability modules.
     "tiers": Section({name: _TIER for name in HOST_CLASSES},
-                     "Per-tier overrides of the tier values in templates/tiers.toml."),
+                     "Per-tier overrides (tier: laptop, workstation or server).",
+                     each="tier"),
     "render": Section({
         "system_files": Key("bool", True, "`render` without PROJECT also writes "
                             "/etc/profile.d/mnic-ops.sh and /etc/sysctl.d/60-mnic-ops.conf."),
@@ -666,32 +674,37 @@ def load(root: HostRoot, path: str | None = None,
     return cfg
 
 
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def _type_doc(spec: Key) -> str:
     t = spec.type
     if spec.choices:
         t += f" ({'|'.join(spec.choices)})"
     if spec.minimum is not None or spec.maximum is not None:
-        lo = "" if spec.minimum is None else f"{spec.minimum:g}"
-        hi = "" if spec.maximum is None else f"{spec.maximum:g}"
+        lo = "" if spec.minimum is None else _num(spec.minimum)
+        hi = "" if spec.maximum is None else _num(spec.maximum)
         t += f" {lo}..{hi}"
     if spec.rule is not None:
         t += f" ({spec.rule.doc})"
     return t
 
 
-def schema_doc(schema: Schema = SCHEMA, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(key, type, default, doc) rows for the documentation. Sections shared by several
-    keys (the tiers) are documented once, as ``<a|b|c>``."""
+def schema_doc(schema: Schema = SCHEMA, prefix: str = "", each: str = ""
+               ) -> list[tuple[str, str, str, str]]:
+    """(key, type, default, doc) rows for the documentation. The keys of a section that
+    all share one sub-section (the tiers, a tier's clean policy per kind) are documented
+    once, as ``<tier>`` or ``<kind>``."""
     rows: list[tuple[str, str, str, str]] = []
-    names = list(schema)
-    specs = list(schema.values())
-    if len(specs) > 1 and all(s is specs[0] and isinstance(s, Section) for s in specs):
-        names, specs = [f"<{'|'.join(names)}>"], specs[:1]
-    for name, spec in zip(names, specs, strict=True):
+    items = list(schema.items())
+    if each and len(items) > 1 and all(s is items[0][1] for _, s in items):
+        items = [(f"<{each}>", items[0][1])]
+    for name, spec in items:
         full = f"{prefix}{name}"
         if isinstance(spec, Section):
             rows.append((f"[{full}]", "table", "", spec.doc))
-            rows.extend(schema_doc(spec.keys, full + "."))
+            rows.extend(schema_doc(spec.keys, full + ".", spec.each))
             if isinstance(spec.open_keys, Key):
                 rows.append((f"{full}.<key>", _type_doc(spec.open_keys), "",
                              spec.open_keys.doc))
