@@ -15,8 +15,9 @@ How a command takes part (the same in every command):
   a command calls ``app.failures.add`` itself); a plan shows the install as one failed
   item (:func:`failed_item`) that does not stop the other installs' items;
 - the failures of a run live on the :class:`~mnic_ops.output.AppContext`
-  (``app.failures``): ``emit`` adds them to the JSON document as ``failed_installs``
-  (``[{"install", "stage", "error"}]``), and the CLI prints one ``mnic-ops: error:`` line
+  (``app.failures``): ``emit`` adds them to the JSON document of every command that
+  works over installs as ``failed_installs`` (``[{"install", "stage", "error"}]``,
+  empty when none failed), and the CLI prints one ``mnic-ops: error:`` line
   per failed install on stderr and turns exit 0 or 3 into 1. A long-running command
   (the watcher) takes them with ``app.failures.drain()`` and logs them instead.
 """
@@ -73,8 +74,12 @@ class InstallFailures:
 
     def __init__(self) -> None:
         self._items: list[InstallFailure] = []
+        # set once the command works over installs: its JSON then always carries
+        # failed_installs (empty or not), a stable key for scripts
+        self.active = False
 
     def add(self, install: str, error: BaseException | str, stage: str) -> InstallFailure:
+        self.active = True
         msg = reason(error)
         for f in self._items:
             if f.install == install and f.error == msg:
@@ -115,6 +120,7 @@ P = TypeVar("P")
 
 def usable(app: AppContext, projects: Iterable[P]) -> list[P]:
     """The installs whose data map was built; the others recorded as failed."""
+    app.failures.active = True
     out: list[P] = []
     for p in projects:
         failure = getattr(p, "failure", None)

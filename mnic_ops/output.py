@@ -55,11 +55,11 @@ def _failures() -> InstallFailures:
 
 
 def emit(app: AppContext, data: Any, text: Callable[[], str] | str) -> None:
-    """Print ``data`` as JSON with ``--json``, else the text. The installs that failed
-    so far go into the JSON document as ``failed_installs`` (the CLI prints them on
-    stderr in both modes)."""
+    """Print ``data`` as JSON with ``--json``, else the text. A command that works over
+    installs gets ``failed_installs`` in its JSON document: those that failed so far
+    (the CLI prints them on stderr in both modes)."""
     if app.json:
-        if isinstance(data, dict) and (app.failures or "failed_installs" in data):
+        if isinstance(data, dict) and app.failures.active:
             data = {**data, "failed_installs": app.failures.to_json()}
         click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
     else:
