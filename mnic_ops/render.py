@@ -190,10 +190,9 @@ def plan_project(app: AppContext, proj: projects.Project, tpl: Templates, ctx: C
                                   state=SKIPPED, reason="not in this install"))
                 continue
             old = got[0]
-            try:
-                text = old.decode()
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{host}: not UTF-8 text (byte {exc.start})") from None
+            # bytes that are not UTF-8 survive as surrogates, so that the bounded parser
+            # in the merge refuses them with their line and column
+            text = old.decode("utf-8", "surrogateescape")
             _, overlay = tpl.render_json(template, pctx)
             new = jsonedit.merge(text, overlay, host)
             item = _file_item(root, host, new, proj, existing=True,
