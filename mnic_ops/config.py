@@ -61,6 +61,7 @@ class Key:
     minimum: float | None = None
     maximum: float | None = None
     rule: Rule | None = None
+    noun: str = ""  # names a list item outside ``choices``: "unknown <noun> 'x'"
 
 
 Schema = dict[str, "Key | Section"]
@@ -217,7 +218,8 @@ SCHEMA: Schema = {
     }, "Tier config rendering."),
     "relocate": Section({
         "kinds": Key("list[str]", ["sessions", "checkpoints", "checkpoint_store"],
-                     "Data folders `relocate` moves, by data-map kind.", choices=DATA_KINDS),
+                     "Data folders `relocate` moves, by data-map kind.", choices=DATA_KINDS,
+                     noun="kind"),
         "margin_percent": Key("float", 10.0, "Free space the target must have beyond the "
                               "data's size, in percent of that size.", minimum=0,
                               maximum=1000),
@@ -473,6 +475,8 @@ def _string_problem(spec: Key, v: str) -> str | None:
     if bad:
         return f"'{quoting.printable(v)}' contains {bad}; not allowed in any value"
     if spec.choices is not None and v not in spec.choices:
+        if spec.noun:
+            return f"unknown {spec.noun} {v!r}; expected one of {', '.join(spec.choices)}"
         return f"expected one of {', '.join(spec.choices)}, got {v!r}"
     if spec.rule is not None:
         return spec.rule.problem(v)
@@ -494,7 +498,7 @@ def _value_problem(spec: Key, value: Any) -> str | None:
                 return f"expected list[str], got {_tname(x)} as item {i + 1}"
             why = _string_problem(spec, x)
             if why:
-                return f"item {i + 1}: {why}"
+                return why if why.startswith("unknown ") else f"item {i + 1}: {why}"
         return None
     if t == "bool":
         return None if isinstance(value, bool) else f"expected bool, got {_tname(value)}"
