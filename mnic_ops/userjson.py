@@ -149,6 +149,38 @@ def _finite_float(text: str) -> float:
     return v
 
 
+def _int_of(max_number: int) -> Any:
+    def parse_int(text: str) -> int:
+        if len(text) > max_number:
+            raise ValueError(f"a number of {len(text)} characters")
+        return int(text)
+    return parse_int
+
+
+def _finite_float_of(max_number: int) -> Any:
+    def parse_float(text: str) -> float:
+        if len(text) > max_number:
+            raise ValueError(f"a number of {len(text)} characters")
+        return _finite_float(text)
+    return parse_float
+
+
+def _deeper_than(value: Any, max_depth: int) -> bool:
+    """Whether containers nest more than ``max_depth`` levels: one pass per level over
+    the containers only (the value may be as deep as the C parser's recursion limit)."""
+    level = [value] if isinstance(value, dict | list) else []
+    for _ in range(max_depth):
+        deeper: list[Any] = []
+        for c in level:
+            for x in (c.values() if type(c) is dict else c):
+                if type(x) is dict or type(x) is list:
+                    deeper.append(x)
+        if not deeper:
+            return False
+        level = deeper
+    return True
+
+
 def _pairs(source: str) -> Any:
     def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -177,7 +209,25 @@ def parse(raw: bytes | str, source: str, *, max_bytes: int = MAX_BYTES,
     except UnicodeDecodeError as exc:
         raise UserDataError(source, f"not UTF-8 ({exc.reason})",
                             *_position(data, exc.start)) from None
-    _scan(data, source, max_depth, max_number)
+    # Fast path: the C parser with cheap hooks (its own recursion check turns deep
+    # nesting into RecursionError, never a crash), then the depth of what it built.
+    # Only a refusal pays for the byte-by-byte scan that says where the problem is.
+    try:
+        value = json.loads(text, parse_constant=_no_constant,
+                           parse_float=_finite_float_of(max_number),
+                           parse_int=_int_of(max_number),
+                           object_pairs_hook=_pairs(source))
+    except (ValueError, RecursionError):
+        _scan(data, source, max_depth, max_number)  # raises where it can say where
+        return _slow(data, text, source)
+    if _deeper_than(value, max_depth):
+        _scan(data, source, max_depth, max_number)
+    return value
+
+
+def _slow(data: bytes, text: str, source: str) -> Any:
+    """The refusal of a document the scan found nothing wrong with: a syntax error, a
+    duplicate key, a number out of range (each with its place where it can be found)."""
     try:
         return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float,
                           object_pairs_hook=_pairs(source))

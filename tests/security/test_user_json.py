@@ -152,3 +152,22 @@ open(base + "/.claude/agents/deep.md", "w").write("---\\nx: " + "[" * 5000 + "\\
         assert "nested more than 32 levels deep" in text, text
         assert "session_evil.json" in text and "line 1 column 65" in text, text
         assert not doc.get("failed_installs")
+
+
+@pytest.mark.parametrize(("doc", "where"), [
+    ("[" * 65 + "]" * 65, "f:1:65: nested more than 64 levels deep"),  # C parser accepts
+    ("[" * 900 + "]" * 900, "f:1:65: nested more than 64 levels deep"),
+    ("[" * 5000, "f:1:65: nested more than 64 levels deep"),  # C parser's RecursionError
+    ('{"a": [' + "1" * 65 + "]}", "f:1:8: a number of 65 characters"),
+    ('{"a": 1.' + "5" * 70 + "}", "f:1:7: a number of 72 characters"),
+    ('{"a": {"b": 1, "b": 2}}', "f:1:16: duplicate key 'b'"),
+])
+def test_bounded_parser_fast_path_keeps_every_refusal(doc: str, where: str) -> None:
+    """The bounded parser lets the C parser go first and scans only on a refusal or a
+    deep result: the refusals and their places are those of the scan."""
+    from mnic_ops import userjson
+
+    with pytest.raises(userjson.UserDataError) as ei:
+        userjson.parse(doc, "f")
+    assert str(ei.value).startswith(where), str(ei.value)
+    assert userjson.parse("[" * 64 + "]" * 64, "f") is not None
