@@ -11,8 +11,13 @@ reading anything: the figure is what the framework's user gets, a folder the use
 read shows up as a finding, and a hostile file is parsed without root's rights. Below
 those folders every component is opened with ``O_NOFOLLOW``: no symlink leads out.
 
-Only the standard library, PyYAML and :mod:`mnic_ops.safefs` are imported, all before
-the privileges are dropped.
+Everything it parses is bounded, because the owner wrote it: front matter at most
+:data:`MAX_FRONT_MATTER` bytes, nested at most :data:`MAX_YAML_DEPTH` levels and without
+aliases (no "billion laughs"); JSON through :mod:`mnic_ops.userjson`; no file is read
+beyond :data:`MAX_READ` bytes.
+
+Only the standard library, PyYAML, :mod:`mnic_ops.safefs` and :mod:`mnic_ops.userjson`
+are imported, all before the privileges are dropped.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from mnic_ops import safefs
+from mnic_ops import safefs, userjson
 from mnic_ops.errors import OpsError
 
 # The framework's own front-matter rule (.ai-tools/core/discovery/dynamic_agent_discovery.py):
@@ -36,6 +41,33 @@ from mnic_ops.errors import OpsError
 # exactly "the framework skips this agent".
 FRONT_MATTER = re.compile(r"^---\n(.*?)\n---", re.DOTALL)
 MAX_LISTED = 50  # cap on reported paths per list, so a broken tree gives a bounded answer
+MAX_FRONT_MATTER = 64 * 1024  # the shipped agents' front matter is under 2 KiB
+MAX_YAML_DEPTH = 32
+MAX_AGENT_FILE = 4 << 20  # agents are 5-30 KiB; doctor flags over 100 KiB
+MAX_READ = 64 << 20  # per session file: enough to time, not enough to exhaust memory
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader with the composer bounded: no aliases (their
+    expansion is how a few lines become gigabytes) and at most MAX_YAML_DEPTH levels
+    (the composer recurses once per level)."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are refused in front matter", mark)
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def _err(exc: BaseException) -> str:
@@ -59,14 +91,21 @@ def front_matter(text: str) -> tuple[str, Any]:
     m = FRONT_MATTER.match(text)
     if not m:
         return "none", None
+    if len(m.group(1)) > MAX_FRONT_MATTER:
+        return "error", f"front matter longer than {MAX_FRONT_MATTER} bytes; not parsed"
+    loader = _BoundedLoader(m.group(1))
     try:
-        data = yaml.safe_load(m.group(1))
+        data = loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         if mark is not None:
             return "error", f"line {mark.line + 2}: {problem}"  # +1 for the opening ---
         return "error", str(problem)
+    except (ValueError, OverflowError, RecursionError) as exc:  # e.g. a 5000-digit int
+        return "error", f"unusable value: {exc}"
+    finally:
+        loader.dispose()
     if data is None:
         return "empty", None
     if not isinstance(data, dict):
@@ -74,11 +113,13 @@ def front_matter(text: str) -> tuple[str, Any]:
     return "ok", data
 
 
-def _read_fd(fd: int) -> bytes:
+def _read_fd(fd: int, limit: int = MAX_READ) -> bytes:
+    """The file's bytes, at most ``limit`` (the caller sees a longer file as ``limit +
+    1`` bytes)."""
     with os.fdopen(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
-        return fh.read()
+        return fh.read(limit + 1)
 
 
 # --- agents ------------------------------------------------------------------------
@@ -130,9 +171,14 @@ def agents(base_fd: int, rel: str, big: int) -> dict[str, Any]:
                 out["files"] += 1
                 fd = os.open(e.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
                              | os.O_CLOEXEC, dir_fd=dfd)
-                raw = _read_fd(fd)
+                raw = _read_fd(fd, MAX_AGENT_FILE)
             except OSError as exc:
                 _add(out["errors"], {"path": path, "error": _err(exc)})
+                continue
+            if len(raw) > MAX_AGENT_FILE:
+                _add(out["big"], {"path": path, "bytes": len(raw)})
+                _add(out["errors"], {"path": path, "error": f"larger than "
+                                     f"{MAX_AGENT_FILE} bytes; not parsed"})
                 continue
             out["bytes"] += len(raw)
             sizes.append((len(raw), path))
@@ -246,22 +292,25 @@ def _read_one(dfd: int, name: str, label: str, out: dict[str, Any], kind: str) -
         else:
             _add(out["errors"], {"path": label, "error": _err(exc)})
         return
+    if len(raw) > MAX_READ:
+        _add(out["errors"], {"path": label, "error": f"larger than {MAX_READ} bytes; "
+                             "only that much read"})
+        raw = raw[:MAX_READ]
     out["bytes"] += len(raw)
     out["files"].append({"path": label, "bytes": len(raw), "kind": kind})
+    if name.endswith(".json"):
+        # bounded (depth, size, number length, NaN, duplicate keys): the owner wrote it
+        try:
+            userjson.parse(raw, label)
+        except userjson.UserDataError as exc:
+            where = "" if exc.line is None else f"line {exc.line} column {exc.col}: "
+            _add(out["errors"], {"path": label, "error": f"not valid JSON: {where}"
+                                 f"{exc.reason}"})
+        return
     try:
-        text = raw.decode("utf-8")
+        raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         _add(out["errors"], {"path": label, "error": f"not UTF-8 text (byte {exc.start})"})
-        return
-    if name.endswith(".json"):
-        try:
-            json.loads(text)
-        except ValueError as exc:
-            where = ""
-            if isinstance(exc, json.JSONDecodeError):
-                where = f"line {exc.lineno} column {exc.colno}: "
-            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-            _add(out["errors"], {"path": label, "error": f"not valid JSON: {where}{msg}"})
 
 
 # --- entry -------------------------------------------------------------------------

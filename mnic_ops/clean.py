@@ -12,7 +12,6 @@ does not grow with the tree. One pass per project at a time (a lock shared with
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 import multiprocessing
 import os
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mnic_ops import compress as cz
-from mnic_ops import linkrecords
+from mnic_ops import installfail, linkrecords, userjson
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, EXIT_PENDING, InputError
 from mnic_ops.hostroot import HostRoot
 from mnic_ops.projects import DATA_KINDS, PROTECTED_NAMES, Project, human, select_projects
@@ -85,12 +84,9 @@ def _read_json_beneath(project: Project, rel: str) -> Any:
     with os.fdopen(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
             return None
-        try:
-            return json.loads(fh.read(1 << 20))
-        except ValueError:
-            log.warning("%s/%s: not valid JSON; its retention values are ignored",
-                        project.host_path, rel)
-            return None
+        # Bounded: a user's file that is not usable JSON fails this install (UserDataError
+        # naming file:line:col, turned into the install's failure by the caller).
+        return userjson.parse(fh.read(userjson.MAX_BYTES + 1), f"{project.host_path}/{rel}")
 
 
 def framework_values(project: Project) -> dict[str, dict[str, float]]:
@@ -762,10 +758,12 @@ def clean_cmd(app: AppContext, check: bool, as_json: bool, only: str | None,
     reports: list[ProjectReport] = []
     try:
         for proj in projects:
-            r = p.run_project(proj, tier)
-            reports.append(r)
-            if not check:
-                _log_project(r)
+            # One install's unusable file fails that install; the others are cleaned.
+            with installfail.guard(app, proj.host_path, "clean"):
+                r = p.run_project(proj, tier)
+                reports.append(r)
+                if not check:
+                    _log_project(r)
     finally:
         p.close()
         if handler is not None:

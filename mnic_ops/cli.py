@@ -118,15 +118,28 @@ def cli(ctx: click.Context, root: str, config_path: str | None, as_json: bool,
 
 @cli.result_callback()
 @click.pass_context
-def _print_result(ctx: click.Context, /, rv: Any, **_: Any) -> Any:
-    """Under --json, the command's data becomes the one document, now that its exit
-    code (and so ``ok``) is known."""
+def _finish(ctx: click.Context, /, rv: Any, **_: Any) -> Any:
+    """After every command: installs that failed in this run (one user's bad file) turn
+    exit 0 or 3 into 1 and get one ``error:`` line each on stderr; under --json the
+    command's data becomes the one document, now that its exit code (and so ``ok``) is
+    known, with those installs in ``failed_installs`` and ``errors``."""
     app = ctx.find_object(AppContext)
-    if app is not None and app.json and app.result is not None:
-        from mnic_ops.output import document, print_document
+    if app is None:
+        return rv
+    code = rv if isinstance(rv, int) else 0
+    if app.failures:
+        for f in app.failures:
+            click.echo(f"mnic-ops: error: {f.text()}", err=True)
+        code = rv = app.failures.exit_code(code)
+    if app.json and app.result is not None:
+        from mnic_ops.output import document, error_entry, print_document
 
-        code = rv if isinstance(rv, int) else 0
-        print_document(document(app.command, code, app.result))
+        data = dict(app.result)
+        if app.failures.active:
+            data["failed_installs"] = app.failures.to_json()
+        errors = [error_entry(f.error) | {"message": f.text(), "install": f.install}
+                  for f in app.failures]
+        print_document(document(app.command, code, data, errors))
         app.result = None
     return rv
 
@@ -170,7 +183,10 @@ def main(argv: list[str] | None = None) -> None:
 
             error_document(_command_name(args), code, exc, text)
         else:
-            click.echo(f"mnic-ops: {text}", err=True)
+            first, *more = text.splitlines() or [""]
+            click.echo(f"mnic-ops: {first}", err=True)
+            for line in more:  # several errors (a config with many): one line each
+                click.echo(f"mnic-ops: error: {line}", err=True)
         sys.exit(code)
 
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import shlex
 import shutil
 import sys
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mnic_ops import safefs
+from mnic_ops import quoting, safefs
 from mnic_ops.changes import OK, ApplyContext, Item, Plan, Undo, undo_handler, unified_diff
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_OK, InputError, OpsError
 from mnic_ops.hostroot import HostRoot
@@ -82,18 +81,18 @@ def mnic_command(app: AppContext) -> str:
     with ``-m mnic_ops``."""
     configured = app.config.get("cron.command")
     if configured:
-        cmd = str(configured)
+        return quoting.cron_command(str(configured), "cron.command")
+    argv0 = sys.argv[0] if sys.argv else ""
+    if os.path.basename(argv0) == "mnic-ops" and os.path.isfile(argv0):
+        words = [os.path.abspath(argv0)]
+    elif found := shutil.which("mnic-ops"):
+        words = [os.path.abspath(found)]
     else:
-        argv0 = sys.argv[0] if sys.argv else ""
-        if os.path.basename(argv0) == "mnic-ops" and os.path.isfile(argv0):
-            cmd = shlex.quote(os.path.abspath(argv0))
-        elif found := shutil.which("mnic-ops"):
-            cmd = shlex.quote(os.path.abspath(found))
-        else:
-            cmd = f"{shlex.quote(os.path.abspath(sys.executable))} -m mnic_ops"
-        if app.config_path:
-            cmd += f" --config {shlex.quote(os.path.abspath(app.config_path))}"
-    return cmd
+        words = [os.path.abspath(sys.executable), "-m", "mnic_ops"]
+    cmd = quoting.sh_command(words, "the path of mnic-ops")
+    if app.config_path:
+        cmd += f" --config {quoting.sh_word(os.path.abspath(app.config_path), '--config')}"
+    return quoting.cron_command(cmd, "the command that runs mnic-ops")
 
 
 def schedules(app: AppContext) -> dict[str, str]:
@@ -113,11 +112,8 @@ def schedules(app: AppContext) -> dict[str, str]:
         v = cfg.get(f"cron.{job}_schedule") or tier_vals.get(f"{job}_schedule")
         if v:
             out[job] = str(v)
-    crontab = _crontab()
     for job, sched in out.items():
-        if not crontab.CronSlices.is_valid(sched):
-            raise InputError(f"cron.{job}_schedule: {sched!r} is not a valid cron schedule "
-                             "(expected five fields like '*/30 * * * *')")
+        quoting.cron_schedule(sched, f"cron.{job}_schedule")
     return out
 
 
@@ -125,10 +121,10 @@ def log_redirect(app: AppContext, target: Target) -> str:
     dest = app.config.get("cron.log") or (DEFAULT_LOG if target.system else "syslog")
     if dest == "syslog":
         logger = shutil.which("logger") or "/usr/bin/logger"
-        return f"2>&1 | {shlex.quote(logger)} -t mnic-ops"
+        return f"2>&1 | {quoting.sh_word(logger, 'logger')} -t mnic-ops"
     if not str(dest).startswith("/"):
         raise InputError(f"cron.log: {dest!r}: expected an absolute path or 'syslog'")
-    return f">>{shlex.quote(str(dest))} 2>&1"
+    return f">>{quoting.sh_word(str(dest), 'cron.log')} 2>&1"
 
 
 def job_lines(app: AppContext, target: Target) -> dict[str, tuple[str, str]]:
@@ -137,7 +133,8 @@ def job_lines(app: AppContext, target: Target) -> dict[str, tuple[str, str]]:
     cmd = mnic_command(app)
     redirect = log_redirect(app, target)
     scheds = schedules(app)
-    return {f"{MARK}{job}": (scheds[job], f"{cmd} {args} {redirect}")
+    return {f"{MARK}{job}": (scheds[job],
+                             quoting.cron_command(f"{cmd} {args} {redirect}", f"{job} job"))
             for job, (args, _) in JOBS.items()}
 
 
@@ -193,7 +190,28 @@ def with_jobs(tab: Any, jobs: dict[str, tuple[str, str]], target: Target) -> str
     text: str = tab.render()
     if target.system:
         text = HEADER + "\n" + text
+    _reads_back(text, jobs, target)
     return text if text.endswith("\n") else text + "\n"
+
+
+def _reads_back(text: str, jobs: dict[str, tuple[str, str]], target: Target) -> None:
+    """Our jobs, read back from the rendered text, are exactly the ones meant: one line
+    each, same schedule, user and command; anything else is refused, not written."""
+    got: dict[str, list[Any]] = {}
+    for j in _crontab().CronTab(tab=text, user=False if target.system else None):
+        if str(j.comment or "").startswith(MARK):
+            got.setdefault(str(j.comment), []).append(j)
+    for marker, (sched, cmd) in jobs.items():
+        found = got.pop(marker, [])
+        ok = len(found) == 1 and str(found[0].command) == cmd and (
+            str(found[0].slices) == str(_crontab().CronSlices(sched))) and (
+            not target.system or found[0].user == target.user)
+        if not ok:
+            raise quoting.UnsafeValue(f"the {marker} job does not read back as written "
+                                      f"('{quoting.printable(cmd)}'); not writing it")
+    if got:
+        raise quoting.UnsafeValue(f"unexpected jobs {sorted(got)} in the rendered crontab; "
+                                  "not writing it")
 
 
 def without_jobs(tab: Any) -> str:

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mnic_ops import execute, facts, linkrecords, safefs
+from mnic_ops import execute, facts, installfail, linkrecords, safefs, userjson
 from mnic_ops.errors import EXIT_FAILURE, EXIT_OK, InputError, OpsError
 from mnic_ops.projects import DATA_KINDS, PROTECTED_NAMES, Project, human, select_projects
 
@@ -165,10 +165,11 @@ def run_probe(req: dict[str, Any], timeout: float) -> dict[str, Any]:
     except OpsError as exc:
         return {"fatal": exc.message, "seconds": None}
     try:
-        res = json.loads(proc.stdout)
+        # bounded like any user file: the child ran as the install's owner
+        res = userjson.parse(proc.stdout, "measurement output")
         if not isinstance(res, dict):
             raise ValueError("not an object")
-    except ValueError:
+    except (ValueError, userjson.UserDataError):
         tail = " | ".join(proc.stderr.strip().splitlines()[-2:])
         return {"fatal": f"measurement process exited {proc.returncode}"
                          + (f": {tail}" if tail else ""), "seconds": None}
@@ -923,7 +924,10 @@ def run_doctor(app: AppContext, projects: list[Project], names: Sequence[str] = 
     procs = processes()
     found_watchers = watchers(root, procs)
     skip = {w.pid for w in found_watchers}
-    rows = [doctor_project(app, p, mounts, procs, skip) for p in projects]
+    rows: list[dict[str, Any]] = []
+    for p in projects:  # one install's failure is that install's, the others are measured
+        with installfail.guard(app, p.host_path, "doctor"):
+            rows.append(doctor_project(app, p, mounts, procs, skip))
 
     host_figures: dict[str, Any] = {}
     host_checks: list[Check] = []

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from mnic_ops import userjson
 from mnic_ops.errors import InputError
 
 _WS = " \t\n\r"
@@ -39,12 +40,11 @@ class Member:
 
 
 def loads(text: str, name: str) -> Any:
-    """``json.loads`` with errors as ``name:line:column: message`` input errors."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{name}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}"
-                         ) from None
+    """The user's document, parsed with bounds (:func:`mnic_ops.userjson.parse`: depth,
+    size, number length, NaN/Infinity, duplicate keys); errors are
+    ``name:line:column: message`` input errors. The position parser below recurses once
+    per nesting level, so it must only ever see what this accepted."""
+    return userjson.parse(text, name)
 
 
 class _Parser:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from mnic_ops.changes import Plan
     from mnic_ops.config import Config
     from mnic_ops.hostroot import HostRoot
+    from mnic_ops.installfail import InstallFailures
 
 
 @dataclass
@@ -49,6 +50,9 @@ class AppContext:
         """Colour on stdout: ``always``/``never`` as asked; ``auto`` only on a terminal,
         and never with ``NO_COLOR`` set (https://no-color.org) or ``TERM=dumb``."""
         return want_color(self.color_mode, sys.stdout)
+    # Installs that failed in this run (one user's bad file): reported in the JSON
+    # document and by the CLI, which exits 1 for them; see mnic_ops.installfail.
+    failures: InstallFailures = field(default_factory=lambda: _failures())
 
     @property
     def config(self) -> Config:
@@ -57,6 +61,12 @@ class AppContext:
 
             self._config = config.load(self.root, self.config_path)
         return self._config
+
+
+def _failures() -> InstallFailures:
+    from mnic_ops.installfail import InstallFailures
+
+    return InstallFailures()
 
 
 def want_color(mode: str, stream: Any) -> bool:
@@ -124,8 +134,12 @@ def print_document(doc: dict[str, Any]) -> None:
 def error_document(command: str, exit_code: int, exc: BaseException, message: str) -> None:
     """Under ``--json`` a failure is the same document on stdout, ``ok: false``."""
     if isinstance(exc, OpsError):
-        message = exc.message
-    print_document(document(command, exit_code, None, [error_entry(message, exc)]))
+        lines = exc.message.splitlines() or [""]
+        errors = ([error_entry(lines[0], exc)] if len(lines) == 1
+                  else [error_entry(line) for line in lines])
+    else:
+        errors = [error_entry(message, exc)]
+    print_document(document(command, exit_code, None, errors))
 
 
 _STATE_COLOURS = {"ok": "green", "changed": "yellow", "pending": "yellow", "failed": "red",

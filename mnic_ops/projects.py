@@ -13,7 +13,6 @@ on the search path's filesystem, and skips folders that cannot hold an install
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import re
@@ -25,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mnic_ops import safefs
+from mnic_ops import safefs, userjson
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_OK, InputError, OpsError
 from mnic_ops.hostroot import HostRoot
+from mnic_ops.installfail import INSTALL_ERRORS, reason, usable
 
 if TYPE_CHECKING:
     from mnic_ops.config import Config
@@ -86,6 +86,10 @@ class Project:
     version: str | None    # framework version where readable
     layout: str            # "project" (per-project install) or "opt" (/opt enterprise layout)
     data: dict[str, DataDir] = field(default_factory=dict)
+    # Why the data map of this install could not be built (a user's file that cannot be
+    # used); such an install has no data folders and is reported, not worked on
+    # (mnic_ops.installfail.usable).
+    failure: str | None = None
 
     @property
     def name(self) -> str:
@@ -181,7 +185,8 @@ def _checkpoint_store_rel(path: Path, host_path: str) -> str:
     if raw is None:
         return default
     try:
-        base = json.loads(raw).get("storage", {}).get("base_path")
+        base = userjson.parse(raw, f"{host_path}/{CHECKPOINT_CONFIG}").get(
+            "storage", {}).get("base_path")
     except (ValueError, AttributeError):
         log.warning("%s/%s: not valid JSON; assuming the default checkpoint store %s",
                     host_path, CHECKPOINT_CONFIG, default)
@@ -274,6 +279,27 @@ def load_project(root: HostRoot, host_path: str, layout: str,
     return Project(host_path=host_path, path=real, uid=st.st_uid, gid=st.st_gid,
                    user=names.user(st.st_uid), group=names.group(st.st_gid),
                    version=read_version(real), layout=layout, data=data)
+
+
+def load_project_or_failure(root: HostRoot, host_path: str, layout: str,
+                            names: _Names | None = None) -> Project:
+    """:func:`load_project`, or when one of the install's own files makes that fail
+    (bad JSON, a link in the way), the install with ``failure`` set and no data map:
+    one user's file fails that install only."""
+    try:
+        return load_project(root, host_path, layout, names)
+    except INSTALL_ERRORS as exc:
+        names = names or _Names(root)
+        host_path = os.path.normpath(host_path)
+        real = root.path(host_path)
+        try:
+            st: os.stat_result | None = os.lstat(real)
+        except OSError:
+            st = None
+        uid, gid = (st.st_uid, st.st_gid) if st is not None else (-1, -1)
+        return Project(host_path=host_path, path=real, uid=uid, gid=gid,
+                       user=names.user(uid), group=names.group(gid), version=None,
+                       layout=layout, failure=reason(exc))
 
 
 # --- the search --------------------------------------------------------------------
@@ -390,15 +416,16 @@ def find_projects(root: HostRoot, cfg: Config) -> list[Project]:
             searched.extend(search(root, start, depth))
     for host, lay in sorted(searched):
         add(host, lay)
-    return [load_project(root, h, lay, names) for h, lay in found]
+    return [load_project_or_failure(root, h, lay, names) for h, lay in found]
 
 
 def select_projects(app: AppContext, names: Sequence[str]) -> list[Project]:
     """The installs named on the command line (host path or unique folder name); all
-    found ones when none is named. An unknown or ambiguous name is an input error."""
+    found ones when none is named. An unknown or ambiguous name is an input error. An
+    install whose data map failed is recorded on ``app.failures`` and left out."""
     found = find_projects(app.root, app.config)
     if not names:
-        return found
+        return usable(app, found)
     out: list[Project] = []
     for name in names:
         if name.startswith("/"):
@@ -411,7 +438,7 @@ def select_projects(app: AppContext, names: Sequence[str]) -> list[Project]:
                 if lay is None:
                     raise InputError(f"{name}: not a framework install (expected "
                                      ".claude/agents/ and .ai-tools/ in it)")
-                match = [load_project(app.root, norm, lay)]
+                match = [load_project_or_failure(app.root, norm, lay)]
         else:
             match = [p for p in found if p.name == name]
             if not match:
@@ -424,7 +451,7 @@ def select_projects(app: AppContext, names: Sequence[str]) -> list[Project]:
         for p in match:
             if all(p.host_path != q.host_path for q in out):
                 out.append(p)
-    return out
+    return usable(app, out)
 
 
 def _root_of(project: Project) -> HostRoot:

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from mnic_ops import installfail, userjson
 from mnic_ops.changes import FAILED, OK, PENDING, SKIPPED, Item, Plan
 from mnic_ops.config import HOST_CLASSES
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, OpsError
@@ -132,7 +133,9 @@ def build(app: AppContext, host_class: str | None, apply_fstab: bool | None,
 
     cfg = app.config
     decision, _facts = detect(app, host_class)
-    found = projects.find_projects(app.root, cfg)
+    # An install whose own files cannot be read is reported (app.failures), not worked
+    # on; the others are provisioned.
+    found = installfail.usable(app, projects.find_projects(app.root, cfg))
     if apply_fstab is None:
         apply_fstab = bool(cfg.get("provision.apply_fstab", False))
     ctx = Context(app=app, host_class=decision.host_class, source=decision.source,
@@ -163,7 +166,9 @@ def provision_cmd(app: AppContext, check: bool, diff: bool, apply_fstab: bool | 
                   host_class: str | None) -> int:
     """Detect the class and bring every install and the host to it, in one plan."""
     plan, ctx = build(app, host_class, apply_fstab)
-    if any(i.state == FAILED for i in plan.items):
+    # A step that could not be planned stops everything; a failed install (one user's
+    # bad file) fails that install only: its item is failed, the others go on.
+    if any(i.state == FAILED and not installfail.is_failed_install(i) for i in plan.items):
         for i in plan.items:
             if i.state == PENDING:
                 i.state, i.reason = SKIPPED, "not run: planning failed elsewhere"
@@ -203,8 +208,9 @@ def mismatches(item: Item) -> list[dict[str, Any]]:
             return [{"what": item.data.get("path", item.id), "expected": "present",
                      "actual": "missing"}]
         try:
-            a, b = _leaves(json.loads(old)), _leaves(json.loads(new))
-        except ValueError:
+            a = _leaves(userjson.parse(old, item.data.get("path", item.id)))
+            b = _leaves(json.loads(new))
+        except (ValueError, userjson.UserDataError):
             return [{"what": item.data.get("path", item.id),
                      "expected": "content as rendered", "actual": "differs (see diff)"}]
         out = []

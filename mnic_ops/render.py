@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mnic_ops import jsonedit, projects, safefs, tiers
-from mnic_ops.changes import FAILED, SKIPPED, Item, Plan
+from mnic_ops import installfail, jsonedit, projects, quoting, safefs, tiers
+from mnic_ops.changes import SKIPPED, Item, Plan
 from mnic_ops.config import HOST_CLASSES
-from mnic_ops.errors import EXIT_CODES_HELP, EXIT_USAGE, InputError, OpsError
+from mnic_ops.errors import EXIT_CODES_HELP, InputError, OpsError
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -69,6 +69,8 @@ class Templates:
             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
             autoescape=False, auto_reload=False)  # noqa: S701 - JSON/shell, not HTML
         self.env.filters["mb_label"] = tiers.mb_label
+        # Values in the system files (shell, sysctl.d) go through the one quoting layer.
+        self.env.filters.update(quoting.JINJA_FILTERS)
 
     def render(self, name: str, ctx: dict[str, Any]) -> str:
         import jinja2
@@ -171,10 +173,12 @@ def _is_dir_beneath(base: Path, rel: str) -> bool:
     return True
 
 
-def plan_project(root: Any, proj: projects.Project, tpl: Templates, ctx: Context
+def plan_project(app: AppContext, proj: projects.Project, tpl: Templates, ctx: Context
                  ) -> list[Item]:
     """Items for one install. Any file that cannot be merged (not JSON, a symlink in the
-    way) refuses the whole install: one failed item, nothing written there."""
+    way) refuses the whole install: one failed item, recorded as that install's failure
+    (:mod:`mnic_ops.installfail`), nothing written there."""
+    root = app.root
     items: list[Item] = []
     pctx = ctx.project(proj)
     try:
@@ -186,10 +190,9 @@ def plan_project(root: Any, proj: projects.Project, tpl: Templates, ctx: Context
                                   state=SKIPPED, reason="not in this install"))
                 continue
             old = got[0]
-            try:
-                text = old.decode()
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{host}: not UTF-8 text (byte {exc.start})") from None
+            # bytes that are not UTF-8 survive as surrogates, so that the bounded parser
+            # in the merge refuses them with their line and column
+            text = old.decode("utf-8", "surrogateescape")
             _, overlay = tpl.render_json(template, pctx)
             new = jsonedit.merge(text, overlay, host)
             item = _file_item(root, host, new, proj, existing=True,
@@ -210,10 +213,10 @@ def plan_project(root: Any, proj: projects.Project, tpl: Templates, ctx: Context
             items.append(_file_item(root, host, text, proj, existing=exists))
     except TemplateError:
         raise  # a broken template is everyone's problem: stop before any write
-    except OpsError as exc:
-        return [Item(id=f"project:{proj.host_path}",
-                     description=f"render {ctx.tier} tier into {proj.host_path}",
-                     state=FAILED, error=f"{exc.message}; nothing written for this install")]
+    except installfail.INSTALL_ERRORS as exc:
+        return [installfail.failed_item(
+            app, proj.host_path, exc, "render",
+            description=f"render {ctx.tier} tier into {proj.host_path}")]
     return items
 
 
@@ -270,7 +273,8 @@ def build(app: AppContext, host_class: str | None, names: Sequence[str]
     dirs = tiers.template_dirs(app.root, cfg)
     table = tiers.load_table(dirs)
     values = tiers.effective(table, decision.host_class, cfg)
-    found = projects.find_projects(app.root, cfg)
+    every = projects.find_projects(app.root, cfg)
+    found = installfail.usable(app, every)  # a failed install is reported, not rendered
     selected = projects.select_projects(app, names) if names else found
     derived, reasons = tiers.derive(
         values, cpus=facts.get("cpu", {}).get("logical"),
@@ -281,9 +285,11 @@ def build(app: AppContext, host_class: str | None, names: Sequence[str]
     check_templates(tpl, ctx, found)
     plan = Plan()
     for proj in selected:
-        plan.extend(plan_project(app.root, proj, tpl, ctx))
+        plan.extend(plan_project(app, proj, tpl, ctx))
     if not names and cfg.get("render.system_files", True):
-        plan.extend(plan_system(app.root, found, tpl, ctx))
+        # every install's owner, failed or not: one user's bad file must not change
+        # what the system files say about the others (or about that user)
+        plan.extend(plan_system(app.root, every, tpl, ctx))
     elif not names:
         plan.add(Item(id="system", description="system files", state=SKIPPED,
                       reason="render.system_files = false"))
@@ -308,16 +314,12 @@ def render_cmd(app: AppContext, check: bool, diff: bool, host_class: str | None,
     from mnic_ops.output import run_plan
 
     plan, ctx, selected = build(app, host_class, names)
-    refused = [i for i in plan.items if i.state == FAILED]
     title = (f"tier {ctx.tier} ({ctx.source}) for {len(selected)} install(s)"
              + ("".join(f"\n  {r}" for r in ctx.reasons) if app.verbose else ""))
     extra = {"tier": ctx.tier, "source": ctx.source, "values": ctx.values,
              "derived": ctx.derived, "reasons": ctx.reasons,
              "projects": [p.host_path for p in selected]}
-    rc = run_plan(app, plan, check=check, diff=diff, command="render", title=title,
-                  extra=extra)
-    if refused:
-        for i in refused:
-            click.echo(f"mnic-ops: error: {i.error}", err=True)
-        return EXIT_USAGE
-    return rc
+    # An install that could not be planned is in the plan as failed and on
+    # app.failures: the CLI names it and exits 1 (the others are rendered).
+    return run_plan(app, plan, check=check, diff=diff, command="render", title=title,
+                    extra=extra)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnic_ops.config import HOST_CLASSES, Config, _line_of
+from mnic_ops.config import HOST_CLASSES, Config, line_of
 from mnic_ops.errors import InputError
 from mnic_ops.hostroot import HostRoot
 
@@ -24,6 +24,9 @@ TIERS_FILE = "tiers.toml"
 INOTIFY_WATCH_BYTES = 1024  # kernel memory per watch, roughly (fs/notify/inotify)
 MEMORY_STEP = 64 * 1024 * 1024  # machine memory is counted in these steps
 INOTIFY_MIN = 8192  # the kernel's own lowest default
+# Tables under [tiers.<tier>] that are not tier values: the clean policy and the cron
+# schedules for hosts of that class (checked by the config schema, used by clean, cron).
+SUBTABLES = ("clean", "cron")
 
 
 def shipped_templates() -> Path:
@@ -111,7 +114,7 @@ def load_table(dirs: list[Path]) -> TierTable:
     text, data = _toml(path)
 
     def fail(dotted: list[str], msg: str) -> InputError:
-        line = _line_of(text, dotted)
+        line = line_of(text, dotted)
         return InputError(f"{path}{f':{line}' if line else ''}: {'.'.join(dotted)}: {msg}")
 
     for name in data:
@@ -164,8 +167,10 @@ def effective(table: TierTable, tier: str, cfg: Config) -> dict[str, Any]:
         if not isinstance(over, dict):
             continue
         for key, value in over.items():
+            if key in SUBTABLES:
+                continue
             dotted = ["tiers", name, key]
-            line = _line_of(text, dotted)
+            line = line_of(text, dotted)
             where = f"{src}:{line}" if line else src
             if key not in values:
                 raise InputError(f"{where}: tiers.{name}.{key}: unknown tier key; expected "
@@ -174,7 +179,8 @@ def effective(table: TierTable, tier: str, cfg: Config) -> dict[str, Any]:
             if why:
                 raise InputError(f"{where}: tiers.{name}.{key}: {why}")
     for key, value in (overrides.get(tier) or {}).items():
-        values[key] = float(value) if table.kind(key) is float else value
+        if key not in SUBTABLES:
+            values[key] = float(value) if table.kind(key) is float else value
     return values
 
 

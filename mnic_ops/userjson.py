@@ -96,6 +96,48 @@ def _scan(raw: bytes, source: str, max_depth: int, max_number: int) -> None:
         i += 1
 
 
+def _locate(raw: bytes, problem: str) -> tuple[int, int] | None:
+    """Line and column of the first duplicate key (``"duplicate"``) or of the first
+    number too large for a float (``"infinite"``) in a document already known to be
+    valid and bounded JSON: only the error path pays for this second pass."""
+    stack: list[set[str] | None] = []  # a set of keys per open object, None per array
+    want_key = False
+    i, n = 0, len(raw)
+    while i < n:
+        c = raw[i]
+        if c == 0x22:
+            j = i + 1
+            while j < n and raw[j] != 0x22:
+                j += 2 if raw[j] == 0x5C else 1
+            if want_key and stack and stack[-1] is not None:
+                key = json.loads(raw[i:j + 1])
+                if problem == "duplicate" and key in stack[-1]:
+                    return _position(raw, i)
+                stack[-1].add(key)
+                want_key = False
+            i = j + 1
+            continue
+        if c == 0x7B:
+            stack.append(set())
+            want_key = True
+        elif c == 0x5B:
+            stack.append(None)
+        elif c in (0x5D, 0x7D):
+            stack.pop()
+        elif c == 0x2C:
+            want_key = bool(stack) and stack[-1] is not None
+        elif c in _NUMBER_CHARS:
+            j = i
+            while j < n and raw[j] in _NUMBER_CHARS:
+                j += 1
+            if problem == "infinite" and not math.isfinite(float(raw[i:j])):
+                return _position(raw, i)
+            i = j
+            continue
+        i += 1
+    return None
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
@@ -105,6 +147,38 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(v):
         raise ValueError(f"{text} is out of range")
     return v
+
+
+def _int_of(max_number: int) -> Any:
+    def parse_int(text: str) -> int:
+        if len(text) > max_number:
+            raise ValueError(f"a number of {len(text)} characters")
+        return int(text)
+    return parse_int
+
+
+def _finite_float_of(max_number: int) -> Any:
+    def parse_float(text: str) -> float:
+        if len(text) > max_number:
+            raise ValueError(f"a number of {len(text)} characters")
+        return _finite_float(text)
+    return parse_float
+
+
+def _deeper_than(value: Any, max_depth: int) -> bool:
+    """Whether containers nest more than ``max_depth`` levels: one pass per level over
+    the containers only (the value may be as deep as the C parser's recursion limit)."""
+    level = [value] if isinstance(value, dict | list) else []
+    for _ in range(max_depth):
+        deeper: list[Any] = []
+        for c in level:
+            for x in (c.values() if type(c) is dict else c):
+                if type(x) is dict or type(x) is list:
+                    deeper.append(x)
+        if not deeper:
+            return False
+        level = deeper
+    return True
 
 
 def _pairs(source: str) -> Any:
@@ -135,7 +209,25 @@ def parse(raw: bytes | str, source: str, *, max_bytes: int = MAX_BYTES,
     except UnicodeDecodeError as exc:
         raise UserDataError(source, f"not UTF-8 ({exc.reason})",
                             *_position(data, exc.start)) from None
-    _scan(data, source, max_depth, max_number)
+    # Fast path: the C parser with cheap hooks (its own recursion check turns deep
+    # nesting into RecursionError, never a crash), then the depth of what it built.
+    # Only a refusal pays for the byte-by-byte scan that says where the problem is.
+    try:
+        value = json.loads(text, parse_constant=_no_constant,
+                           parse_float=_finite_float_of(max_number),
+                           parse_int=_int_of(max_number),
+                           object_pairs_hook=_pairs(source))
+    except (ValueError, RecursionError):
+        _scan(data, source, max_depth, max_number)  # raises where it can say where
+        return _slow(data, text, source)
+    if _deeper_than(value, max_depth):
+        _scan(data, source, max_depth, max_number)
+    return value
+
+
+def _slow(data: bytes, text: str, source: str) -> Any:
+    """The refusal of a document the scan found nothing wrong with: a syntax error, a
+    duplicate key, a number out of range (each with its place where it can be found)."""
     try:
         return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float,
                           object_pairs_hook=_pairs(source))
@@ -143,9 +235,11 @@ def parse(raw: bytes | str, source: str, *, max_bytes: int = MAX_BYTES,
         raise UserDataError(source, f"not valid JSON: {exc.msg}", exc.lineno,
                             exc.colno) from None
     except _Duplicate as exc:
-        raise UserDataError(source, f"duplicate key {exc.args[0]!r}") from None
+        raise UserDataError(source, f"duplicate key {exc.args[0]!r}",
+                            *(_locate(data, "duplicate") or (None, None))) from None
     except (ValueError, RecursionError) as exc:
-        raise UserDataError(source, f"not usable JSON: {exc}") from None
+        raise UserDataError(source, f"not usable JSON: {exc}",
+                            *(_locate(data, "infinite") or (None, None))) from None
 
 
 def read_at(dirfd: int, name: str, source: str, *, max_bytes: int = MAX_BYTES,

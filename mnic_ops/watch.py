@@ -57,7 +57,7 @@ import click
 
 from mnic_ops import clean as cl
 from mnic_ops import compress as cz
-from mnic_ops import linkrecords, safefs
+from mnic_ops import installfail, linkrecords, quoting, safefs
 from mnic_ops.changes import OK, ApplyContext, Item, Undo, undo_handler, unified_diff
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, InputError, OpsError
 from mnic_ops.projects import DATA_KINDS, PROTECTED_NAMES, Project, human
@@ -160,7 +160,11 @@ def build_roots(app: AppContext, projects: Sequence[Project], pass_: cl.Pass,
     seen: dict[str, WatchRoot] = {}
     records = linkrecords.load(app.root)
     for p in projects:
-        pols = cl.resolve_policy(app.config, p, tier)
+        try:
+            pols = cl.resolve_policy(app.config, p, tier)
+        except installfail.INSTALL_ERRORS as exc:  # the owner's bad file: not watched
+            app.failures.add(p.host_path, exc, "watch")
+            continue
         for kind in DATA_KINDS:
             pol = pols[kind]
             if pol.compress_after_days <= 0 or not pol.patterns:
@@ -614,6 +618,8 @@ class Daemon:
 
     def _setup_roots(self, projects: Sequence[Project]) -> list[WatchRoot]:
         roots = build_roots(self.app, projects, self.pass_, self.tier)
+        for f in self.app.failures.drain():  # a long-running watcher logs them and goes on
+            log.warning("%s", f.text())
         for r in roots:
             prepare_root(self.app, r, self.mounts, self.force_poll)
             if r.state == READY:
@@ -1312,21 +1318,12 @@ TMP_DIRS = ("/tmp", "/var/tmp")
 
 
 def unit_word(s: str, *, exec_line: bool = False) -> str | None:
-    """``s`` as one word of a unit-file setting (quoted, ``%`` and for command lines
-    ``$`` escaped), or None when it cannot be written there (control characters,
-    bytes that are not UTF-8)."""
+    """``s`` as one word of a unit-file setting (:func:`quoting.unit_word`), or None when
+    it cannot be written there (control characters, bytes that are not UTF-8)."""
     try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
+        return quoting.unit_word(s, exec_line=exec_line)
+    except quoting.UnsafeValue:
         return None
-    if any(ord(c) < 32 or ord(c) == 127 for c in s):
-        return None
-    s = s.replace("%", "%%")
-    if exec_line:
-        s = s.replace("$", "$$")
-    if _UNIT_SAFE.fullmatch(s):
-        return s
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _under(path: str, tops: Iterable[str]) -> bool:
@@ -1368,11 +1365,8 @@ def writable_paths(app: AppContext, projects: Sequence[Project],
 def render_unit(app: AppContext, paths: Sequence[str], argv: Sequence[str]) -> str:
     """The unit file text: restart on failure, and a sandbox in which the whole system
     is read-only except the data folders and mnic-ops's state folder."""
-    exec_words = [unit_word(a, exec_line=True) for a in argv]
-    if any(w is None for w in exec_words):
-        raise InputError(f"{argv[0]}: the path of mnic-ops cannot be written in a unit "
-                         "file (control characters or not UTF-8)")
-    kill = shutil.which("kill") or "/bin/kill"
+    exec_start = quoting.unit_exec(argv, "the command that runs the watcher")
+    kill = quoting.unit_exec([shutil.which("kill") or "/bin/kill"], "kill")
     rw: list[str] = []
     left_out = 0
     for p in paths:
@@ -1397,7 +1391,7 @@ def render_unit(app: AppContext, paths: Sequence[str], argv: Sequence[str]) -> s
         "",
         "[Service]",
         "Type=exec",
-        "ExecStart=" + " ".join(w for w in exec_words if w is not None),
+        "ExecStart=" + exec_start,
         f"ExecReload={kill} -HUP $MAINPID",
         "Restart=on-failure",
         "RestartSec=5s",

@@ -45,9 +45,12 @@ def test_insert_and_replace_styles(text: str, overlay: dict[str, Any], want: str
     assert jsonedit.merge(text, overlay, "f") == want
 
 
-def test_duplicate_keys_edit_the_one_json_reads() -> None:
-    new = jsonedit.merge('{"a": 1, "a": 2}', {"a": 3}, "f")
-    assert new == '{"a": 1, "a": 3}' and json.loads(new) == {"a": 3}
+def test_duplicate_keys_are_refused_with_their_place() -> None:
+    # A user's file with a key twice is ambiguous (json reads the last, other tools the
+    # first): refused with file:line:col rather than edited (mnic_ops.userjson).
+    with pytest.raises(InputError) as ei:
+        jsonedit.merge('{"a": 1,\n "a": 2}', {"a": 3}, "f")
+    assert ei.value.message.startswith("f:2:2: duplicate key 'a'"), ei.value.message
 
 
 @pytest.mark.parametrize("text,where", [

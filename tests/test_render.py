@@ -231,7 +231,8 @@ def test_malformed_json_refuses_that_project_only(fake_root: Path) -> None:
     line = text[: text.index(",,")].count("\n") + 1
     bad_snap = {k: v for k, v in snapshot(root).items() if "/bad/" in k}
     r = render(root, "--host-class", "server")
-    assert r.code == 2
+    # One install's bad file fails that install (exit 1), the other is rendered.
+    assert r.code == 1
     assert f"/home/alice/bad/.claude/config/cost-optimization.json:{line}:" in r.err
     assert "not valid JSON" in r.err and "Traceback" not in r.err
     assert {k: v for k, v in snapshot(root).items() if "/bad/" in k} == bad_snap
@@ -339,8 +340,8 @@ def test_symlinks_in_a_project_are_not_followed(fake_root: Path) -> None:
     (proj / ".claude/config").symlink_to(elsewhere)
     snap = snapshot(root)
     r = render(root, "--host-class", "laptop", "/home/alice/p")
-    assert r.code == 2
-    assert "symlink" in r.err and "nothing written for this install" in r.err
+    assert r.code == 1  # that install's failure (mnic_ops.installfail), not bad usage
+    assert "symlink" in r.err and "nothing done for it" in r.err
     assert snapshot(root) == snap
     # A link as the file itself is refused too.
     (proj / ".claude/config").unlink()
@@ -349,7 +350,7 @@ def test_symlinks_in_a_project_are_not_followed(fake_root: Path) -> None:
         elsewhere / "parallel-agents-config.json")
     snap = snapshot(root)
     r = render(root, "--host-class", "laptop", "/home/alice/p")
-    assert r.code == 2 and "symlink" in r.err
+    assert r.code == 1 and "symlink" in r.err
     assert snapshot(root) == snap
 
 
