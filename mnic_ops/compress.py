@@ -62,7 +62,7 @@ REASONS: dict[str, str] = {
     "hard_links": "has more than one hard link",
     "open_for_writing": "open for writing by a process",
     "other_filesystem": "on another filesystem",
-    "archive_exists": "NAME.gz exists with different content",
+    "archive_exists": "NAME.gz exists and is not a plain single-link file",
     "changed": "changed or replaced during the pass",
     "vanished": "disappeared during the pass",
     "too_young": "became newer than the cut-off during the pass",
@@ -128,6 +128,7 @@ class Outcome:
     detail: str = ""
     before: int = 0
     after: int = 0
+    kept_as: str = ""  # a collision resolved: the old NAME.gz's new name (NAME.N.gz)
 
 
 @dataclass
@@ -152,6 +153,7 @@ class _Pending:
     after: int
     leased: bool
     finish_only: bool = False  # NAME.gz already holds exactly this content
+    kept_as: str = ""  # the older NAME.gz (other content) now has this numbered name
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -456,6 +458,7 @@ def _prepare(dirfd: int, name: str, opts: Options, mod: ModuleType) -> _Pending:
     fd, st = _open_checked(dirfd, name, opts)
     tmp_fd = -1
     tmp = ""
+    kept_as = ""
     try:
         leased = _take_lease(fd)
         existing = _lstat(dirfd, final)
@@ -467,12 +470,17 @@ def _prepare(dirfd: int, name: str, opts: Options, mod: ModuleType) -> _Pending:
                          dir_fd=dirfd)
             try:
                 want = _read_small_or_hash(fd, st)
-                if not gunzip_matches(gz, want):
-                    raise Skip("archive_exists")
+                same = gunzip_matches(gz, want)
             finally:
                 os.close(gz)
-            return _Pending(name, fd, st, "", -1, final, existing.st_size, leased,
-                            finish_only=True)
+            if same:
+                return _Pending(name, fd, st, "", -1, final, existing.st_size, leased,
+                                finish_only=True)
+            # A collision: NAME was written again after NAME.gz was made (the framework
+            # re-created a history file, say). The older archive keeps its content under
+            # the next numbered name and NAME is compressed as usual.
+            kept_as = keep_numbered(dirfd, final, existing)
+            os.lseek(fd, 0, os.SEEK_SET)  # the comparison read the original to its end
         tmp = _tmp(final, TMP_MARK)
         tmp_fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
@@ -485,7 +493,7 @@ def _prepare(dirfd: int, name: str, opts: Options, mod: ModuleType) -> _Pending:
         # Read the archive back from the file and compare with the original.
         if not gunzip_matches(tmp_fd, want):
             raise Skip("io_error", "archive did not read back equal to the original")
-        return _Pending(name, fd, st, tmp, tmp_fd, final, size, leased)
+        return _Pending(name, fd, st, tmp, tmp_fd, final, size, leased, kept_as=kept_as)
     except BaseException as exc:
         if tmp_fd >= 0:
             os.close(tmp_fd)
@@ -495,6 +503,41 @@ def _prepare(dirfd: int, name: str, opts: Options, mod: ModuleType) -> _Pending:
         if isinstance(exc, OSError):
             raise Skip(_os_reason(exc), exc.strerror or "") from None
         raise
+
+
+_NUMBERED_RE = re.compile(r"\.(?P<n>[1-9][0-9]{0,5})\.gz$")
+
+
+def keep_numbered(dirfd: int, final: str, expect: os.stat_result) -> str:
+    """Give the archive ``NAME.gz`` the next free numbered name ``NAME.N.gz`` (N counts
+    up: a higher N is a later archive) without replacing anything; the new name.
+    Raises Skip when that cannot be done (then nothing changed)."""
+    base = final[:-3]
+    top = 0
+    try:
+        for entry in os.listdir(dirfd):
+            if entry.startswith(base + ".") and (m := _NUMBERED_RE.search(entry)) \
+                    and entry[: m.start()] == base:
+                top = max(top, int(m["n"]))
+    except OSError as exc:
+        raise Skip(_os_reason(exc), exc.strerror or "") from None
+    for n in range(top + 1, top + 100):
+        cand = f"{base}.{n}.gz"
+        if len(_fsname(cand)) > 255:
+            raise Skip("name_too_long")
+        now = _lstat(dirfd, final)
+        if now is None or (now.st_dev, now.st_ino) != (expect.st_dev, expect.st_ino):
+            raise Skip("changed")
+        try:
+            _link_noreplace(dirfd, final, cand)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                continue
+            raise Skip(_os_reason(exc), exc.strerror or "") from None
+        return cand
+    raise Skip("archive_exists")
 
 
 def _read_small_or_hash(fd: int, st: os.stat_result) -> bytes | str:
@@ -629,7 +672,7 @@ def _commit(dirfd: int, p: _Pending, writers: set[tuple[int, int]]) -> Outcome:
         raise Skip("open_for_writing")
     os.unlink(aside, dir_fd=dirfd)
     return Outcome(p.name, FINISHED if p.finish_only else COMPRESSED,
-                   before=p.st.st_size, after=p.after)
+                   before=p.st.st_size, after=p.after, kept_as=p.kept_as)
 
 
 def compress_batch(dirfd: int, names: Sequence[str], opts: Options,
