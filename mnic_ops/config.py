@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mnic_ops.errors import InputError
+from mnic_ops.framework_map import DATA_KINDS
 from mnic_ops.hostroot import HostRoot
 
 DEFAULT_CONFIG = "/etc/mnic-ops/config.toml"
@@ -119,8 +120,7 @@ SCHEMA: Schema = {
                                      "this many days; 0 keeps them forever.", minimum=0),
         }, f"Policy for {kind} (unset keys: tier, then the framework's own config, then "
            "the built-in default).")
-           for kind in ("sessions", "checkpoints", "checkpoint_store", "thinking_logs",
-                        "cost_records", "logs", "task_results")},
+           for kind in DATA_KINDS},
         "workers": Key("int", 0, "Compressing processes; 0 = two per CPU (one compresses "
                        "while the other waits for its batch's sync), at most 8.", minimum=0),
         "level": Key("int", 5, "gzip level 1-9; zlib-ng at 5 is as small as gzip -6 "
@@ -155,13 +155,15 @@ SCHEMA: Schema = {
                       f"{minutes:g} minutes{why}).", minimum=0)
             for kind, minutes, why in (
                 ("sessions", 60, ": a session summary untouched for an hour is finished"),
+                ("claude_sessions", 60, ": as sessions"),
                 ("checkpoints", 15, ": each checkpoint is written once"),
                 ("checkpoint_store", 15, ": each metadata file is written once"),
                 ("thinking_logs", 10, ": each decision record is written once"),
                 ("cost_records", 1500, ": daily/DATE.json is rewritten all day, so it is "
                  "left until its day is over"),
                 ("logs", 60, ""),
-                ("task_results", 60, ""))
+                ("task_results", 60, ""),
+                ("task_logs", 60, ""))
         }, "Per data class; which files and classes are compressed at all is the "
            "[clean] policy (patterns; compress_after_days = 0 turns a class off)."),
         "poll": Key("bool", False, "Always use the polling observer (as --poll); it is "
@@ -420,7 +422,20 @@ def load(root: HostRoot, path: str | None = None,
         _merge(values, _Validator(str(cfg_path), text).check(SCHEMA, data, []))
         loaded = True
     _merge(values, _env_overrides(env))
+    _check_framework_data(values, str(cfg_path), text if raw is not None else "")
     return Config(values=values, path=cfg_path, loaded=loaded)
+
+
+def _check_framework_data(values: dict[str, Any], path: str, text: str) -> None:
+    """Clean patterns that would cover files the framework reads back are refused
+    (issue 14; the rule and the data map live in mnic_ops.policy)."""
+    from mnic_ops import policy
+
+    def where(dotted: str) -> str:
+        line = _line_of(text, dotted.split("."))
+        return f"{path}:{line}" if line else f"{path} (or its MNIC_OPS_* environment)"
+
+    policy.check_patterns(values, where)
 
 
 def schema_doc(schema: Schema = SCHEMA, prefix: str = "") -> list[tuple[str, str, str, str]]:
