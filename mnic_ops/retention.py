@@ -194,16 +194,31 @@ def _files(dirfd: int, dev: int, rel: str = "") -> Iterator[tuple[int, str, str,
             os.close(sub)
 
 
-def _remove_stale_temporaries(dirfd: int, names: tuple[str, ...]) -> None:
-    """Temporaries of an index rewrite a killed pass left (``.NAME.mnic-ops-tmp.PID.X``)."""
+def _recover_stale(dirfd: int, dev: int) -> int:
+    """Temporaries a killed pass left in this folder (an index rewrite's
+    ``.NAME.mnic-ops-tmp.PID.X``, a deletion's ``.NAME.mnic-ops-aside.PID.X``): removed,
+    or an original put back (a journalled deletion then finishes it). Those of a live
+    process are left alone. Returns how many were dealt with."""
     try:
         listing = os.listdir(dirfd)
     except OSError:
-        return
-    for n in listing:
-        parsed = cz.parse_stale(n)
-        if parsed is not None and parsed[0] in names and parsed[1] == "tmp":
-            cz.recover_stale(dirfd, n, cz.Options())
+        return 0
+    n = 0
+    for name in listing:
+        if cz.parse_stale(name) is not None:
+            o = cz.recover_stale(dirfd, name, cz.Options(dev=dev))
+            n += o.state in (cz.RECOVERED, cz.FINISHED)
+    return n
+
+
+def _recover_stale_in(dirfd: int, sub: str, dev: int) -> int:
+    fd = _open_sub(dirfd, sub) if sub else os.dup(dirfd)
+    if fd is None:
+        return 0
+    try:
+        return _recover_stale(fd, dev)
+    finally:
+        os.close(fd)
 
 
 def _delete(dirfd: int, name: str, dev: int) -> int:
@@ -264,6 +279,18 @@ def journal_path(root: HostRoot, store_host: str) -> str:
 def _write_journal(path: str, data: dict[str, Any]) -> None:
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     safefs.atomic_write(path, json.dumps(data, indent=1), mode=0o600, uid=0, gid=0)
+
+
+def _clean_journal_dir(path: str) -> None:
+    """A journal's own temporary, left by a pass killed while writing it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        _recover_stale(fd, os.fstat(fd).st_dev)
+    finally:
+        os.close(fd)
 
 
 def _drop_journal(path: str) -> None:
@@ -348,7 +375,9 @@ class Retention:
         if self._skip_if_busy(store, rep, INDEX):
             return
         if not self.check:
-            _remove_stale_temporaries(store.fd, (INDEX,))
+            for sub in ("", "metadata", "checkpoints"):
+                rep.recovered += _recover_stale_in(store.fd, sub, store.dev)
+            _clean_journal_dir(os.path.dirname(jpath))
         rep.status = "done"
         src = f"{store.host}/{INDEX}"
         index_st = _lstat(store.fd, INDEX)
@@ -535,9 +564,13 @@ class Retention:
             return
         rep.status = "done"
         gone: list[tuple[str, Gone]] = []
-        for _fd, name, rel, st in _files(store.fd, store.dev):
-            if name == THINKING_INDEX or not (name.endswith(".json") or name.endswith(".gz")) \
-                    or cz.is_ours(name) or safefs.is_tmp_name(name):
+        for fd, name, rel, st in _files(store.fd, store.dev):
+            if cz.is_ours(name) or safefs.is_tmp_name(name):
+                if not self.check and cz.parse_stale(name) is not None:
+                    o = cz.recover_stale(fd, name, cz.Options(dev=store.dev))
+                    rep.recovered += o.state in (cz.RECOVERED, cz.FINISHED)
+                continue
+            if name == THINKING_INDEX or not (name.endswith(".json") or name.endswith(".gz")):
                 continue
             base = name[:-3] if name.endswith(".gz") else name
             if not (base.endswith(".json") or re.search(r"\.json\.[1-9]\d*$", base)):
@@ -557,7 +590,6 @@ class Retention:
             new, removed = _prune_refs(index, refs)
             rep.index = {"file": src, "references_removed": removed, "rewritten": False}
             if removed and not self.check:
-                _remove_stale_temporaries(store.fd, (THINKING_INDEX,))
                 safefs.atomic_write_at(store.fd, THINKING_INDEX, _dump(new), expect=idx_st)
                 rep.index["rewritten"] = True
         if not self.check:
@@ -590,6 +622,8 @@ class Retention:
         if fd is None:
             return
         try:
+            if not self.check:
+                rep.recovered += _recover_stale(fd, store.dev)
             for name in sorted(os.listdir(fd)):
                 m = _DAILY_RE.match(name)
                 st = _lstat(fd, name)
@@ -632,6 +666,11 @@ class Retention:
             if state_st is not None and self._skip_if_busy(store, rep, state_rel):
                 return
             rep.status = "done"
+            if not self.check:
+                rep.recovered += _recover_stale(store.fd, store.dev)
+                if sfd is not None:
+                    rep.recovered += _recover_stale(sfd, os.fstat(sfd).st_dev)
+                    state_st = _lstat(sfd, state_name)
             expired: dict[str, Gone] = {}
             for name in sorted(os.listdir(store.fd)):
                 if not name.endswith(".json") or name.startswith("."):
@@ -668,7 +707,6 @@ class Retention:
             if self.check:
                 return
             if removed and sfd is not None:
-                _remove_stale_temporaries(sfd, (state_name,))
                 safefs.atomic_write_at(sfd, state_name, _dump(state), expect=state_st)
                 rep.index["rewritten"] = True
             for g in rep.items:
