@@ -449,4 +449,8 @@ def check_patterns(values: Mapping[str, Any], where: Callable[[str], str]) -> No
             if isinstance(t, Mapping):
                 check(t.get("clean"), f"tiers.{cls}.clean")
     if errors:
-        raise InputError("\n".join(errors))
+        def line(e: str) -> tuple[str, int]:
+            m = re.match(r"(.*?):(\d+): ", e)
+            return (m[1], int(m[2])) if m else (e, 0)
+
+        raise InputError("\n".join(sorted(errors, key=line)))
