@@ -254,13 +254,12 @@ def inspect() -> dict[str, Any]:
         out["tasks_glob"] = sorted(p.name for p in rdir.glob("*.json"))
         out["tasks_files"] = {p.stem: json.loads(p.read_text())
                               for p in sorted(rdir.glob("*.json"))}
-    else:
-        # 3.3.0: the framework's own agent discovery still works on the install
-        sys.path.insert(0, str(ROOT / ".ai-tools" / "core" / "discovery"))
-        import dynamic_agent_discovery as dad
+    # the framework's own agent discovery (3.3.0 has no other code that reads data)
+    sys.path.insert(0, str(ROOT / ".ai-tools" / "core" / "discovery"))
+    import dynamic_agent_discovery as dad
 
-        names = [n for n in dir(dad) if "Discovery" in n and isinstance(getattr(dad, n), type)]
-        out["discovery"] = names
+    agents = dad.DynamicAgentDiscovery().scan_agents()
+    out["agents"] = len(agents)
     out["warnings"] = CAPTURE.records
     return out
 

@@ -247,6 +247,7 @@ def test_operations_keep_the_framework_working(fw_host: Host, version: str,
             "config" in w and "No such file" in w)], made["warnings"]
         base = inst.inspect()
         base_warnings = base["warnings"]
+        assert base["agents"] > 20  # the framework's own discovery reads its agents
         gone = expected_expiry(base, with_config)
         if code:
             assert len(base["checkpoints"]) >= 10
