@@ -513,7 +513,7 @@ def _totals(reports: list[ProjectReport], check: bool = False) -> dict[str, Any]
     t["projects_locked"] = 0
     t["collisions"] = 0
     t["retention_failed"] = 0
-    ret, ret_bytes = 0, 0
+    ret, ret_bytes, restored = 0, 0, 0
     skipped: Counter[str] = Counter()
     for r in reports:
         t["projects_locked"] += r.status == "locked"
@@ -525,9 +525,11 @@ def _totals(reports: list[ProjectReport], check: bool = False) -> dict[str, Any]
             t["retention_failed"] += k.retention_failed
             ret += k.retention_count
             ret_bytes += k.retention_bytes
+            restored += len(k.retention.restored) if k.retention is not None else 0
     out: dict[str, Any] = dict(t)
     key = "retention_would_expire" if check else "retention_expired"
     out[key], out[key + "_bytes"] = ret, ret_bytes
+    out["retention_would_restore" if check else "retention_restored"] = restored
     out["bytes_saved"] = t["bytes_before"] - t["bytes_after"] + t["expired_bytes"] + (
         0 if check else ret_bytes)
     out["skipped"] = dict(sorted(skipped.items()))
@@ -536,7 +538,7 @@ def _totals(reports: list[ProjectReport], check: bool = False) -> dict[str, Any]
 
 def _retention_lines(k: KindReport, check: bool, verbose: int) -> list[str]:
     r = k.retention
-    if r is None or (r.status == "off" and not verbose):
+    if r is None or (r.status == "off" and not verbose and not r.restored):
         return []
     if r.status in ("skipped", "failed") or (r.status == "off" and verbose):
         return [f"    retention: {r.status}: {r.reason}"]
@@ -554,6 +556,13 @@ def _retention_lines(k: KindReport, check: bool, verbose: int) -> list[str]:
             lines.append(f"      {printable(g.what)}  {age}{g.rule}")
     if len(show) < len(r.items):
         lines.append(f"      ... and {len(r.items) - len(show)} more (-v lists them)")
+    if r.restored:
+        shown_r = ", ".join(printable(x) for x in r.restored[: (len(r.restored) if verbose
+                                                                  else 3)])
+        more = "" if verbose or len(r.restored) <= 3 else ", ..."
+        lines.append(f"      {'would restore' if check else 'restored'} {len(r.restored)} "
+                     f"files the framework reads by name from the .gz an earlier pass "
+                     f"made: {shown_r}{more}")
     ix = r.index
     if ix.get("dangling_removed") or ix.get("references_removed") or \
             ix.get("entries_removed"):
@@ -576,8 +585,9 @@ def _text(reports: list[ProjectReport], totals: dict[str, Any], check: bool,
             continue
         lines.append(f"{r.project}:")
         for kind, k in r.kinds.items():
-            busy = k.retention is not None and (k.retention.count or k.retention.status in (
-                "skipped", "failed"))
+            busy = k.retention is not None and (k.retention.count or k.retention.restored
+                                                or k.retention.status in ("skipped",
+                                                                          "failed"))
             if k.note and not (k.compressed or k.expired or k.skipped or k.would_compress
                                or busy):
                 if verbose or k.note not in ("absent", "no policy (compression and expiry "
@@ -756,7 +766,8 @@ def clean_cmd(app: AppContext, check: bool, as_json: bool, only: str | None,
         return EXIT_FAILURE  # a class left untouched: bad declared value, unparsable index
     if check:
         return EXIT_PENDING if (totals["would_compress"] or totals["would_expire"]
-                                or totals["retention_would_expire"]) else EXIT_OK
+                                or totals["retention_would_expire"]
+                                or totals["retention_would_restore"]) else EXIT_OK
     return EXIT_FAILURE if totals["failed"] else EXIT_OK
 
 
@@ -781,6 +792,9 @@ def _log_project(r: ProjectReport) -> None:
         for g in ret.items if ret.status == "done" else ():
             log.info("clean %s: %s: expired %s (%s%s)", printable(r.project), kind,
                      printable(g.what), f"{g.level}, " if g.level else "", g.rule)
+        for x in ret.restored if ret.status == "done" else ():
+            log.info("clean %s: %s: restored %s from its .gz (read back by name)",
+                     printable(r.project), kind, printable(x))
         if ret.index.get("rewritten"):
             log.info("clean %s: %s: rewrote %s", printable(r.project), kind,
                      printable(ret.index["file"]))

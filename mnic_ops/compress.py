@@ -773,6 +773,104 @@ def expire_at(dirfd: int, name: str, opts: Options) -> Outcome:
         return Outcome(name, FAILED, _os_reason(exc), exc.strerror or "")
 
 
+RESTORED = "restored"  # NAME made again from NAME.gz (a file the framework reads by name)
+RESTORE_LIMIT = 64 << 20  # the framework's JSON files are kilobytes; a bomb is refused
+
+
+def gunzip_at(dirfd: int, final: str, opts: Options, limit: int = RESTORE_LIMIT) -> Outcome:
+    """Make ``final`` again from ``final.gz`` (an archive an earlier pass made of a file
+    the framework reads back by exact name), then remove the archive: the reverse of
+    :func:`compress_batch`, as careful. The content goes to a temporary sibling
+    (``O_EXCL|O_NOFOLLOW``) with the archive's owner, mode and times, is made durable
+    and read back, and gets its name only if nothing has it (RENAME_NOREPLACE); the
+    archive is moved aside and unlinked last. A kill -9 leaves the archive, or the file
+    and the archive (the next pass removes the archive after comparing)."""
+    gz = final + ".gz"
+    try:
+        lst = _lstat(dirfd, gz)
+        if lst is None:
+            raise Skip("vanished")
+        _check_regular(lst, Options(dev=opts.dev))
+        src = os.open(gz, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                      dir_fd=dirfd)
+        try:
+            st = os.fstat(src)
+            if (st.st_dev, st.st_ino) != (lst.st_dev, lst.st_ino):
+                raise Skip("changed")
+            existing = _lstat(dirfd, final)
+            if existing is not None:
+                # an interrupted restore, or the framework made the file again: the
+                # archive is removed only when it holds exactly that content
+                if not stat.S_ISREG(existing.st_mode) or existing.st_nlink != 1:
+                    raise Skip("archive_exists")
+                fd = os.open(final, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                             | os.O_CLOEXEC, dir_fd=dirfd)
+                try:
+                    same = gunzip_matches(src, _read_small_or_hash(fd, existing))
+                finally:
+                    os.close(fd)
+                if not same:
+                    raise Skip("archive_exists", f"{final} exists with other content")
+            else:
+                data = _gunzip_bounded(src, limit)
+                tmp = _tmp(final, TMP_MARK)
+                tfd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                              | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
+                try:
+                    _write_all(tfd, data)
+                    os.fchown(tfd, st.st_uid, st.st_gid)
+                    os.fchmod(tfd, stat.S_IMODE(st.st_mode))
+                    os.utime(tfd, ns=(st.st_atime_ns, st.st_mtime_ns))
+                    os.fsync(tfd)
+                    os.lseek(tfd, 0, os.SEEK_SET)
+                    back = b"".join(iter(lambda: os.read(tfd, _CHUNK), b""))
+                    if back != data:
+                        raise Skip("io_error", "restored file did not read back equal")
+                    _link_noreplace(dirfd, tmp, final)
+                    tmp = ""
+                except FileExistsError:
+                    raise Skip("archive_exists", f"{final} appeared meanwhile") from None
+                finally:
+                    os.close(tfd)
+                    if tmp:
+                        with suppress(OSError):
+                            os.unlink(tmp, dir_fd=dirfd)
+                os.fsync(dirfd)
+        finally:
+            os.close(src)
+        aside = take_aside(dirfd, gz, lst)
+        if aside is None:
+            raise Skip("changed")
+        os.unlink(aside, dir_fd=dirfd)
+        os.fsync(dirfd)
+        return Outcome(final, RESTORED, before=lst.st_size)
+    except Skip as s:
+        return Outcome(final, SKIPPED, s.reason, s.detail)
+    except OSError as exc:
+        return Outcome(final, FAILED, _os_reason(exc), exc.strerror or "")
+
+
+def _gunzip_bounded(fd: int, limit: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    d = zlib.decompressobj(31)
+    out: list[bytes] = []
+    total = 0
+    try:
+        while c := os.read(fd, _CHUNK):
+            piece = d.decompress(c, limit + 1 - total)
+            total += len(piece)
+            out.append(piece)
+            if total > limit or d.unconsumed_tail:
+                raise Skip("io_error", f"decompresses to more than {limit} bytes")
+            if d.eof and (d.unused_data or os.read(fd, 1)):
+                raise Skip("io_error", "data after the gzip member")
+    except zlib.error:
+        raise Skip("io_error", "not a valid gzip file") from None
+    if not d.eof:
+        raise Skip("io_error", "truncated gzip file")
+    return b"".join(out)
+
+
 def recover_stale(dirfd: int, name: str, opts: Options) -> Outcome:
     """Deal with a temporary left by a killed pass (``name`` matched :func:`parse_stale`).
 

@@ -92,6 +92,8 @@ class Report:
     index: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     recovered: int = 0  # files of an interrupted pass deleted
+    # files the framework reads by name that an earlier pass had gzipped, made again
+    restored: list[str] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -114,6 +116,8 @@ class Report:
             d["index"] = self.index
         if self.recovered:
             d["recovered"] = self.recovered
+        if self.restored:
+            d["would_restore" if check else "restored"] = self.restored
         d["errors"] = self.errors
         return d
 
@@ -230,6 +234,22 @@ def _delete(dirfd: int, name: str, dev: int) -> int:
     if o.reason == "vanished":
         return 0
     raise OSError(errno.EIO, f"{name}: {cz.REASONS.get(o.reason, o.reason)} {o.detail}".strip())
+
+
+def _restore(dirfd: int, name: str, rel: str, dev: int, rep: Report, check: bool) -> None:
+    """``name`` is read back by name and exists only as ``name.gz`` (an earlier mnic-ops
+    compressed it): make it again (:func:`mnic_ops.compress.gunzip_at`)."""
+    if _lstat(dirfd, name) is not None or _lstat(dirfd, name + ".gz") is None:
+        return
+    if check:
+        rep.restored.append(rel)
+        return
+    o = cz.gunzip_at(dirfd, name, cz.Options(dev=dev))
+    if o.state == cz.RESTORED:
+        rep.restored.append(rel)
+    else:
+        rep.errors.append(f"{rel}.gz not restored: {cz.REASONS.get(o.reason, o.reason)}"
+                          + (f" ({o.detail})" if o.detail else ""))
 
 
 def _dump(doc: Any) -> bytes:
@@ -384,6 +404,9 @@ class Retention:
         if os.path.exists(jpath) and not self.check:
             rep.recovered += self._recover(store, jpath, src)
             index_st = _lstat(store.fd, INDEX)
+        for name in ("quality_gate_history.json", "trigger_history.json",
+                     "agent_coordination.json"):
+            _restore(store.fd, name, name, store.dev, rep, self.check)
         if index_st is None:
             rep.reason = "no checkpoint index"
             return
@@ -392,6 +415,15 @@ class Retention:
         if not isinstance(cps, dict):
             raise userjson.UserDataError(src, "no \"checkpoints\" object")
         expire = self._choose(store, cps, vals, rep)
+        meta = _open_sub(store.fd, "metadata")
+        if meta is not None:
+            try:
+                for cid in cps:
+                    if cid not in expire and _ID_RE.fullmatch(cid):
+                        _restore(meta, f"{cid}.json", f"metadata/{cid}.json", store.dev,
+                                 rep, self.check)
+            finally:
+                os.close(meta)
         new, dangling = _prune_index(index, set(expire))
         rep.index = {"file": src, "dangling_removed": dangling, "rewritten": False}
         unlisted = self._unlisted(store, cps)
@@ -624,7 +656,8 @@ class Retention:
         try:
             if not self.check:
                 rep.recovered += _recover_stale(fd, store.dev)
-            for name in sorted(os.listdir(fd)):
+            names = sorted(os.listdir(fd))
+            for name in names:
                 m = _DAILY_RE.match(name)
                 st = _lstat(fd, name)
                 if m is None or st is None or not stat.S_ISREG(st.st_mode):
@@ -638,6 +671,9 @@ class Retention:
                     rep.items.append(Gone(f"daily/{name}", rule, age, bytes=st.st_size))
                     if not self.check:
                         _delete(fd, name, store.dev)
+                elif name.endswith(".json.gz") and name[:-3] not in names:
+                    _restore(fd, name[:-3], f"daily/{name[:-3]}", store.dev, rep,
+                             self.check)
         finally:
             os.close(fd)
 
@@ -671,6 +707,9 @@ class Retention:
                 if sfd is not None:
                     rep.recovered += _recover_stale(sfd, os.fstat(sfd).st_dev)
                     state_st = _lstat(sfd, state_name)
+                for name in sorted(os.listdir(store.fd)):
+                    if name.endswith(".json.gz") and not name.startswith("."):
+                        _restore(store.fd, name[:-3], name[:-3], store.dev, rep, False)
             expired: dict[str, Gone] = {}
             for name in sorted(os.listdir(store.fd)):
                 if not name.endswith(".json") or name.startswith("."):

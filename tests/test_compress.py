@@ -226,3 +226,38 @@ def test_project_lock_is_exclusive(tmp_path: Path) -> None:
             assert not second
         with cz.project_lock(root, "/home/a/q") as other:
             assert other
+
+
+def test_gunzip_at_makes_a_read_back_file_again(folder: tuple[Path, int]) -> None:
+    """The reverse of compression, for files an earlier pass gzipped that the framework
+    reads by exact name: same bytes, owner, mode and mtime; the archive goes last."""
+    d, fd = folder
+    data = payload(7)
+    aged(d / "m.json", data)
+    os.chmod(d / "m.json", 0o640)
+    cz.compress_batch(fd, ["m.json"], opts(fd))
+    gz_st = (d / "m.json.gz").stat()
+    o = cz.gunzip_at(fd, "m.json", cz.Options(dev=os.fstat(fd).st_dev))
+    assert o.state == cz.RESTORED
+    st = (d / "m.json").stat()
+    assert (d / "m.json").read_bytes() == data and not (d / "m.json.gz").exists()
+    assert (st.st_mode & 0o7777, st.st_mtime_ns) == (0o640, gz_st.st_mtime_ns)
+    # interrupted after the file got its name: the archive goes when it matches
+    (d / "m.json.gz").write_bytes(gzip.compress(data))
+    assert cz.gunzip_at(fd, "m.json", cz.Options()).state == cz.RESTORED
+    assert not (d / "m.json.gz").exists()
+    # the framework made the file again meanwhile: both stay
+    (d / "m.json.gz").write_bytes(gzip.compress(b"older"))
+    o = cz.gunzip_at(fd, "m.json", cz.Options())
+    assert (o.state, o.reason) == (cz.SKIPPED, "archive_exists")
+    assert (d / "m.json").read_bytes() == data
+    # a bomb, a corrupt archive, a symlink: refused, nothing written
+    (d / "b.json.gz").write_bytes(gzip.compress(b"\0" * (2 << 20)))
+    o = cz.gunzip_at(fd, "b.json", cz.Options(), limit=1 << 20)
+    assert o.state == cz.SKIPPED and "more than" in o.detail
+    (d / "c.json.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    assert cz.gunzip_at(fd, "c.json", cz.Options()).reason == "io_error"
+    (d / "l.json.gz").symlink_to(d / "m.json.gz")
+    assert cz.gunzip_at(fd, "l.json", cz.Options()).reason == "symlink"
+    assert not any((d / n).exists() for n in ("b.json", "c.json", "l.json"))
+    assert not [n for n in os.listdir(d) if cz.is_ours(n)]

@@ -204,3 +204,46 @@ def test_an_index_that_does_not_parse_is_never_rewritten(fw_host: Host) -> None:
         assert not [p for p in inst.path.rglob("*") if ".mnic-ops-" in p.name]
         r = h.mnic("clean", "--check")
         assert r.code == 1 and "not rewritten" in r.out
+
+
+def test_what_an_earlier_pass_gzipped_is_readable_again(fw_host: Host) -> None:
+    """An earlier mnic-ops gzipped files the framework reads by name (metadata/<id>.json,
+    quality_gate_history.json, daily/<date>.json, results/<id>.json): the checkpoints
+    were unreadable and the histories empty. clean makes them again from the archives."""
+    import gzip
+
+    h = fw_host
+    with plain_user("healed") as user:
+        inst = install(h, "v3.10.0", user, with_config=True)
+        h.write_config([inst.host_path])
+        inst.populate({"checkpoints": [{"how": "gate", "age_days": 3},
+                                       {"how": "engine", "level": "manual", "age_days": 2}],
+                       "cost": [{"age_days": 20}, {"age_days": 0}],
+                       "tasks": [{"age_days": 3}]})
+        base = inst.inspect()
+        victims = [*inst.store.glob("metadata/*.json"),
+                   inst.store / "quality_gate_history.json",
+                   *(inst.path / ".ai-tools/model-config/data/daily").glob("*.json"),
+                   *(inst.path / "project_archive/background-tasks/results").glob("*.json")]
+        for v in victims:  # what the old pass did: NAME.gz with NAME's owner, mode, mtime
+            st = v.stat()
+            gz = v.with_name(v.name + ".gz")
+            gz.write_bytes(gzip.compress(v.read_bytes()))
+            os.chown(gz, st.st_uid, st.st_gid)
+            os.utime(gz, ns=(st.st_atime_ns, st.st_mtime_ns))
+            v.unlink()
+        broken = inst.inspect()
+        assert not all(c["readable"] for c in broken["checkpoints"].values())
+        r = h.mnic("clean", "--check")
+        assert r.code == 3 and "would restore" in r.out, r.out
+        r = h.mnic_json("clean")
+        restored = [x for k in r["projects"][0]["kinds"].values()
+                    for x in (k.get("retention") or {}).get("restored", [])]
+        assert len(restored) == len(victims)
+        assert r["totals"]["retention_restored"] == len(victims)
+        seen = inst.inspect()
+        assert {k: v for k, v in seen.items() if k not in ("warnings", "_stderr")} == \
+            {k: v for k, v in base.items() if k not in ("warnings", "_stderr")}
+        assert all(c["readable"] and c["rollback"] for c in seen["checkpoints"].values())
+        assert not [v for v in victims if not v.exists() or v.stat().st_uid != user.uid]
+        assert not list(inst.store.rglob("*.json.gz"))
