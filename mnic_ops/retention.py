@@ -239,7 +239,12 @@ def _delete(dirfd: int, name: str, dev: int) -> int:
 def _restore(dirfd: int, name: str, rel: str, dev: int, rep: Report, check: bool) -> None:
     """``name`` is read back by name and exists only as ``name.gz`` (an earlier mnic-ops
     compressed it): make it again (:func:`mnic_ops.compress.gunzip_at`)."""
-    if _lstat(dirfd, name) is not None or _lstat(dirfd, name + ".gz") is None:
+    if _lstat(dirfd, name + ".gz") is None:
+        return
+    if _lstat(dirfd, name) is not None:
+        rep.errors.append(f"{rel}.gz: an older archive beside the current {rel} (an "
+                          "earlier pass made it before the framework wrote the file "
+                          "again); kept, nothing reads it")
         return
     if check:
         rep.restored.append(rel)
