@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """`mnic-ops clean` vs the guide's recipe it replaces, on a generated install.
 
-Tree: FILES aged files with the framework's size mix (about 70 % checkpoint metadata and
-thinking logs of 1-4 KB, 28 % sessions and cost records of 10-30 KB, 2 % over 100 KB).
+Tree: FILES aged files with the framework's size mix (about 70 % checkpoints and
+thinking logs of 1-4 KB, 28 % session files of 10-30 KB, 2 % over 100 KB), all in folders
+whose files mnic-ops compresses (the checkpoint store and daily cost records are read
+back by name by the framework and are never compressed: not part of the comparison;
+the install's extended-thinking-config.json declares gzip_after_7_days).
 Compared, alternating round by round on fresh copies of the tree (the copy is not timed):
 
   guide   find P -name '*.json' -mtime +7 -exec gzip {} \\;
@@ -35,9 +38,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT = "home/alice/proj"
-DIRS_SMALL = [".ai-tools/checkpoint/storage/metadata", ".claude/thinking-logs/core/arch",
+DIRS_SMALL = [".claude/checkpoints/manual", ".claude/thinking-logs/core/arch",
               ".claude/thinking-logs/enterprise/sre", ".claude/checkpoints/agent_execution"]
-DIRS_MID = ["project_archive/sessions", ".ai-tools/model-config/data/daily"]
+DIRS_MID = ["project_archive/sessions", ".claude/sessions"]
 WORDS = [
     "agent", "decision", "checkpoint", "quality", "gate", "confidence", "architecture",
     "latency", "budget", "session", "context", "rollback", "semantic", "model", "profile",
@@ -74,8 +77,10 @@ def doc(rnd: random.Random, size: int, i: int) -> bytes:
 def make_tree(root: Path, files: int, seed: int = 7, small_only: bool = False) -> int:
     rnd = random.Random(seed)
     base = root / PROJECT
-    for d in (".claude/agents/core", ".ai-tools", *DIRS_SMALL, *DIRS_MID):
+    for d in (".claude/agents/core", ".ai-tools", ".claude/config", *DIRS_SMALL, *DIRS_MID):
         (base / d).mkdir(parents=True, exist_ok=True)
+    (base / ".claude/config/extended-thinking-config.json").write_text(json.dumps(
+        {"logging": {"retention_days": 90, "compression": "gzip_after_7_days"}}))
     old = time.time() - 10 * 86400
     total = 0
     per_dir: dict[str, int] = {}
@@ -108,10 +113,18 @@ def mnic_argv(root: Path) -> list[str]:
     return [*head, "--root", str(root), "clean", "--only", "compress"]
 
 
+def data_dirs(r: Path) -> str:
+    """The data folders of the tree, for find (not the install's .claude/config/)."""
+    return " ".join(f"'{r / PROJECT / d}'" for d in (".claude/checkpoints",
+                                                    ".claude/thinking-logs",
+                                                    "project_archive/sessions",
+                                                    ".claude/sessions"))
+
+
 COMMANDS = {
-    "guide (find -exec gzip)": lambda r: ["sh", "-c", f"find '{r / PROJECT}' -name '*.json' "
+    "guide (find -exec gzip)": lambda r: ["sh", "-c", f"find {data_dirs(r)} -name '*.json' "
                                           "-mtime +7 -exec gzip {} \\;"],
-    "xargs -P2 gzip": lambda r: ["sh", "-c", f"find '{r / PROJECT}' -name '*.json' -mtime +7 "
+    "xargs -P2 gzip": lambda r: ["sh", "-c", f"find {data_dirs(r)} -name '*.json' -mtime +7 "
                                  "-print0 | xargs -0 -P2 gzip"],
     "mnic-ops clean": mnic_argv,
 }
@@ -121,6 +134,8 @@ def gz_size(root: Path) -> tuple[int, int]:
     """(total .gz bytes, .json left) below the project."""
     size = left = 0
     for dirpath, _, names in os.walk(root / PROJECT):
+        if "/.claude/config" in dirpath:
+            continue
         for n in names:
             if n.endswith(".gz"):
                 size += os.path.getsize(os.path.join(dirpath, n))

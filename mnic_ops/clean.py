@@ -11,11 +11,10 @@ does not grow with the tree. One pass per project at a time (a lock shared with
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import multiprocessing
 import os
-import re
+import posixpath
 import stat
 import time
 from collections import Counter
@@ -27,149 +26,25 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mnic_ops import compress as cz
-from mnic_ops import installfail, linkrecords, userjson
+from mnic_ops import installfail, linkrecords, policy, retention
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, EXIT_PENDING, InputError
 from mnic_ops.hostroot import HostRoot
-from mnic_ops.projects import DATA_KINDS, PROTECTED_NAMES, Project, human, select_projects
+from mnic_ops.policy import DAY, DEFAULTS, Policy, resolve_policy
+from mnic_ops.projects import DATA_KINDS, Project, human, select_projects
 
 if TYPE_CHECKING:
     from mnic_ops.config import Config
     from mnic_ops.output import AppContext
 
+__all__ = ["DAY", "DEFAULTS", "Pass", "Policy", "clean_cmd", "resolve_policy"]
+
 log = logging.getLogger(__name__)
 
-DAY = 86400.0
-# Built-in policy (issue 6 / the guide): patterns, compress after, delete archives after.
-DEFAULTS: dict[str, tuple[tuple[str, ...], float, float]] = {
-    "sessions": (("*.json", "*.md"), 7, 30),
-    "checkpoints": (("*.json",), 7, 30),
-    # the store's own checkpoints/<id>.dat.gz are the framework's, listed in its index:
-    # only our *.json.gz archives expire there
-    "checkpoint_store": (("*.json",), 7, 30),
-    "thinking_logs": (("*.json",), 7, 90),
-    "cost_records": (("daily/*.json",), 7, 90),
-    "logs": ((), 0, 0),  # not in the guide's policy: off unless configured
-    "task_results": ((), 0, 0),  # the framework deletes these itself after 7 days
-}
-THINKING_CONFIG = ".claude/config/extended-thinking-config.json"
-COST_CONFIG = ".claude/config/cost-optimization.json"
 MAX_EXAMPLES = 10  # skipped paths kept per reason and kind (memory stays flat)
-
-
-# --- policy ----------------------------------------------------------------------------
-
-@dataclass
-class Policy:
-    kind: str
-    patterns: tuple[str, ...]
-    compress_after_days: float
-    expire_patterns: tuple[str, ...]
-    delete_after_days: float
-    sources: dict[str, str] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"patterns": list(self.patterns),
-                "compress_after_days": self.compress_after_days,
-                "expire_patterns": list(self.expire_patterns),
-                "delete_after_days": self.delete_after_days, "sources": self.sources}
-
-
-def _read_json_beneath(project: Project, rel: str) -> Any:
-    from mnic_ops import safefs
-
-    try:
-        fd = safefs.open_beneath(project.path, rel)
-    except (OSError, cz.Skip, Exception):  # absent, a symlink in the way: no value
-        return None
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            return None
-        # Bounded: a user's file that is not usable JSON fails this install (UserDataError
-        # naming file:line:col, turned into the install's failure by the caller).
-        return userjson.parse(fh.read(userjson.MAX_BYTES + 1), f"{project.host_path}/{rel}")
-
-
-def framework_values(project: Project) -> dict[str, dict[str, float]]:
-    """Retention the framework's own configs declare (and nothing in it implements):
-    extended-thinking-config.json ``logging.retention_days`` and ``compression:
-    gzip_after_N_days``; cost-optimization.json ``costTracking.retentionDays``."""
-    out: dict[str, dict[str, float]] = {}
-    th = _read_json_beneath(project, THINKING_CONFIG)
-    lg = th.get("logging") if isinstance(th, dict) else None
-    if isinstance(lg, dict):
-        vals: dict[str, float] = {}
-        rd = lg.get("retention_days")
-        if isinstance(rd, int | float) and not isinstance(rd, bool) and rd >= 0:
-            vals["delete_after_days"] = float(rd)
-        comp = lg.get("compression")
-        if isinstance(comp, str):
-            m = re.fullmatch(r"gzip_after_(\d+(?:\.\d+)?)_days?", comp.strip())
-            if m:
-                vals["compress_after_days"] = float(m.group(1))
-            elif comp.strip().lower() in ("none", "off", "disabled", "false"):
-                vals["compress_after_days"] = 0.0
-        elif comp is False:
-            vals["compress_after_days"] = 0.0
-        if vals:
-            out["thinking_logs"] = vals
-    co = _read_json_beneath(project, COST_CONFIG)
-    ct = co.get("costTracking") if isinstance(co, dict) else None
-    if isinstance(ct, dict):
-        rd = ct.get("retentionDays")
-        if isinstance(rd, int | float) and not isinstance(rd, bool) and rd >= 0:
-            out["cost_records"] = {"delete_after_days": float(rd)}
-    return out
-
-
-def resolve_policy(cfg: Config, project: Project, tier: dict[str, Any] | None = None
-                   ) -> dict[str, Policy]:
-    """Per kind: built-in default < tier < the framework's own config < mnic-ops config."""
-    fw = framework_values(project)
-    out: dict[str, Policy] = {}
-    for kind in DATA_KINDS:
-        pats, comp, dele = DEFAULTS[kind]
-        vals: dict[str, Any] = {"patterns": pats, "compress_after_days": comp,
-                                "expire_patterns": None, "delete_after_days": dele}
-        src = {k: "default" for k in vals}
-        layers: list[tuple[str, dict[str, Any]]] = [
-            ("tier", (tier or {}).get(kind) or {}),
-            ("framework", fw.get(kind, {})),
-            ("config", cfg.get(f"clean.{kind}") or {}),
-        ]
-        for name, layer in layers:
-            for k, v in layer.items():
-                if k in vals and v is not None:
-                    vals[k] = tuple(v) if isinstance(v, list) else v
-                    src[k] = name
-        patterns = tuple(vals["patterns"])
-        expire = vals["expire_patterns"]
-        if expire is None:
-            expire = tuple(p + ".gz" for p in patterns)
-            src["expire_patterns"] = src["patterns"]
-        out[kind] = Policy(kind, patterns, float(vals["compress_after_days"]), tuple(expire),
-                           float(vals["delete_after_days"]), src)
-    return out
-
-
-def _tier_clean(app: AppContext) -> dict[str, Any] | None:
-    """``[tiers.<class>.clean]`` from the config, when one is set for this host's class
-    (host-class detection only runs when such a table exists)."""
-    tiers = app.config.get("tiers") or {}
-    if not any(isinstance(t, dict) and "clean" in t for t in tiers.values()):
-        return None
-    from mnic_ops.cmd_host import detect
-
-    decision, _ = detect(app)
-    t = tiers.get(decision.host_class) or {}
-    c = t.get("clean") if isinstance(t, dict) else None
-    return c if isinstance(c, dict) else None
+MAX_COLLISIONS = 1000  # collision resolutions listed per kind (all are counted and logged)
 
 
 # --- matching --------------------------------------------------------------------------
-
-def _match(patterns: tuple[str, ...], name: str, rel: str) -> bool:
-    return any(fnmatch.fnmatchcase(rel if "/" in p else name, p) for p in patterns)
-
 
 def printable(path: str) -> str:
     """A path safe to print on one line: newlines, control characters and bytes that are
@@ -300,6 +175,9 @@ class KindReport:
     would_expire_bytes: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    collisions: int = 0  # NAME.gz with other content kept as NAME.N.gz, NAME compressed
+    collision_files: list[dict[str, str]] = field(default_factory=list)
+    retention: retention.Report | None = None
 
     def skip(self, reason: str, rel: str) -> None:
         self.skipped[reason] += 1
@@ -308,6 +186,14 @@ class KindReport:
             ex.append(printable(rel))
 
     def add(self, o: cz.Outcome, rel: str) -> None:
+        if o.kept_as:
+            self.collisions += 1
+            kept = posixpath.join(posixpath.dirname(rel), o.kept_as)
+            log.info("%s: %s.gz had other content: kept as %s, %s compressed",
+                     printable(self.path), printable(rel), printable(kept), printable(rel))
+            if len(self.collision_files) < MAX_COLLISIONS:
+                self.collision_files.append({"file": printable(rel),
+                                             "kept_as": printable(kept)})
         if o.state == cz.COMPRESSED:
             self.compressed += 1
             self.bytes_before += o.before
@@ -342,7 +228,27 @@ class KindReport:
                      recovered=self.recovered, failed=self.failed)
         d["skipped"] = dict(sorted(self.skipped.items()))
         d["skipped_examples"] = {k: v for k, v in sorted(self.examples.items())}
+        if not check:
+            d["collisions"] = self.collisions
+            d["collision_files"] = self.collision_files
+        if self.retention is not None:
+            d["retention"] = self.retention.to_json(check)
         return d
+
+    @property
+    def retention_count(self) -> int:
+        r = self.retention
+        return r.count if r is not None and r.status == "done" else 0
+
+    @property
+    def retention_bytes(self) -> int:
+        r = self.retention
+        return r.bytes if r is not None and r.status == "done" else 0
+
+    @property
+    def retention_failed(self) -> int:
+        r = self.retention
+        return 1 if r is not None and r.status == "failed" else 0
 
 
 @dataclass
@@ -427,7 +333,10 @@ class Pass:
 
     def run_project(self, project: Project, tier: dict[str, Any] | None) -> ProjectReport:
         rep = ProjectReport(project.host_path)
-        policies = resolve_policy(self.app.config, project, tier)
+        decl = policy.declared(project)
+        policies = resolve_policy(self.app.config, project, tier, decl=decl)
+        keep = retention.Retention(self.root, project, decl, check=self.check, now=self.now) \
+            if self.only != "compress" else None
         with cz.project_lock(self.root, project.host_path) as got:
             if not got:
                 rep.status = "locked"
@@ -437,23 +346,33 @@ class Pass:
                     pol = policies[kind]
                     kr = KindReport(project.data[kind].host_path, pol)
                     rep.kinds[kind] = kr
-                    if not self._active(pol):
-                        kr.note = "no policy (compression and expiry off)"
+                    ret = keep if keep is not None and kind in policy.RETENTION_KINDS \
+                        else None
+                    if not self._active(pol) and ret is None:
+                        kr.note = pol.note or "no policy (compression and expiry off)"
                         continue
+                    if kind in decl.errors and ret is not None:
+                        kr.retention = ret.run(kind, None)  # left untouched, file:line
+                        ret = None
+                        if not self._active(pol):
+                            kr.note = kr.retention.reason
+                            continue
                     where = self._data_root(project, kind, kr)
                     if where is not None:
-                        self._walk_kind(where, pol, kr)
+                        self._walk_kind(where, pol, kr, ret)
+                    if pol.note and not kr.note:
+                        kr.note = pol.note
             finally:
                 self.close()  # every batch finished before the lock is released
         return rep
 
     def _active(self, pol: Policy) -> bool:
-        comp = pol.compress_after_days > 0 and pol.patterns and self.only != "expire"
-        exp = pol.delete_after_days > 0 and pol.expire_patterns and self.only != "compress"
+        comp = policy.compresses(pol) and self.only != "expire"
+        exp = policy.expires(pol) and self.only != "compress"
         return bool(comp or exp)
 
     def _walk_kind(self, where: linkrecords.Location, pol: Policy,
-                   rep: KindReport) -> None:
+                   rep: KindReport, keep: retention.Retention | None = None) -> None:
         prefix, parts = where.prefix or "/", where.parts
         try:
             top = linkrecords.open_location(self.root, where)
@@ -472,8 +391,15 @@ class Pass:
             return
         try:
             dev = os.fstat(top).st_dev
-            do_comp = pol.compress_after_days > 0 and self.only != "expire"
-            do_exp = pol.delete_after_days > 0 and self.only != "compress"
+            if keep is not None:
+                # the framework's declared retention first (it keeps the indexes
+                # consistent), then compression of what is left
+                host = posixpath.join(prefix, *parts)
+                rep.retention = keep.run(pol.kind, retention.Store(
+                    pol.kind, top, host, str(self.root.path(host)), dev))
+            if not self._active(pol):
+                return
+            only = self.only
             cut_c = self.now - pol.compress_after_days * DAY
             cut_e = self.now - pol.delete_after_days * DAY
             copts = cz.Options(level=self.level, compressor=self.compressor, dev=dev,
@@ -486,21 +412,13 @@ class Pass:
                     if cz.is_ours(name):
                         batch.stale.append(name)
                         continue
-                    want_c = do_comp and _match(pol.patterns, name, rel)
-                    want_e = do_exp and _match(pol.expire_patterns, name, rel)
-                    if not (want_c or want_e):
+                    d = policy.due(pol, name, rel, st, self.now, only)
+                    if d is None:
                         continue
-                    if name in PROTECTED_NAMES:
-                        rep.skip("protected", rel)
+                    if d.action in ("protected", "hard_links"):
+                        rep.skip(d.action, rel)
                         continue
-                    old_c = want_c and st.st_mtime < cut_c
-                    old_e = not old_c and want_e and st.st_mtime < cut_e
-                    if not (old_c or old_e):
-                        continue
-                    if st.st_nlink != 1:
-                        rep.skip("hard_links", rel)
-                        continue
-                    if old_c:
+                    if d.action == "compress":
                         rep.would_compress += 1
                         rep.would_compress_bytes += st.st_size
                         batch.compress.append(name)
@@ -600,9 +518,12 @@ _TOTAL_FIELDS = ("compressed", "finished", "bytes_before", "bytes_after", "expir
                  "would_compress_bytes", "would_expire", "would_expire_bytes")
 
 
-def _totals(reports: list[ProjectReport]) -> dict[str, Any]:
+def _totals(reports: list[ProjectReport], check: bool = False) -> dict[str, Any]:
     t: Counter[str] = Counter({f: 0 for f in _TOTAL_FIELDS})
     t["projects_locked"] = 0
+    t["collisions"] = 0
+    t["retention_failed"] = 0
+    ret, ret_bytes, restored = 0, 0, 0
     skipped: Counter[str] = Counter()
     for r in reports:
         t["projects_locked"] += r.status == "locked"
@@ -610,10 +531,59 @@ def _totals(reports: list[ProjectReport]) -> dict[str, Any]:
             for f in _TOTAL_FIELDS:
                 t[f] += getattr(k, f)
             skipped.update(k.skipped)
+            t["collisions"] += k.collisions
+            t["retention_failed"] += k.retention_failed
+            ret += k.retention_count
+            ret_bytes += k.retention_bytes
+            restored += len(k.retention.restored) if k.retention is not None else 0
     out: dict[str, Any] = dict(t)
-    out["bytes_saved"] = t["bytes_before"] - t["bytes_after"] + t["expired_bytes"]
+    key = "retention_would_expire" if check else "retention_expired"
+    out[key], out[key + "_bytes"] = ret, ret_bytes
+    out["retention_would_restore" if check else "retention_restored"] = restored
+    out["bytes_saved"] = t["bytes_before"] - t["bytes_after"] + t["expired_bytes"] + (
+        0 if check else ret_bytes)
     out["skipped"] = dict(sorted(skipped.items()))
     return out
+
+
+def _retention_lines(k: KindReport, check: bool, verbose: int) -> list[str]:
+    r = k.retention
+    if r is None or (r.status == "off" and not verbose and not r.restored):
+        return []
+    if r.status in ("skipped", "failed") or (r.status == "off" and verbose):
+        return [f"    retention: {r.status}: {r.reason}"]
+    verb = "would expire" if check else "expired"
+    lines = [f"    retention: {verb} {r.count} ({human(r.bytes)})"
+             + (f", finished {r.recovered} files of an interrupted pass" if r.recovered
+                else "")]
+    show = r.items if (check or verbose) else r.items[:3]
+    for g in show:
+        if g.level is not None:
+            lines.append(f"      {g.what}  {g.level}, recorded {g.recorded}, "
+                         f"{g.age_days:.1f} days old: {g.rule}")
+        else:
+            age = "" if g.age_days is None else f"{g.age_days:.1f} days old: "
+            lines.append(f"      {printable(g.what)}  {age}{g.rule}")
+    if len(show) < len(r.items):
+        lines.append(f"      ... and {len(r.items) - len(show)} more (-v lists them)")
+    if r.restored:
+        shown_r = ", ".join(printable(x) for x in r.restored[: (len(r.restored) if verbose
+                                                                  else 3)])
+        more = "" if verbose or len(r.restored) <= 3 else ", ..."
+        lines.append(f"      {'would restore' if check else 'restored'} {len(r.restored)} "
+                     f"files the framework reads by name from the .gz an earlier pass "
+                     f"made: {shown_r}{more}")
+    ix = r.index
+    if ix.get("dangling_removed") or ix.get("references_removed") or \
+            ix.get("entries_removed"):
+        n = ix.get("dangling_removed") or ix.get("references_removed") or \
+            ix.get("entries_removed")
+        state = "rewritten" if ix.get("rewritten") else ("would be rewritten" if check
+                                                         else "not rewritten")
+        lines.append(f"      index {ix['file']}: {state} ({n} stale mentions)")
+    for e in r.errors[: (len(r.errors) if verbose else 3)]:
+        lines.append(f"      note: {e}")
+    return lines
 
 
 def _text(reports: list[ProjectReport], totals: dict[str, Any], check: bool,
@@ -625,10 +595,21 @@ def _text(reports: list[ProjectReport], totals: dict[str, Any], check: bool,
             continue
         lines.append(f"{r.project}:")
         for kind, k in r.kinds.items():
-            if k.note and not (k.compressed or k.expired or k.skipped or k.would_compress):
+            busy = k.retention is not None and (k.retention.count or k.retention.restored
+                                                or k.retention.status in ("skipped",
+                                                                          "failed"))
+            if k.note and not (k.compressed or k.expired or k.skipped or k.would_compress
+                               or busy):
                 if verbose or k.note not in ("absent", "no policy (compression and expiry "
                                                        "off)"):
                     lines.append(f"  {kind:<17} {k.note}")
+                lines.extend(_retention_lines(k, check, verbose))
+                continue
+            if not (policy.compresses(k.policy) or policy.expires(k.policy) or k.skipped
+                    or k.collisions):
+                lines.append(f"  {kind:<17} " + (k.note or "no compression or expiry "
+                                                          "policy"))
+                lines.extend(_retention_lines(k, check, verbose))
                 continue
             if check:
                 head = (f"would compress {k.would_compress} ({human(k.would_compress_bytes)})"
@@ -650,17 +631,29 @@ def _text(reports: list[ProjectReport], totals: dict[str, Any], check: bool,
                 more = "" if n <= len(ex[: (MAX_EXAMPLES if verbose else 3)]) else ", ..."
                 lines.append(f"    skipped {n}: {cz.REASONS.get(reason, reason)}: "
                              f"{shown}{more}")
+            for c in k.collision_files[: (MAX_COLLISIONS if verbose else 3)]:
+                lines.append(f"    {c['file']}.gz had other content: kept as "
+                             f"{c['kept_as']}, {c['file']} compressed")
+            if k.collisions > 3 and not verbose:
+                lines.append(f"    ... {k.collisions} collisions resolved (-v lists them)")
+            lines.extend(_retention_lines(k, check, verbose))
     if check:
         lines.append(f"would compress {totals['would_compress']} files "
                      f"({human(totals['would_compress_bytes'])}), would expire "
-                     f"{totals['would_expire']} archives")
+                     f"{totals['would_expire']} archives and "
+                     f"{totals['retention_would_expire']} items by the framework's "
+                     "declared retention")
     else:
         lines.append(f"compressed {totals['compressed'] + totals['finished']} files "
                      f"({human(totals['bytes_before'])} -> {human(totals['bytes_after'])}), "
                      f"expired {totals['expired']} archives "
-                     f"({human(totals['expired_bytes'])}), saved "
+                     f"({human(totals['expired_bytes'])}) and "
+                     f"{totals['retention_expired']} items by declared retention "
+                     f"({human(totals['retention_expired_bytes'])}), saved "
                      f"{human(totals['bytes_saved'])}, skipped "
-                     f"{sum(totals['skipped'].values())}, failed {totals['failed']}")
+                     f"{sum(totals['skipped'].values())}, failed {totals['failed']}"
+                     + (f", retention failed for {totals['retention_failed']} classes"
+                        if totals["retention_failed"] else ""))
     return "\n".join(lines)
 
 
@@ -750,7 +743,7 @@ def clean_cmd(app: AppContext, check: bool, as_json: bool, only: str | None,
     from mnic_ops.output import _apply_log_handler, emit
 
     projects = select_projects(app, names)
-    tier = _tier_clean(app)
+    tier = policy.tier_clean(app)
     started = time.time()
     t0 = time.monotonic()
     p = Pass(app, check=check, only=only)
@@ -764,13 +757,17 @@ def clean_cmd(app: AppContext, check: bool, as_json: bool, only: str | None,
                 reports.append(r)
                 if not check:
                     _log_project(r)
+                for kind, k in r.kinds.items():  # a class left untouched: file:line
+                    if k.retention is not None and k.retention.status == "failed":
+                        app.failures.add(proj.host_path, k.retention.reason,
+                                         f"clean {kind}")
     finally:
         p.close()
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()
     duration = time.monotonic() - t0
-    totals = _totals(reports)
+    totals = _totals(reports, check)
     textfile = None
     if not check and any(r.status == "done" for r in reports):
         textfile = write_textfile(app, textfile_body(reports, totals, started, duration))
@@ -781,8 +778,12 @@ def clean_cmd(app: AppContext, check: bool, as_json: bool, only: str | None,
                          for r in reports], "totals": totals}
     emit(app, data, lambda: _text(reports, totals, check, app.verbose)
          if projects else "no framework installs found (see search_paths and projects)")
+    if totals["retention_failed"]:
+        return EXIT_FAILURE  # a class left untouched: bad declared value, unparsable index
     if check:
-        return EXIT_PENDING if totals["would_compress"] or totals["would_expire"] else EXIT_OK
+        return EXIT_PENDING if (totals["would_compress"] or totals["would_expire"]
+                                or totals["retention_would_expire"]
+                                or totals["retention_would_restore"]) else EXIT_OK
     return EXIT_FAILURE if totals["failed"] else EXIT_OK
 
 
@@ -797,3 +798,19 @@ def _log_project(r: ProjectReport) -> None:
     if c or e or f:
         log.info("clean %s: compressed %d, expired %d, skipped %d, failed %d",
                  printable(r.project), c, e, s, f)
+    for kind, k in r.kinds.items():
+        ret = k.retention
+        if ret is None:
+            continue
+        if ret.status in ("skipped", "failed"):
+            log.warning("clean %s: %s retention %s: %s", printable(r.project), kind,
+                        ret.status, ret.reason)
+        for g in ret.items if ret.status == "done" else ():
+            log.info("clean %s: %s: expired %s (%s%s)", printable(r.project), kind,
+                     printable(g.what), f"{g.level}, " if g.level else "", g.rule)
+        for x in ret.restored if ret.status == "done" else ():
+            log.info("clean %s: %s: restored %s from its .gz (read back by name)",
+                     printable(r.project), kind, printable(x))
+        if ret.index.get("rewritten"):
+            log.info("clean %s: %s: rewrote %s", printable(r.project), kind,
+                     printable(ret.index["file"]))

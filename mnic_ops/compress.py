@@ -62,7 +62,7 @@ REASONS: dict[str, str] = {
     "hard_links": "has more than one hard link",
     "open_for_writing": "open for writing by a process",
     "other_filesystem": "on another filesystem",
-    "archive_exists": "NAME.gz exists with different content",
+    "archive_exists": "NAME.gz exists and is not a plain single-link file",
     "changed": "changed or replaced during the pass",
     "vanished": "disappeared during the pass",
     "too_young": "became newer than the cut-off during the pass",
@@ -128,6 +128,7 @@ class Outcome:
     detail: str = ""
     before: int = 0
     after: int = 0
+    kept_as: str = ""  # a collision resolved: the old NAME.gz's new name (NAME.N.gz)
 
 
 @dataclass
@@ -152,6 +153,7 @@ class _Pending:
     after: int
     leased: bool
     finish_only: bool = False  # NAME.gz already holds exactly this content
+    kept_as: str = ""  # the older NAME.gz (other content) now has this numbered name
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -456,6 +458,7 @@ def _prepare(dirfd: int, name: str, opts: Options, mod: ModuleType) -> _Pending:
     fd, st = _open_checked(dirfd, name, opts)
     tmp_fd = -1
     tmp = ""
+    kept_as = ""
     try:
         leased = _take_lease(fd)
         existing = _lstat(dirfd, final)
@@ -467,12 +470,17 @@ def _prepare(dirfd: int, name: str, opts: Options, mod: ModuleType) -> _Pending:
                          dir_fd=dirfd)
             try:
                 want = _read_small_or_hash(fd, st)
-                if not gunzip_matches(gz, want):
-                    raise Skip("archive_exists")
+                same = gunzip_matches(gz, want)
             finally:
                 os.close(gz)
-            return _Pending(name, fd, st, "", -1, final, existing.st_size, leased,
-                            finish_only=True)
+            if same:
+                return _Pending(name, fd, st, "", -1, final, existing.st_size, leased,
+                                finish_only=True)
+            # A collision: NAME was written again after NAME.gz was made (the framework
+            # re-created a history file, say). The older archive keeps its content under
+            # the next numbered name and NAME is compressed as usual.
+            kept_as = keep_numbered(dirfd, final, existing)
+            os.lseek(fd, 0, os.SEEK_SET)  # the comparison read the original to its end
         tmp = _tmp(final, TMP_MARK)
         tmp_fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
@@ -485,7 +493,7 @@ def _prepare(dirfd: int, name: str, opts: Options, mod: ModuleType) -> _Pending:
         # Read the archive back from the file and compare with the original.
         if not gunzip_matches(tmp_fd, want):
             raise Skip("io_error", "archive did not read back equal to the original")
-        return _Pending(name, fd, st, tmp, tmp_fd, final, size, leased)
+        return _Pending(name, fd, st, tmp, tmp_fd, final, size, leased, kept_as=kept_as)
     except BaseException as exc:
         if tmp_fd >= 0:
             os.close(tmp_fd)
@@ -495,6 +503,41 @@ def _prepare(dirfd: int, name: str, opts: Options, mod: ModuleType) -> _Pending:
         if isinstance(exc, OSError):
             raise Skip(_os_reason(exc), exc.strerror or "") from None
         raise
+
+
+_NUMBERED_RE = re.compile(r"\.(?P<n>[1-9][0-9]{0,5})\.gz$")
+
+
+def keep_numbered(dirfd: int, final: str, expect: os.stat_result) -> str:
+    """Give the archive ``NAME.gz`` the next free numbered name ``NAME.N.gz`` (N counts
+    up: a higher N is a later archive) without replacing anything; the new name.
+    Raises Skip when that cannot be done (then nothing changed)."""
+    base = final[:-3]
+    top = 0
+    try:
+        for entry in os.listdir(dirfd):
+            if entry.startswith(base + ".") and (m := _NUMBERED_RE.search(entry)) \
+                    and entry[: m.start()] == base:
+                top = max(top, int(m["n"]))
+    except OSError as exc:
+        raise Skip(_os_reason(exc), exc.strerror or "") from None
+    for n in range(top + 1, top + 100):
+        cand = f"{base}.{n}.gz"
+        if len(_fsname(cand)) > 255:
+            raise Skip("name_too_long")
+        now = _lstat(dirfd, final)
+        if now is None or (now.st_dev, now.st_ino) != (expect.st_dev, expect.st_ino):
+            raise Skip("changed")
+        try:
+            _link_noreplace(dirfd, final, cand)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                continue
+            raise Skip(_os_reason(exc), exc.strerror or "") from None
+        return cand
+    raise Skip("archive_exists")
 
 
 def _read_small_or_hash(fd: int, st: os.stat_result) -> bytes | str:
@@ -629,7 +672,7 @@ def _commit(dirfd: int, p: _Pending, writers: set[tuple[int, int]]) -> Outcome:
         raise Skip("open_for_writing")
     os.unlink(aside, dir_fd=dirfd)
     return Outcome(p.name, FINISHED if p.finish_only else COMPRESSED,
-                   before=p.st.st_size, after=p.after)
+                   before=p.st.st_size, after=p.after, kept_as=p.kept_as)
 
 
 def compress_batch(dirfd: int, names: Sequence[str], opts: Options,
@@ -728,6 +771,104 @@ def expire_at(dirfd: int, name: str, opts: Options) -> Outcome:
         return Outcome(name, SKIPPED, s.reason, s.detail)
     except OSError as exc:
         return Outcome(name, FAILED, _os_reason(exc), exc.strerror or "")
+
+
+RESTORED = "restored"  # NAME made again from NAME.gz (a file the framework reads by name)
+RESTORE_LIMIT = 64 << 20  # the framework's JSON files are kilobytes; a bomb is refused
+
+
+def gunzip_at(dirfd: int, final: str, opts: Options, limit: int = RESTORE_LIMIT) -> Outcome:
+    """Make ``final`` again from ``final.gz`` (an archive an earlier pass made of a file
+    the framework reads back by exact name), then remove the archive: the reverse of
+    :func:`compress_batch`, as careful. The content goes to a temporary sibling
+    (``O_EXCL|O_NOFOLLOW``) with the archive's owner, mode and times, is made durable
+    and read back, and gets its name only if nothing has it (RENAME_NOREPLACE); the
+    archive is moved aside and unlinked last. A kill -9 leaves the archive, or the file
+    and the archive (the next pass removes the archive after comparing)."""
+    gz = final + ".gz"
+    try:
+        lst = _lstat(dirfd, gz)
+        if lst is None:
+            raise Skip("vanished")
+        _check_regular(lst, Options(dev=opts.dev))
+        src = os.open(gz, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                      dir_fd=dirfd)
+        try:
+            st = os.fstat(src)
+            if (st.st_dev, st.st_ino) != (lst.st_dev, lst.st_ino):
+                raise Skip("changed")
+            existing = _lstat(dirfd, final)
+            if existing is not None:
+                # an interrupted restore, or the framework made the file again: the
+                # archive is removed only when it holds exactly that content
+                if not stat.S_ISREG(existing.st_mode) or existing.st_nlink != 1:
+                    raise Skip("archive_exists")
+                fd = os.open(final, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                             | os.O_CLOEXEC, dir_fd=dirfd)
+                try:
+                    same = gunzip_matches(src, _read_small_or_hash(fd, existing))
+                finally:
+                    os.close(fd)
+                if not same:
+                    raise Skip("archive_exists", f"{final} exists with other content")
+            else:
+                data = _gunzip_bounded(src, limit)
+                tmp = _tmp(final, TMP_MARK)
+                tfd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                              | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
+                try:
+                    _write_all(tfd, data)
+                    os.fchown(tfd, st.st_uid, st.st_gid)
+                    os.fchmod(tfd, stat.S_IMODE(st.st_mode))
+                    os.utime(tfd, ns=(st.st_atime_ns, st.st_mtime_ns))
+                    os.fsync(tfd)
+                    os.lseek(tfd, 0, os.SEEK_SET)
+                    back = b"".join(iter(lambda: os.read(tfd, _CHUNK), b""))
+                    if back != data:
+                        raise Skip("io_error", "restored file did not read back equal")
+                    _link_noreplace(dirfd, tmp, final)
+                    tmp = ""
+                except FileExistsError:
+                    raise Skip("archive_exists", f"{final} appeared meanwhile") from None
+                finally:
+                    os.close(tfd)
+                    if tmp:
+                        with suppress(OSError):
+                            os.unlink(tmp, dir_fd=dirfd)
+                os.fsync(dirfd)
+        finally:
+            os.close(src)
+        aside = take_aside(dirfd, gz, lst)
+        if aside is None:
+            raise Skip("changed")
+        os.unlink(aside, dir_fd=dirfd)
+        os.fsync(dirfd)
+        return Outcome(final, RESTORED, before=lst.st_size)
+    except Skip as s:
+        return Outcome(final, SKIPPED, s.reason, s.detail)
+    except OSError as exc:
+        return Outcome(final, FAILED, _os_reason(exc), exc.strerror or "")
+
+
+def _gunzip_bounded(fd: int, limit: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    d = zlib.decompressobj(31)
+    out: list[bytes] = []
+    total = 0
+    try:
+        while c := os.read(fd, _CHUNK):
+            piece = d.decompress(c, limit + 1 - total)
+            total += len(piece)
+            out.append(piece)
+            if total > limit or d.unconsumed_tail:
+                raise Skip("io_error", f"decompresses to more than {limit} bytes")
+            if d.eof and (d.unused_data or os.read(fd, 1)):
+                raise Skip("io_error", "data after the gzip member")
+    except zlib.error:
+        raise Skip("io_error", "not a valid gzip file") from None
+    if not d.eof:
+        raise Skip("io_error", "truncated gzip file")
+    return b"".join(out)
 
 
 def recover_stale(dirfd: int, name: str, opts: Options) -> Outcome:

@@ -30,12 +30,11 @@ from typing import Any
 
 from mnic_ops import quoting
 from mnic_ops.errors import InputError
+from mnic_ops.framework_map import DATA_KINDS
 from mnic_ops.hostroot import HostRoot
 
 DEFAULT_CONFIG = "/etc/mnic-ops/config.toml"
 HOST_CLASSES = ("laptop", "workstation", "server")
-DATA_KINDS = ("sessions", "checkpoints", "checkpoint_store", "thinking_logs",
-              "cost_records", "logs", "task_results")  # the data map's kinds (projects.py)
 MAX_DAYS = 36500.0  # a hundred years: beyond that a number of days is a typo
 
 
@@ -274,13 +273,15 @@ SCHEMA: Schema = {
                       f"{minutes:g} minutes{why}).", minimum=0, maximum=31 * 86400)
             for kind, minutes, why in (
                 ("sessions", 60, ": a session summary untouched for an hour is finished"),
+                ("claude_sessions", 60, ": as sessions"),
                 ("checkpoints", 15, ": each checkpoint is written once"),
                 ("checkpoint_store", 15, ": each metadata file is written once"),
                 ("thinking_logs", 10, ": each decision record is written once"),
                 ("cost_records", 1500, ": daily/DATE.json is rewritten all day, so it is "
                  "left until its day is over"),
                 ("logs", 60, ""),
-                ("task_results", 60, ""))
+                ("task_results", 60, ""),
+                ("task_logs", 60, ""))
         }, "Per data class; which files and classes are compressed at all is the "
            "[clean] policy (patterns; compress_after_days = 0 turns a class off)."),
         "poll": Key("bool", False, "Always use the polling observer (as --poll); it is "
@@ -456,8 +457,13 @@ class Problems:
         self.errors.append(f"{self.where(parts)}: {_shown(parts)}: {msg}")
 
     def raise_any(self) -> None:
+        """All errors in one InputError, one line each, in the file's line order."""
         if self.errors:
-            raise InputError("\n".join(self.errors))
+            def line(e: str) -> int:
+                m = re.match(r"[^\n]*?:(\d+): ", e) if self.path else None
+                return int(m.group(1)) if m else 0
+
+            raise InputError("\n".join(sorted(self.errors, key=line)))
 
 
 # --- the schema pass -------------------------------------------------------------------
@@ -626,6 +632,16 @@ def config_check(fn: ConfigCheck) -> ConfigCheck:
     """Register a check run by :func:`load` after the schema pass."""
     CHECKS.append(fn)
     return fn
+
+
+@config_check
+def _framework_data(cfg: Config, problems: Problems) -> None:
+    """Clean patterns that would cover files the framework reads back are refused
+    (issue 14; the rule and the data map live in mnic_ops.policy)."""
+    from mnic_ops import policy
+
+    for dotted, why in policy.pattern_problems(cfg.values):
+        problems.add(dotted, why)
 
 
 # --- loading -----------------------------------------------------------------------------

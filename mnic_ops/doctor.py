@@ -25,7 +25,6 @@ Everything is read-only except the optional node_exporter textfile (``--metrics`
 
 from __future__ import annotations
 
-import fnmatch
 import importlib
 import importlib.util
 import json
@@ -44,12 +43,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mnic_ops import execute, facts, installfail, linkrecords, safefs, userjson
+from mnic_ops import execute, facts, installfail, linkrecords, policy, safefs, userjson
 from mnic_ops.errors import EXIT_FAILURE, EXIT_OK, InputError, OpsError
-from mnic_ops.projects import DATA_KINDS, PROTECTED_NAMES, Project, human, select_projects
+from mnic_ops.projects import DATA_KINDS, Project, human, select_projects
 
 if TYPE_CHECKING:
-    from mnic_ops.config import Config
     from mnic_ops.hostroot import HostRoot
     from mnic_ops.output import AppContext
 
@@ -307,46 +305,6 @@ def memory_figure(p: Project, procs: list[Proc], skip: set[int]) -> Figure:
 
 # --- data folders ----------------------------------------------------------------------
 
-# What `clean` compresses by default (issue 6): *.json in both checkpoint folders and in
-# thinking logs, session files, the cost records' daily files; never the names the
-# framework reads back.
-_COMPRESSIBLE = {
-    "sessions": (".json", ".md"),
-    "checkpoints": (".json",),
-    "checkpoint_store": (".json",),
-    "thinking_logs": (".json",),
-    "cost_records": (".json",),
-}
-DEFAULT_COMPRESS_DAYS = 7.0
-
-
-def policy_days(cfg: Config, kind: str) -> float:
-    """Days after which ``clean`` compresses files of ``kind``: the ``clean`` config
-    section when it names it, else the guide's 7 days; 0 means compression is off."""
-    for key in (f"clean.{kind}.compress_after_days", f"clean.{kind}.gzip_after_days",
-                "clean.compress_after_days", "clean.gzip_after_days"):
-        v = cfg.get(key)
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            return float(v)
-    return DEFAULT_COMPRESS_DAYS
-
-
-def policy_patterns(cfg: Config, kind: str) -> list[str] | None:
-    """``clean.<kind>.patterns`` (globs; with a ``/`` matched against the path below
-    the data folder), or None for the built-in suffixes."""
-    v = cfg.get(f"clean.{kind}.patterns")
-    return list(v) if isinstance(v, list) and v else None
-
-
-def _compressible(kind: str, rel: str, name: str, patterns: list[str] | None) -> bool:
-    if patterns is not None:
-        return any(fnmatch.fnmatchcase(rel + name if "/" in pat else name, pat)
-                   for pat in patterns)
-    if kind == "cost_records" and not rel.startswith("daily/"):
-        return False
-    return name.endswith(_COMPRESSIBLE.get(kind, ()))
-
-
 @dataclass
 class DirScan:
     kind: str
@@ -390,11 +348,12 @@ def link_check(root: HostRoot, p: Project) -> Check | None:
                  None, {"links": refused})
 
 
-def scan_data(root: HostRoot, p: Project, kind: str, *, older_than: float | None,
-              big_bytes: int, patterns: list[str] | None = None) -> DirScan | None:
+def scan_data(root: HostRoot, p: Project, kind: str, *, pol: policy.Policy | None,
+              now: float, big_bytes: int) -> DirScan | None:
     """One streaming walk of a data folder (relocated: its target), following no
-    symlink: folder count (inotify watches), uncompressed files older than the
-    policy, and (sessions) files over the size limit."""
+    symlink: folder count (inotify watches), files the clean policy would compress now
+    (:func:`mnic_ops.policy.due`, the same rule clean acts on, so that its fix clears
+    the finding), and (sessions) files over the size limit."""
     where = _storage(root, p, kind)
     if where is None or where.target is None:
         return None
@@ -405,6 +364,7 @@ def scan_data(root: HostRoot, p: Project, kind: str, *, older_than: float | None
     except OSError as exc:
         res.errors.append({"path": host, "error": exc.strerror or str(exc)})
         return res
+    dev = os.fstat(top).st_dev
     stack: list[tuple[int, str]] = [(top, "")]
     while stack:
         dfd, rel = stack.pop()
@@ -438,12 +398,16 @@ def scan_data(root: HostRoot, p: Project, kind: str, *, older_than: float | None
                 continue
             res.files += 1
             name = e.name
-            if name.endswith(".gz") or name in PROTECTED_NAMES or safefs.is_tmp_name(name):
+            if name.endswith(".gz") or safefs.is_tmp_name(name) or \
+                    policy.protected(kind, name, rel + name) is not None:
                 continue
-            if kind == "sessions" and st.st_size > big_bytes and len(res.big) < 20:
+            if kind in ("sessions", "claude_sessions") and st.st_size > big_bytes \
+                    and len(res.big) < 20:
                 res.big.append({"path": f"{host}/{rel}{name}", "bytes": st.st_size})
-            if older_than is not None and st.st_mtime < older_than and \
-                    _compressible(kind, rel, name, patterns):
+            if pol is None or st.st_dev != dev:
+                continue
+            d = policy.due(pol, name, rel + name, st, now, only="compress")
+            if d is not None and d.action == "compress":
                 res.old_files += 1
                 res.old_bytes += st.st_size
                 if len(res.old_examples) < 5:
@@ -454,13 +418,16 @@ def scan_data(root: HostRoot, p: Project, kind: str, *, older_than: float | None
 
 # --- per-install checks ----------------------------------------------------------------
 
-def storage_checks(root: HostRoot, p: Project, mounts: list[facts.Mount]
+def storage_checks(root: HostRoot, p: Project, mounts: list[facts.Mount],
+                   movable: Sequence[str] = ("sessions", "checkpoints", "checkpoint_store")
                    ) -> tuple[Check, Check]:
-    """Data folders on rotational disks (relocate) and mounts without noatime (fstab)."""
+    """Data folders on rotational disks (relocate, for the classes it moves:
+    ``movable``, the config's relocate.kinds) and mounts without noatime (fstab)."""
     if not mounts:
         why = "no mount table under the root (/proc/self/mountinfo)"
         return Check("rotational", "skip", why), Check("noatime", "skip", why)
     rot: list[str] = []
+    stay: list[str] = []  # on rotational storage, but relocate does not move the class
     rot_known = 0
     atime: dict[str, list[str]] = {}
     atime_known = 0
@@ -475,7 +442,8 @@ def storage_checks(root: HostRoot, p: Project, mounts: list[facts.Mount]
         if m.ssd is not None:
             rot_known += 1
             if not m.ssd:
-                rot.append(f"{kind} ({where.target} on {m.device or m.source})")
+                (rot if kind in movable else stay).append(
+                    f"{kind} ({where.target} on {m.device or m.source})")
         if m.pseudo or m.network or m.read_only:
             continue
         atime_known += 1
@@ -483,10 +451,20 @@ def storage_checks(root: HostRoot, p: Project, mounts: list[facts.Mount]
             atime.setdefault(m.mount_point, []).append(kind)
             seen_mounts[m.mount_point] = m
     if rot:
+        also = ("; " + ", ".join(stay) + " also on rotational storage: relocate moves "
+                "them only when listed in [relocate] kinds") if stay else ""
         c_rot = Check("rotational", "fail",
-                      "data on rotational storage: " + ", ".join(rot),
-                      "move sessions and checkpoints to an SSD behind symlinks",
-                      _cmd(root, "relocate", p.host_path), {"folders": rot})
+                      "data on rotational storage: " + ", ".join(rot) + also,
+                      "move them to an SSD behind symlinks",
+                      _cmd(root, "relocate", p.host_path),
+                      {"folders": rot, "not_moved_by_relocate": stay})
+    elif stay:
+        c_rot = Check("rotational", "warn",
+                      "data on rotational storage that relocate does not move (not in "
+                      "[relocate] kinds): " + ", ".join(stay),
+                      "list these classes in [relocate] kinds in the mnic-ops config, then "
+                      "run mnic-ops relocate (or move the install to an SSD)", None,
+                      {"folders": [], "not_moved_by_relocate": stay})
     elif rot_known:
         c_rot = Check("rotational", "ok")
     else:
@@ -857,7 +835,8 @@ def _probe_context(app: AppContext, p: Project, newest: int, timeout: float
 
 
 def doctor_project(app: AppContext, p: Project, mounts: list[facts.Mount],
-                   procs: list[Proc], skip_pids: set[int]) -> dict[str, Any]:
+                   procs: list[Proc], skip_pids: set[int],
+                   tier: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = app.config
     agent_limit = int(float(cfg.get("doctor.agent_max_kib", 100.0)) * 1024)
     session_limit = int(float(cfg.get("doctor.session_max_mb", 10.0)) * MIB)
@@ -883,13 +862,12 @@ def doctor_project(app: AppContext, p: Project, mounts: list[facts.Mount],
     mem = memory_figure(p, procs, skip_pids)
 
     now = time.time()
-    days = {k: policy_days(cfg, k) for k in _COMPRESSIBLE}
+    pols = policy.resolve_policy(cfg, p, tier)
+    days = {k: pol.compress_after_days for k, pol in pols.items() if policy.compresses(pol)}
     scans: dict[str, DirScan] = {}
     for kind in DATA_KINDS:
-        d = days.get(kind)
-        s = scan_data(app.root, p, kind, big_bytes=session_limit,
-                      older_than=now - d * 86400 if d else None,  # 0: compression off
-                      patterns=policy_patterns(cfg, kind))
+        s = scan_data(app.root, p, kind, big_bytes=session_limit, now=now,
+                      pol=pols[kind] if kind in days else None)
         if s is not None:
             scans[kind] = s
 
@@ -897,7 +875,7 @@ def doctor_project(app: AppContext, p: Project, mounts: list[facts.Mount],
     checks += agent_checks(app.root, p, ares, agent_limit)
     checks += context_checks(app.root, p, cres, scans, session_limit)
     checks.append(uncompressed_check(app.root, p, scans, days))
-    checks += storage_checks(app.root, p, mounts)
+    checks += storage_checks(app.root, p, mounts, list(cfg.get("relocate.kinds") or ()))
     links = link_check(app.root, p)
     if links is not None:
         checks.append(links)
@@ -924,10 +902,11 @@ def run_doctor(app: AppContext, projects: list[Project], names: Sequence[str] = 
     procs = processes()
     found_watchers = watchers(root, procs)
     skip = {w.pid for w in found_watchers}
+    tier = policy.tier_clean(app)
     rows: list[dict[str, Any]] = []
     for p in projects:  # one install's failure is that install's, the others are measured
         with installfail.guard(app, p.host_path, "doctor"):
-            rows.append(doctor_project(app, p, mounts, procs, skip))
+            rows.append(doctor_project(app, p, mounts, procs, skip, tier))
 
     host_figures: dict[str, Any] = {}
     host_checks: list[Check] = []

@@ -65,8 +65,9 @@ class InstallFailure:
     def text(self) -> str:
         from mnic_ops.quoting import printable
 
+        done = "; nothing done for it" if self.stage == "data map" else ""
         return (f"install {printable(self.install)} failed ({self.stage}): "
-                f"{printable(self.error)}; nothing done for it")
+                f"{printable(self.error)}{done}")
 
 
 class InstallFailures:

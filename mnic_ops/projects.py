@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mnic_ops import safefs, userjson
+from mnic_ops import framework_map as fmap
+from mnic_ops import fwconfig, safefs
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_OK, InputError, OpsError
 from mnic_ops.hostroot import HostRoot
 from mnic_ops.installfail import INSTALL_ERRORS, reason, usable
@@ -35,27 +36,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DATA_KINDS = ("sessions", "checkpoints", "checkpoint_store", "thinking_logs",
-              "cost_records", "logs", "task_results")
-# Names the framework reads back by exact name: never compress/move apart.
-PROTECTED_NAMES = frozenset({"checkpoint_index.json", "agent_coordination.json",
-                             "index.json", "state.json", "current_session.json",
-                             "SESSION_CURRENT.md"})
+# The data map itself (folders, and which files the framework reads back) is derived
+# from the framework's code in mnic_ops.framework_map; this module finds the installs
+# and resolves the folders of each.
+DATA_KINDS = fmap.DATA_KINDS
+# Names the framework (or the assistant) reads back by exact name, in any data folder:
+# never compressed or moved apart. The full, per-folder rules are fmap.FOLDERS.
+PROTECTED_NAMES = frozenset(fmap.EXACT_NAMES)
 
 # Data folders relative to the install root, per layout.
-PROJECT_PATHS = {
-    "sessions": "project_archive/sessions",
-    "checkpoints": ".claude/checkpoints",
-    "checkpoint_store": ".ai-tools/checkpoint/storage",  # default of storage.base_path
-    "thinking_logs": ".claude/thinking-logs",
-    "cost_records": ".ai-tools/model-config/data",
-    "logs": "project_archive/logs",
-    "task_results": "project_archive/background-tasks/results",
-}
-OPT_PATHS = {**PROJECT_PATHS, "sessions": "sessions", "checkpoints": "checkpoints",
-             "logs": "logs"}
+PROJECT_PATHS = {k: f.default for k, f in fmap.FOLDERS.items()}
+OPT_PATHS = {k: f.opt_default for k, f in fmap.FOLDERS.items()}
 OPT_ROOT = "/opt/my-name-is-claude"
-CHECKPOINT_CONFIG = ".claude/config/checkpoint-config.json"
+CHECKPOINT_CONFIG = fmap.CHECKPOINT_CONFIG
 
 # Folders the search never enters: they cannot hold an install and can be huge.
 SKIP_NAMES = frozenset({".git", ".hg", ".svn", "node_modules", "__pycache__", ".venv",
@@ -90,16 +83,28 @@ class Project:
     # used); such an install has no data folders and is reported, not worked on
     # (mnic_ops.installfail.usable).
     failure: str | None = None
+    version_sources: dict[str, str] = field(default_factory=dict)  # file -> version it says
+    has_config: bool = True  # .claude/config/ is there (the copy script does not make it)
+    notes: list[str] = field(default_factory=list)
+    _configs: dict[str, fwconfig.FrameworkConfig] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
         return os.path.basename(self.host_path.rstrip("/")) or "/"
 
+    def framework_config(self, rel: str) -> fwconfig.FrameworkConfig:
+        """A framework config file of this install, read once, bounded, never through a
+        symlink below the install."""
+        if rel not in self._configs:
+            self._configs[rel] = fwconfig.read(self.path, self.host_path, rel)
+        return self._configs[rel]
+
     def to_json(self, sizes: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
             "root": self.host_path, "user": self.user, "group": self.group,
             "uid": self.uid, "gid": self.gid, "version": self.version,
-            "layout": self.layout, "data": {}}
+            "version_sources": self.version_sources, "has_config": self.has_config,
+            "layout": self.layout, "notes": self.notes, "data": {}}
         for kind, d in self.data.items():
             dd: dict[str, Any] = {"path": d.host_path, "exists": d.exists,
                                   "is_link": d.is_link, "link_target": d.link_target}
@@ -116,6 +121,13 @@ class Project:
                     dd["link_note"] = loc.note
             out["data"][kind] = dd
         return out
+
+
+NO_CONFIG_NOTE = (
+    "no .claude/config/: the framework's copy_framework_to_project.sh does not install it, "
+    "so the framework runs on its built-in defaults; mnic-ops render leaves this install "
+    "alone until the config is there (copy the framework's .claude/config/ into the "
+    "install, then run mnic-ops render)")
 
 
 # --- recognising an install ----------------------------------------------------------
@@ -153,52 +165,105 @@ def _read_beneath(base: Path, rel: str, limit: int = 1 << 20) -> bytes | None:
 
 
 _VERSION_RE = re.compile(r"\d+\.\d+(?:\.\d+)?(?:[-+.][0-9A-Za-z.]+)?")
+# FRAMEWORK_README.md: "**Current Version:** 3.10.0" and the "Version-3.10.0" badge.
 _README_VERSION_RE = re.compile(
-    r"(?:Framework|framework_version|FRAMEWORK_VERSION)\b[^\n]{0,60}?\bv?(\d+\.\d+\.\d+)")
+    r"(?:Current Version:?\**:?\s*|badge/Version-|framework_version\W+|"
+    r"FRAMEWORK_VERSION\W+)v?(\d+\.\d+\.\d+)")
+# FRAMEWORK_CHANGELOG.md (Keep a Changelog): the first "## [3.10.0] - date".
+_CHANGELOG_RE = re.compile(r"^##\s*\[v?(\d+\.\d+\.\d+)\]", re.M)
+# Config files whose "framework_version" names the release (3.10.0 writes it).
+_VERSIONED_CONFIGS = ("extended-thinking-config.json", "diagnostic-framework-integration.json",
+                      "skills-conversion-mapping.json")
+# Component versions in config files: the release that introduced the component, so
+# the install is at least that release.
+_COMPONENT_CONFIGS = ("parallel-agents-config.json", "checkpoint-config.json",
+                      "background-tasks.json")
 
 
-def read_version(path: Path) -> str | None:
-    """The framework version: the ``VERSION`` file its copy script installs, else the
-    version named in ``FRAMEWORK_README.md``; None when neither says."""
+def _newest(versions: list[str]) -> str | None:
+    keyed = [(k, v) for v in versions if (k := fmap.version_key(v)) is not None]
+    return max(keyed)[1] if keyed else None
+
+
+def read_versions(path: Path) -> tuple[str | None, dict[str, str]]:
+    """The framework version of an install and what each source says.
+
+    The framework ships a stale ``VERSION`` file (3.2.1 in 3.3.0 and 3.10.0), so the
+    release comes from ``FRAMEWORK_README.md`` and ``FRAMEWORK_CHANGELOG.md`` (the copy
+    script installs both), then the configs' ``framework_version``, then their component
+    versions (a lower bound), and only last from ``VERSION``."""
+    sources: dict[str, str] = {}
+    for rel, rx in (("FRAMEWORK_README.md", _README_VERSION_RE),
+                    ("FRAMEWORK_CHANGELOG.md", _CHANGELOG_RE),
+                    ("CHANGELOG.md", _CHANGELOG_RE)):
+        raw = _read_beneath(path, rel, 64 * 1024)
+        if raw:
+            m = rx.search(raw.decode(errors="replace"))
+            if m:
+                sources[rel] = m.group(1)
     for rel in ("VERSION", ".claude/VERSION"):
         raw = _read_beneath(path, rel, 256)
         if raw:
             m = _VERSION_RE.search(raw.decode(errors="replace"))
             if m:
-                return m.group(0)
-    raw = _read_beneath(path, "FRAMEWORK_README.md", 64 * 1024)
-    if raw:
-        m = _README_VERSION_RE.search(raw.decode(errors="replace"))
-        if m:
-            return m.group(1)
-    return None
+                sources[rel] = m.group(0)
+    docs = [v for k, v in sources.items() if k.endswith(".md")]
+    if docs:
+        return _newest(docs), sources
+    found: list[str] = []
+    for name, key in ([(n, "framework_version") for n in _VERSIONED_CONFIGS]
+                      + [(n, "version") for n in _COMPONENT_CONFIGS]):
+        raw = _read_beneath(path, f"{fmap.CONFIG_DIR}/{name}", 256 * 1024)
+        if not raw:
+            continue
+        m = re.search(rf'"{key}"\s*:\s*"v?(\d+\.\d+\.\d+)"', raw.decode(errors="replace"))
+        if m and (fmap.version_key(m.group(1)) or (0,)) >= (3,):
+            sources[f"{fmap.CONFIG_DIR}/{name} {key}"] = m.group(1)
+            found.append(m.group(1))
+    if found:
+        return _newest(found), sources
+    return next((sources[k] for k in ("VERSION", ".claude/VERSION") if k in sources),
+                None), sources
 
 
-def _checkpoint_store_rel(path: Path, host_path: str) -> str:
-    """``storage.base_path`` from checkpoint-config.json, relative to the install.
+def read_version(path: Path) -> str | None:
+    """The framework version of the install at ``path`` (see :func:`read_versions`)."""
+    return read_versions(path)[0]
 
-    A value that leaves the install (absolute elsewhere, ``..``) is ignored with a
-    warning: a user-writable file must not point a root process at other folders.
-    """
-    default = PROJECT_PATHS["checkpoint_store"]
-    raw = _read_beneath(path, CHECKPOINT_CONFIG)
-    if raw is None:
+
+def _config_rel(project: Project, kind: str) -> str:
+    """A data folder's path relative to the install: the default, or what the framework
+    config that moves it says (``storage.base_path``, ``logging.storage_path``,
+    ``storage.task_results_dir``...). A value that leaves the install (absolute
+    elsewhere, ``..``) or does not parse is ignored with a warning: a user-writable file
+    must not point a root process at other folders, and the framework itself falls back
+    to its default when its config does not load."""
+    folder = fmap.FOLDERS[kind]
+    default = (OPT_PATHS if project.layout == "opt" else PROJECT_PATHS)[kind]
+    if folder.config is None:
         return default
+    rel, dotted = folder.config
+    cfg = project.framework_config(rel)
+    if cfg.error:
+        # A file that locates data and cannot be read: the install fails (reported,
+        # exit 1, the others go on) instead of mnic-ops guessing where its data is.
+        raise InputError(cfg.error)
     try:
-        base = userjson.parse(raw, f"{host_path}/{CHECKPOINT_CONFIG}").get(
-            "storage", {}).get("base_path")
-    except (ValueError, AttributeError):
-        log.warning("%s/%s: not valid JSON; assuming the default checkpoint store %s",
-                    host_path, CHECKPOINT_CONFIG, default)
+        value = fwconfig.relpath(cfg, dotted)
+    except fwconfig.BadValue as exc:
+        # where the framework keeps this data is unknown: nothing is done for the
+        # install (mnic_ops.installfail), rather than guessing at a folder
+        raise InputError(exc.message) from None
         return default
-    if not isinstance(base, str) or not base.strip():
+    if value is None:
         return default
-    joined = os.path.normpath(os.path.join(host_path, base))
+    host_path = project.host_path
+    joined = os.path.normpath(os.path.join(host_path, value))
     if not (joined == host_path or joined.startswith(host_path.rstrip("/") + "/")):
-        log.warning("%s/%s: storage.base_path %r is outside the install; ignored "
-                    "(using %s)", host_path, CHECKPOINT_CONFIG, base, default)
+        log.warning("%s: %s %r is outside the install; ignored (using %s)",
+                    cfg.where(dotted), dotted, value, default)
         return default
-    return os.path.relpath(joined, host_path)
+    return os.path.relpath(joined, host_path) if joined != host_path else default
 
 
 def _data_dir(root: HostRoot, kind: str, host_path: str) -> DataDir:
@@ -272,13 +337,22 @@ def load_project(root: HostRoot, host_path: str, layout: str,
     host_path = os.path.normpath(host_path)
     real = root.path(host_path)
     st = os.lstat(real)
-    paths = dict(OPT_PATHS if layout == "opt" else PROJECT_PATHS)
-    paths["checkpoint_store"] = _checkpoint_store_rel(real, host_path)
-    data = {kind: _data_dir(root, kind, os.path.normpath(f"{host_path}/{paths[kind]}"))
-            for kind in DATA_KINDS}
-    return Project(host_path=host_path, path=real, uid=st.st_uid, gid=st.st_gid,
-                   user=names.user(st.st_uid), group=names.group(st.st_gid),
-                   version=read_version(real), layout=layout, data=data)
+    version, sources = read_versions(real)
+    p = Project(host_path=host_path, path=real, uid=st.st_uid, gid=st.st_gid,
+                user=names.user(st.st_uid), group=names.group(st.st_gid),
+                version=version, layout=layout, version_sources=sources,
+                has_config=_is_dir_nofollow(real / ".claude") and os.path.lexists(
+                    real / fmap.CONFIG_DIR))  # a link there is there (and refused later)
+    stale = sources.get("VERSION")
+    if stale and version and stale != version:
+        p.notes.append(f"VERSION says {stale}, a file the framework ships stale; the "
+                       f"release is {version} ("
+                       + ", ".join(k for k, v in sources.items() if v == version) + ")")
+    if not p.has_config:
+        p.notes.append(NO_CONFIG_NOTE)
+    p.data = {kind: _data_dir(root, kind, os.path.normpath(
+        f"{host_path}/{_config_rel(p, kind)}")) for kind in DATA_KINDS}
+    return p
 
 
 def load_project_or_failure(root: HostRoot, host_path: str, layout: str,
@@ -550,7 +624,9 @@ def _text(rows: list[dict[str, Any]]) -> str:
     lines: list[str] = []
     for r in rows:
         lines.append(f"{r['root']}  owner {r['user']}:{r['group']}  "
-                     f"version {r['version'] or 'unknown'}  layout {r['layout']}")
+                     f"version {r['version'] or 'unknown'}  layout {r['layout']}"
+                     + ("" if r["has_config"] else "  (no .claude/config/)"))
+        lines.extend(f"  note: {n}" for n in r["notes"])
         for kind, d in r["data"].items():
             if not d["exists"]:
                 state = "absent"

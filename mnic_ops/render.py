@@ -181,6 +181,17 @@ def plan_project(app: AppContext, proj: projects.Project, tpl: Templates, ctx: C
     root = app.root
     items: list[Item] = []
     pctx = ctx.project(proj)
+    if not proj.has_config:
+        # The framework's copy_framework_to_project.sh does not install .claude/config/:
+        # such an install runs on the framework's built-in defaults, and mnic-ops writes
+        # no config files the framework did not have.
+        return [Item(id=f"project:{proj.host_path}",
+                     description=f"render {ctx.tier} tier into {proj.host_path}",
+                     state=SKIPPED, reason=(
+                         "no .claude/config/ in this install (the framework's "
+                         "copy_framework_to_project.sh does not copy it; the framework runs "
+                         "on its built-in defaults): copy the framework's .claude/config/ "
+                         f"into {proj.host_path}/.claude/, then run mnic-ops render"))]
     try:
         for template, rel in OVERLAYS:
             host = f"{proj.host_path}/{rel}"

@@ -133,6 +133,27 @@ def _replace_at(dfd: int, name: str, data: bytes, st: os.stat_result | None, *,
     os.fsync(dfd)
 
 
+def atomic_write_at(dirfd: int, name: str, data: bytes | str, *,
+                    expect: os.stat_result | None = None) -> None:
+    """:func:`atomic_write` for ``name`` in the open folder ``dirfd`` (nothing below it
+    is followed): the replaced file keeps its owner, group and mode. With ``expect``
+    (the stat of the file as it was read), a file that changed since (another writer)
+    is left alone and OpsError is raised."""
+    if isinstance(data, str):
+        data = data.encode()
+    try:
+        st: os.stat_result | None = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise OpsError(f"{name}: not a regular file; refusing to replace it")
+    if expect is not None and (st is None or (st.st_dev, st.st_ino, st.st_size,
+                                              st.st_mtime_ns) != (
+            expect.st_dev, expect.st_ino, expect.st_size, expect.st_mtime_ns)):
+        raise OpsError(f"{name}: changed since it was read; left as it is")
+    _replace_at(dirfd, name, data, st, mode=None, uid=None, gid=None)
+
+
 def resolve_beneath(base: str | os.PathLike[str], path: str, *, max_links: int = 40) -> str:
     """Resolve the symlinks in ``path`` as if ``base`` were ``/`` (like a chroot): an
     absolute link target starts again at ``base`` and ``..`` stops at it, so a link can

@@ -57,10 +57,10 @@ import click
 
 from mnic_ops import clean as cl
 from mnic_ops import compress as cz
-from mnic_ops import installfail, linkrecords, quoting, safefs
+from mnic_ops import installfail, linkrecords, policy, quoting, safefs
 from mnic_ops.changes import OK, ApplyContext, Item, Undo, undo_handler, unified_diff
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, InputError, OpsError
-from mnic_ops.projects import DATA_KINDS, PROTECTED_NAMES, Project, human
+from mnic_ops.projects import DATA_KINDS, Project, human
 
 if TYPE_CHECKING:
     from mnic_ops.facts import Mount
@@ -99,7 +99,7 @@ class WatchRoot:
 
     project: Project
     kind: str
-    policy: cl.Policy
+    policy: policy.Policy
     settle: float
     host_path: str  # the data folder as the framework names it
     prefix: str | None = None  # trusted host prefix (install, recorded relocation base) ...
@@ -161,13 +161,13 @@ def build_roots(app: AppContext, projects: Sequence[Project], pass_: cl.Pass,
     records = linkrecords.load(app.root)
     for p in projects:
         try:
-            pols = cl.resolve_policy(app.config, p, tier)
+            pols = policy.resolve_policy(app.config, p, tier)
         except installfail.INSTALL_ERRORS as exc:  # the owner's bad file: not watched
             app.failures.add(p.host_path, exc, "watch")
             continue
         for kind in DATA_KINDS:
             pol = pols[kind]
-            if pol.compress_after_days <= 0 or not pol.patterns:
+            if not policy.compresses(pol):
                 continue
             d = p.data[kind]
             r = WatchRoot(p, kind, pol, settle_of(app, kind), d.host_path,
@@ -250,12 +250,11 @@ def count_dirs(app: AppContext, r: WatchRoot, pass_: cl.Pass) -> int:
 
 
 def wanted(r: WatchRoot, name: str, rel: str) -> bool:
-    """Is this name, ``rel`` below the data folder, one the watcher compresses?"""
-    if name.endswith(".gz") or cz.is_ours(name) or safefs.is_tmp_name(name):
+    """Is this name, ``rel`` below the data folder, one the watcher compresses (the
+    clean policy's own rule, :func:`mnic_ops.policy.compress_wanted`)?"""
+    if cz.is_ours(name) or safefs.is_tmp_name(name):
         return False
-    if name in PROTECTED_NAMES:
-        return False
-    return cl._match(r.policy.patterns, name, rel)
+    return policy.compress_wanted(r.policy, name, rel)
 
 
 # --- inotify limits --------------------------------------------------------------------
@@ -461,7 +460,7 @@ class Daemon:
         app = app or self.app
         cfg = app.config
         pass_ = cl.Pass(app, check=True, only="compress")
-        tier = cl._tier_clean(app)
+        tier = policy.tier_clean(app)
         poll_seconds = float(cfg.get("watch.poll_seconds", 30.0))
         rescan_every = float(cfg.get("watch.rescan_minutes", 60.0)) * 60.0
         projects = self._select(app)
@@ -952,10 +951,17 @@ class Daemon:
             self.compressed += 1
             saved = o.before - o.after
             self.saved += saved
+            extra: dict[str, Any] = {}
+            note = ""
+            if o.kept_as:  # a collision resolved (see mnic_ops.compress.keep_numbered)
+                kept = cl.printable(posixpath.join(posixpath.dirname(
+                    f"{r.host_path}/{rel}"), o.kept_as))
+                extra["kept_as"] = kept
+                note = f"; the older {shown}.gz had other content: kept as {kept}"
             self.say("compressed", f"compressed {shown} ({human(o.before)} -> "
-                     f"{human(o.after)}, saved {human(saved)})", path=shown,
+                     f"{human(o.after)}, saved {human(saved)}){note}", path=shown,
                      kind=r.kind, bytes_before=o.before, bytes_after=o.after,
-                     bytes_saved=saved)
+                     bytes_saved=saved, **extra)
             return
         try:
             st: os.stat_result | None = os.stat(o.name, dir_fd=dfd, follow_symlinks=False)
@@ -1264,7 +1270,7 @@ def preflight(app: AppContext, names: Sequence[str], poll: bool) -> int:
 
     projects = select_projects(app, names)
     pass_ = cl.Pass(app, check=True, only="compress")
-    tier = cl._tier_clean(app)
+    tier = policy.tier_clean(app)
     mounts = facts.mounts(app.root, facts.Absent())
     force = poll or bool(app.config.get("watch.poll", False))
     roots = build_roots(app, projects, pass_, tier)
@@ -1351,7 +1357,7 @@ def writable_paths(app: AppContext, projects: Sequence[Project],
     may appear), plus ``extra`` (the relocation target when provision is about to move
     data there, so that the unit is the same before and after the move)."""
     pass_ = cl.Pass(app, check=True, only="compress")
-    roots = build_roots(app, projects, pass_, cl._tier_clean(app))
+    roots = build_roots(app, projects, pass_, policy.tier_clean(app))
     ok = [r for r in roots if r.prefix is not None and r.state != REFUSED]
     paths = sorted({r.target_host for r in ok} | {r.host_path for r in ok}
                    | {os.path.normpath(p) for p in extra})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import random
 import time
@@ -14,26 +15,37 @@ PROJECT = "/home/alice/proj"
 DAY = 86400
 
 
+# Data folders where the built-in policy compresses aged *.json: the session folders,
+# the 3.3 checkpoint folder, and thinking logs (their config below declares it). The
+# framework's checkpoint store and cost records are read back by name: never compressed.
+AGED_DIRS = ["project_archive/sessions", ".claude/checkpoints/manual", ".claude/sessions",
+             ".claude/thinking-logs/core/arch", ".claude/checkpoints/agent_execution"]
+# What the framework writes and reads back by name, shaped as it writes it.
+EMPTY_INDEX = {"version": "3.7.0", "checkpoints": {}, "categories": {}, "tags": {},
+               "timeline": []}
+THINKING_CONFIG = {"logging": {"enabled": True, "storage_path": ".claude/thinking-logs/",
+                               "retention_days": 90, "compression": "gzip_after_7_days"}}
+
+
 def make_project(root: Path, *, files: int = 40, seed: int = 1, age_days: float = 10,
                  host_path: str = PROJECT) -> dict[str, bytes]:
     """A per-project install under ``root`` with ``files`` aged JSON files spread over the
-    data folders (plus names the framework reads back). Returns {host path: bytes} of
-    every file that must survive (as itself or as a .gz)."""
+    data folders the built-in policy compresses (plus names the framework reads back,
+    shaped as it writes them). Returns {host path: bytes} of every file that must
+    survive (as itself or as a .gz)."""
     rnd = random.Random(seed)
     base = root / host_path.lstrip("/")
     for d in (".claude/agents/core", ".ai-tools", ".claude/config",
-              "project_archive/sessions", ".claude/checkpoints/manual",
-              ".ai-tools/checkpoint/storage/metadata", ".claude/thinking-logs/core/arch",
-              ".ai-tools/model-config/data/daily"):
+              ".ai-tools/checkpoint/storage/metadata", ".ai-tools/model-config/data/daily",
+              *AGED_DIRS):
         (base / d).mkdir(parents=True, exist_ok=True)
     (base / ".claude/agents/core/a.md").write_text("# agent\n")
-    dirs = ["project_archive/sessions", ".claude/checkpoints/manual",
-            ".ai-tools/checkpoint/storage/metadata", ".claude/thinking-logs/core/arch",
-            ".ai-tools/model-config/data/daily"]
+    (base / ".claude/config/extended-thinking-config.json").write_text(
+        json.dumps(THINKING_CONFIG, indent=2))
     out: dict[str, bytes] = {}
     old = time.time() - age_days * DAY
     for i in range(files):
-        d = dirs[i % len(dirs)]
+        d = AGED_DIRS[i % len(AGED_DIRS)]
         size = rnd.choice([1500, 3000, 4000, 12000, 25000])
         line = f'{{"i": {i}, "agent": "qa-engineer", "v": {rnd.random():.6f}}}\n'.encode()
         data = (line * (size // len(line) + 1))[:size]
@@ -42,15 +54,19 @@ def make_project(root: Path, *, files: int = 40, seed: int = 1, age_days: float 
         p.write_bytes(data)
         os.utime(p, (old, old))
         out[f"{host_path}/{rel}"] = data
-    for rel in ("project_archive/sessions/SESSION_CURRENT.md",
-                ".ai-tools/checkpoint/storage/checkpoint_index.json",
-                ".ai-tools/checkpoint/storage/agent_coordination.json",
-                ".claude/thinking-logs/index.json",
-                ".ai-tools/model-config/data/current_session.json"):
+    for rel, content in (
+            ("project_archive/sessions/SESSION_CURRENT.md", b"# current session\n"),
+            (".ai-tools/checkpoint/storage/checkpoint_index.json",
+             json.dumps(EMPTY_INDEX, indent=2).encode()),
+            (".ai-tools/checkpoint/storage/agent_coordination.json",
+             b'{"version": "3.7.0", "agent_states": {}}'),
+            (".claude/thinking-logs/index.json", b'{"logs": []}'),
+            (".ai-tools/model-config/data/current_session.json",
+             b'{"record_count": 0, "records": []}')):
         p = base / rel
-        p.write_bytes(b'{"protected": true}\n')
+        p.write_bytes(content)
         os.utime(p, (old, old))
-        out[f"{host_path}/{rel}"] = p.read_bytes()
+        out[f"{host_path}/{rel}"] = content
     return out
 
 

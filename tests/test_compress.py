@@ -89,20 +89,48 @@ def test_skips_what_it_must_not_touch(folder: tuple[Path, int], tmp_path: Path) 
     os.link(d / "hard.json", d / "hard2.json")
     aged(d / "young.json", b"y", mtime=time.time())
     aged(d / "writing.json", b"w" * 100)
-    aged(d / "taken.json", b"t" * 100)
-    (d / "taken.json.gz").write_bytes(b"\x1f\x8b not really gzip")
+    (d / "linked.json.gz").symlink_to(outside)  # NAME.gz that is no plain file
+    aged(d / "linked.json", b"l" * 100)
     names = ["link.json", "fifo.json", "sock.json", "hard.json", "young.json",
-             "writing.json", "taken.json", "missing.json"]
+             "writing.json", "linked.json", "missing.json"]
     with open(d / "writing.json", "ab"):
         out = {o.name: o.reason for o in cz.compress_batch(fd, names, opts(fd))}
     sock.close()
     assert out == {"link.json": "symlink", "fifo.json": "not_regular",
                    "sock.json": "not_regular", "hard.json": "hard_links",
                    "young.json": "too_young", "writing.json": "open_for_writing",
-                   "taken.json": "archive_exists", "missing.json": "vanished"}
+                   "linked.json": "archive_exists", "missing.json": "vanished"}
     assert outside.read_bytes() == b"secret"
-    assert (d / "taken.json.gz").read_bytes() == b"\x1f\x8b not really gzip"
+    assert os.readlink(d / "linked.json.gz") == str(outside)
     assert not [n for n in os.listdir(d) if cz.is_ours(n)]
+
+
+def test_a_collision_is_resolved_and_reported(folder: tuple[Path, int]) -> None:
+    """NAME.gz with other content (the framework re-created NAME after an earlier pass
+    archived it): the older archive is kept as NAME.N.gz, N counting up, and NAME is
+    compressed; every byte of both stays readable."""
+    d, fd = folder
+    old = gzip.compress(b"first history")
+    (d / "h.json.gz").write_bytes(old)
+    aged(d / "h.json", b"second history")
+    (o,) = cz.compress_batch(fd, ["h.json"], opts(fd))
+    assert (o.state, o.kept_as) == (cz.COMPRESSED, "h.json.1.gz")
+    assert (d / "h.json.1.gz").read_bytes() == old
+    assert gzip.decompress((d / "h.json.gz").read_bytes()) == b"second history"
+    assert not (d / "h.json").exists()
+    # again: the next archive gets the next number, a gap in the numbers is not reused
+    (d / "h.json.1.gz").rename(d / "h.json.3.gz")
+    aged(d / "h.json", b"third history")
+    (o,) = cz.compress_batch(fd, ["h.json"], opts(fd))
+    assert o.kept_as == "h.json.4.gz"
+    assert gzip.decompress((d / "h.json.4.gz").read_bytes()) == b"second history"
+    assert gzip.decompress((d / "h.json.gz").read_bytes()) == b"third history"
+    # the same content: an interrupted pass finished, nothing renamed
+    aged(d / "h.json", b"third history")
+    (o,) = cz.compress_batch(fd, ["h.json"], opts(fd))
+    assert (o.state, o.kept_as) == (cz.FINISHED, "")
+    assert sorted(n for n in os.listdir(d) if n.startswith("h.json")) == [
+        "h.json.3.gz", "h.json.4.gz", "h.json.gz"]
 
 
 def test_open_for_writing_fallback_scans_proc(folder: tuple[Path, int]) -> None:
@@ -198,3 +226,38 @@ def test_project_lock_is_exclusive(tmp_path: Path) -> None:
             assert not second
         with cz.project_lock(root, "/home/a/q") as other:
             assert other
+
+
+def test_gunzip_at_makes_a_read_back_file_again(folder: tuple[Path, int]) -> None:
+    """The reverse of compression, for files an earlier pass gzipped that the framework
+    reads by exact name: same bytes, owner, mode and mtime; the archive goes last."""
+    d, fd = folder
+    data = payload(7)
+    aged(d / "m.json", data)
+    os.chmod(d / "m.json", 0o640)
+    cz.compress_batch(fd, ["m.json"], opts(fd))
+    gz_st = (d / "m.json.gz").stat()
+    o = cz.gunzip_at(fd, "m.json", cz.Options(dev=os.fstat(fd).st_dev))
+    assert o.state == cz.RESTORED
+    st = (d / "m.json").stat()
+    assert (d / "m.json").read_bytes() == data and not (d / "m.json.gz").exists()
+    assert (st.st_mode & 0o7777, st.st_mtime_ns) == (0o640, gz_st.st_mtime_ns)
+    # interrupted after the file got its name: the archive goes when it matches
+    (d / "m.json.gz").write_bytes(gzip.compress(data))
+    assert cz.gunzip_at(fd, "m.json", cz.Options()).state == cz.RESTORED
+    assert not (d / "m.json.gz").exists()
+    # the framework made the file again meanwhile: both stay
+    (d / "m.json.gz").write_bytes(gzip.compress(b"older"))
+    o = cz.gunzip_at(fd, "m.json", cz.Options())
+    assert (o.state, o.reason) == (cz.SKIPPED, "archive_exists")
+    assert (d / "m.json").read_bytes() == data
+    # a bomb, a corrupt archive, a symlink: refused, nothing written
+    (d / "b.json.gz").write_bytes(gzip.compress(b"\0" * (2 << 20)))
+    o = cz.gunzip_at(fd, "b.json", cz.Options(), limit=1 << 20)
+    assert o.state == cz.SKIPPED and "more than" in o.detail
+    (d / "c.json.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    assert cz.gunzip_at(fd, "c.json", cz.Options()).reason == "io_error"
+    (d / "l.json.gz").symlink_to(d / "m.json.gz")
+    assert cz.gunzip_at(fd, "l.json", cz.Options()).reason == "symlink"
+    assert not any((d / n).exists() for n in ("b.json", "c.json", "l.json"))
+    assert not [n for n in os.listdir(d) if cz.is_ours(n)]

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mnic_ops import doctor
+from mnic_ops import doctor, policy
 from mnic_ops._probe import front_matter
 from mnic_ops.config import Config
 from tests.conftest import REPO, require, run_mnic, write_tree
@@ -47,8 +47,13 @@ def make_install(base: Path, *, agents: int = 45, agent_bytes: int = 1500,
         files[f"project_archive/sessions/session_2025-01-0{i + 1}.json"] = json.dumps(
             {"history": [{"role": "user", "text": "x" * 200}] * 10})
     files["project_archive/sessions/SESSION_CURRENT.md"] = "# current\n" + "notes\n" * 100
-    files[".ai-tools/checkpoint/storage/checkpoint_index.json"] = json.dumps(
-        {"checkpoints": [f"cp_{i}" for i in range(20)]})
+    ids = [f"cp_20250101_0000{i:02d}_abcdef01" for i in range(20)]
+    files[".ai-tools/checkpoint/storage/checkpoint_index.json"] = json.dumps(  # as 3.10 does
+        {"version": "3.7.0", "checkpoints": {i: {
+            "timestamp": "2999-01-01T00:00:00", "level": "manual", "category": "unknown",
+            "label": i, "tags": []} for i in ids}, "categories": {"unknown": ids},
+         "tags": {}, "timeline": [{"checkpoint_id": i, "timestamp": "2999-01-01T00:00:00",
+                                   "label": i} for i in ids]}, indent=2)
     files[".ai-tools/checkpoint/storage/metadata/cp_20250101_000000_abcdef01.json"] = "{}"
     files[".claude/thinking-logs/core/backend/2025-01-01-000000-d.json"] = "{}"
     files.update(extra or {})
@@ -272,6 +277,18 @@ def test_ssd_with_relatime_and_rotational_with_noatime(fake_root: Path) -> None:
     assert c["rotational"]["status"] == "fail" and c["noatime"]["status"] == "ok"
     assert "sessions (/home/alice/proj/project_archive/sessions on sda1)" in \
         c["rotational"]["finding"]
+    # relocate is the fix only for what it moves (relocate.kinds); the rest is named
+    assert [f.split()[0] for f in c["rotational"]["details"]["folders"]] == [
+        "sessions", "checkpoint_store"]
+    assert "thinking_logs" in " ".join(c["rotational"]["details"]["not_moved_by_relocate"])
+    # relocate moves none of the classes there: a warning, and no relocate command
+    cfg = root2 / "etc/mnic-ops/config.toml"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text('[relocate]\nkinds = ["checkpoints"]\n')
+    _, rep, _ = doctor_json(root2)
+    c = checks(rep["projects"][0])
+    assert c["rotational"]["status"] == "warn" and c["rotational"]["command"] is None
+    assert "[relocate] kinds" in c["rotational"]["fix"]
 
 
 # --- metrics -----------------------------------------------------------------------------
@@ -574,12 +591,21 @@ def test_front_matter_rule_matches_the_framework(text: str, kind: str) -> None:
     assert front_matter(text)[0] == kind
 
 
-def test_compress_policy_from_clean_section() -> None:
-    cfg = Config(values={"clean": {"sessions": {"compress_after_days": 3},
-                                   "compress_after_days": 5}})
-    assert doctor.policy_days(cfg, "sessions") == 3
-    assert doctor.policy_days(cfg, "checkpoints") == 5
-    assert doctor.policy_days(Config(values={"clean": {}}), "thinking_logs") == 7
+def test_compress_policy_is_cleans(fake_root: Path) -> None:
+    """doctor asks clean's policy (mnic_ops.policy), per install: the config's section,
+    the built-in default, and what the framework's own config declares."""
+    from mnic_ops.hostroot import HostRoot
+    from mnic_ops.projects import load_project
+
+    make_install(fake_root / "home/alice/proj", agents=1)
+    cfg = Config(values={"clean": {"sessions": {"compress_after_days": 3}}})
+    proj = load_project(HostRoot.open(fake_root), "/home/alice/proj", "project")
+    pols = policy.resolve_policy(cfg, proj)
+    assert pols["sessions"].compress_after_days == 3
+    assert pols["checkpoints"].compress_after_days == 7
+    # thinking logs are read by a glob: compressed only where the framework declares it
+    assert pols["thinking_logs"].compress_after_days == 0
+    assert "declares no logging.compression" in pols["thinking_logs"].note
 
 
 def test_uncompressed_follows_clean_patterns_and_off_switch(fake_root: Path) -> None:
@@ -596,11 +622,33 @@ def test_uncompressed_follows_clean_patterns_and_off_switch(fake_root: Path) -> 
         if f.is_file():
             os.utime(f, (old, old))
     _, rep, _ = doctor_json(root)
-    kinds = checks(rep["projects"][0])["uncompressed"]["details"]["kinds"]
+    c = checks(rep["projects"][0])["uncompressed"]
+    kinds = c["details"]["kinds"]
     assert kinds["sessions"]["files"] == 4  # *.json, not SESSION_CURRENT.md or notes.txt
-    assert kinds["thinking_logs"]["files"] == 2  # not index.json
-    assert kinds["cost_records"]["files"] == 1  # daily/ only, not current_session.json
-    assert kinds["checkpoint_store"]["files"] == 1  # metadata, not checkpoint_index.json
+    # what the framework reads back by name (checkpoint metadata, daily cost records)
+    # and thinking logs without declared compression: clean never compresses them, so
+    # doctor does not ask for it
+    assert set(kinds) == {"sessions"}
+    assert c["command"] == "mnic-ops --root " + str(root) + " clean /home/alice/proj"
+    # the framework declares compression: now thinking logs are due (not index.json)
+    cfgdir = proj / ".claude/config"
+    cfgdir.mkdir(parents=True)
+    (cfgdir / "extended-thinking-config.json").write_text(json.dumps(
+        {"logging": {"retention_days": 90, "compression": "gzip_after_7_days"}}))
+    _, rep, _ = doctor_json(root)
+    kinds = checks(rep["projects"][0])["uncompressed"]["details"]["kinds"]
+    assert kinds["thinking_logs"]["files"] == 2
+    # ... and turns it off ("none"): nothing due, nothing flagged
+    (cfgdir / "extended-thinking-config.json").write_text(json.dumps(
+        {"logging": {"retention_days": 90, "compression": "none"}}))
+    _, rep, _ = doctor_json(root)
+    kinds = checks(rep["projects"][0])["uncompressed"]["details"]["kinds"]
+    assert "thinking_logs" not in kinds
+    # and the fix clears the finding: after clean, nothing is due
+    r = run_mnic("--root", str(root), "clean", "/home/alice/proj")
+    assert r.code == 0, r.err
+    _, rep, _ = doctor_json(root)
+    assert checks(rep["projects"][0])["uncompressed"]["status"] == "ok"
 
 
 def test_tier_drift_uses_render_plan(fake_root: Path, monkeypatch: pytest.MonkeyPatch
@@ -651,16 +699,27 @@ def test_tier_drift_uses_render_plan(fake_root: Path, monkeypatch: pytest.Monkey
     assert c.status == "skip" and "boom" in c.finding
 
 
-def test_clean_patterns_replace_the_builtin_suffixes() -> None:
-    cfg = Config(values={"clean": {"logs": {"patterns": ["*.log", "archive/*.txt"]}}})
-    pats = doctor.policy_patterns(cfg, "logs")
-    assert pats == ["*.log", "archive/*.txt"]
-    assert doctor._compressible("logs", "x/", "a.log", pats)
-    assert doctor._compressible("logs", "archive/", "b.txt", pats)
-    assert not doctor._compressible("logs", "other/", "b.txt", pats)
-    assert doctor.policy_patterns(cfg, "sessions") is None
-    assert doctor._compressible("sessions", "", "s.md", None)
-    assert not doctor._compressible("logs", "", "a.log", None)  # clean leaves logs alone
+def test_clean_patterns_replace_the_builtin_suffixes(fake_root: Path) -> None:
+    from mnic_ops.hostroot import HostRoot
+    from mnic_ops.projects import load_project
+
+    make_install(fake_root / "home/alice/proj", agents=1)
+    proj = load_project(HostRoot.open(fake_root), "/home/alice/proj", "project")
+    cfg = Config(values={"clean": {"logs": {"patterns": ["*.log", "archive/*.txt"],
+                                            "compress_after_days": 7}}})
+    pols = policy.resolve_policy(cfg, proj)
+    assert pols["logs"].patterns == ("*.log", "archive/*.txt")
+    assert policy.compress_wanted(pols["logs"], "a.log", "x/a.log")
+    assert policy.compress_wanted(pols["logs"], "b.txt", "archive/b.txt")
+    assert not policy.compress_wanted(pols["logs"], "b.txt", "other/b.txt")
+    # written by name by the framework's task runner: never, whatever the pattern
+    assert not policy.compress_wanted(pols["logs"], "background-tasks.log",
+                                      "background-tasks.log")
+    assert policy.compress_wanted(pols["sessions"], "s.md", "s.md")
+    assert not policy.compress_wanted(pols["sessions"], "SESSION_CURRENT.md",
+                                      "SESSION_CURRENT.md")
+    pols = policy.resolve_policy(Config(values={}), proj)
+    assert not policy.compress_wanted(pols["logs"], "a.log", "a.log")  # logs: off
 
 
 def test_opt_layout_without_agents(fake_root: Path) -> None:

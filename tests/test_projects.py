@@ -237,3 +237,81 @@ def test_ten_thousand_folders_three_installs(tmp_path: Path) -> None:
     want = bench.build(root, 10_000)
     assert sum(1 for _ in os.walk(root)) >= 9_900
     assert sorted(p.host_path for p in find(root)) == sorted(want)
+
+
+# --- the data map from the framework's code (issue 14) -------------------------------
+
+README_3_10 = ("# Claude Code Multi-Agent Framework\n\n[![Version](https://img.shields.io/"
+               "badge/Version-3.10.0-FF6B35)](CHANGELOG.md)\n\n**Current Version:** 3.10.0 "
+               "| **Release Date:** October 17, 2025\n")
+CHANGELOG_3_10 = "# Changelog\n\n## [3.10.0] - 2025-10-17\n\n## [3.9.0] - 2025-01-16\n"
+
+
+@pytest.mark.parametrize(("files", "version", "sources"), [
+    # as the copy script installs it: the stale VERSION beside the real release notes
+    ({"VERSION": "3.2.1\n", "FRAMEWORK_README.md": README_3_10,
+      "FRAMEWORK_CHANGELOG.md": CHANGELOG_3_10}, "3.10.0",
+     {"FRAMEWORK_README.md": "3.10.0", "FRAMEWORK_CHANGELOG.md": "3.10.0", "VERSION": "3.2.1"}),
+    # the README gone: the changelog's newest entry
+    ({"VERSION": "3.2.1\n", "FRAMEWORK_CHANGELOG.md": "## [3.3.0] - 2025-10-05\n"}, "3.3.0",
+     {"FRAMEWORK_CHANGELOG.md": "3.3.0", "VERSION": "3.2.1"}),
+    # only configs: framework_version, else the newest component version (a lower bound)
+    ({"VERSION": "3.2.1\n", ".claude/config/extended-thinking-config.json":
+      '{"version": "1.0.0", "framework_version": "3.10.0"}'}, "3.10.0",
+     {".claude/config/extended-thinking-config.json framework_version": "3.10.0",
+      "VERSION": "3.2.1"}),
+    ({".claude/config/checkpoint-config.json": '{"version": "3.7.0"}',
+      ".claude/config/parallel-agents-config.json": '{"version": "3.8.0"}'}, "3.8.0",
+     {".claude/config/checkpoint-config.json version": "3.7.0",
+      ".claude/config/parallel-agents-config.json version": "3.8.0"}),
+    ({"VERSION": "3.2.1\n"}, "3.2.1", {"VERSION": "3.2.1"}),  # nothing better to go by
+    ({}, None, {}),
+])
+def test_version_comes_from_the_release_notes_not_the_stale_version_file(
+        fake_root: Path, files: dict[str, str], version: str | None,
+        sources: dict[str, str]) -> None:
+    make_install(fake_root / "home/alice/p", extra=files)
+    (p,) = find(fake_root)
+    assert p.version == version
+    assert p.version_sources == sources
+    stale = [n for n in p.notes if n.startswith("VERSION says")]
+    assert bool(stale) == (version not in (None, "3.2.1") and "VERSION" in files)
+
+
+def test_an_install_without_config_says_so_and_render_says_why_it_skips(
+        fake_root: Path) -> None:
+    make_install(fake_root / "home/alice/p")
+    r = run_mnic("--root", str(fake_root), "--json", "projects")
+    (p,) = json.loads(r.out)["projects"]
+    assert p["has_config"] is False
+    assert any("copy_framework_to_project.sh" in n for n in p["notes"])
+    r = run_mnic("--root", str(fake_root), "render", "--host-class", "laptop",
+                 "/home/alice/p")
+    assert r.code == 0, r.err
+    assert "skipped: [project:/home/alice/p]" in r.out
+    assert "no .claude/config/" in r.out and "then run mnic-ops render" in r.out
+    assert not (fake_root / "home/alice/p/.claude/config").exists()
+
+
+def test_data_folders_the_framework_config_moves(fake_root: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    base = make_install(fake_root / "home/alice/p", extra={
+        ".claude/config/extended-thinking-config.json":
+            json.dumps({"logging": {"storage_path": "logs/thinking/"}}),
+        ".claude/config/background-tasks.json": json.dumps(
+            {"storage": {"task_results_dir": "bg/results", "task_logs_dir": "/etc"}}),
+    })
+    (p,) = find(fake_root)
+    d = p.data
+    assert d["thinking_logs"].host_path == "/home/alice/p/logs/thinking"
+    assert d["task_results"].host_path == "/home/alice/p/bg/results"
+    # outside the install: ignored, with the line that says it
+    assert d["task_logs"].host_path == "/home/alice/p/project_archive/background-tasks/logs"
+    assert "background-tasks.json:1: storage.task_logs_dir '/etc' is outside" in caplog.text
+    assert d["claude_sessions"].host_path == "/home/alice/p/.claude/sessions"
+    # a config that locates data and does not parse: where the data is is unknown, so
+    # the install fails (reported with file:line; nothing is done for it)
+    (base / ".claude/config/extended-thinking-config.json").write_text('{"logging": [')
+    (p,) = find(fake_root)
+    assert p.failure is not None and not p.data
+    assert "/home/alice/p/.claude/config/extended-thinking-config.json:1:" in p.failure

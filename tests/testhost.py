@@ -11,6 +11,8 @@ returns to its own namespace in :meth:`TestHost.stop`.
 from __future__ import annotations
 
 import ctypes
+import datetime
+import json
 import os
 import shutil
 import signal
@@ -196,9 +198,18 @@ def write_project(p: Path) -> Path:
             f"session {n}\n" * 200)
     (p / "project_archive/sessions/SESSION_CURRENT.md").write_text("now\n")
     (p / ".claude/checkpoints/manual/cp_1.json").write_text('{"id": 1}\n')
-    (p / ".ai-tools/checkpoint/storage/checkpoint_index.json").write_text("{}\n")
-    (p / ".ai-tools/checkpoint/storage/metadata/cp_20260101_000000_deadbeef.json"
-     ).write_text('{"x": 1}\n')
+    # shaped as the framework's CheckpointEngine writes them, recorded a day ago (so no
+    # declared retention expires it)
+    cp, when = "cp_20260101_000000_deadbeef", (
+        datetime.datetime.now() - datetime.timedelta(days=1)).isoformat()
+    entry = {"timestamp": when, "level": "manual", "category": "unknown",
+             "label": "manual_test", "tags": []}
+    (p / ".ai-tools/checkpoint/storage/checkpoint_index.json").write_text(json.dumps(
+        {"version": "3.7.0", "checkpoints": {cp: entry}, "categories": {"unknown": [cp]},
+         "tags": {}, "timeline": [{"checkpoint_id": cp, "timestamp": when,
+                                   "label": "manual_test"}]}, indent=2) + "\n")
+    (p / f".ai-tools/checkpoint/storage/metadata/{cp}.json").write_text(json.dumps(
+        {"checkpoint_id": cp, **entry}, indent=2) + "\n")
     return p
 
 
