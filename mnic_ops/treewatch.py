@@ -166,19 +166,25 @@ class TreeWatch:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the reader and close the instance (which drops every watch)."""
+    def stop(self, wait: float = 10.0) -> None:
+        """Stop the reader and close the instance (which drops every watch). A reader
+        that does not finish within ``wait`` seconds (stuck) is left behind: its
+        descriptors are closed under it."""
         self._stopping = True
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
         if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(10)
-        with self.lock:
+            self._thread.join(wait)
+        got = self.lock.acquire(timeout=max(wait, 1.0))
+        try:
             for fd in (self.fd, self._wake_r, self._wake_w):
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self.fd = -1
             self.trees, self.wds = [], {}
+        finally:
+            if got:
+                self.lock.release()
 
     def alive(self, stall: float = 60.0) -> bool:
         """The reader runs and has ticked within ``stall`` seconds."""
@@ -385,7 +391,7 @@ class TreeWatch:
                             self._unpaired()
                     continue
                 try:
-                    data = os.read(self.fd, READ_SIZE)
+                    data = self._read()
                 except BlockingIOError:
                     continue
                 with self.lock:
@@ -396,6 +402,9 @@ class TreeWatch:
             if not self._stopping:
                 self.error = exc
                 self.sink.put(("died", f"{type(exc).__name__}: {exc}", "", time.time()))
+
+    def _read(self) -> bytes:
+        return os.read(self.fd, READ_SIZE)
 
     def _parse(self, data: bytes) -> None:
         off, n = 0, len(data)

@@ -681,8 +681,8 @@ class Daemon:
                                "(a storm of renames?)")
 
     def _stop_observers(self) -> None:
-        if self.inotify is not None:
-            self.inotify.stop()
+        if self.inotify is not None:  # a stuck reader is not waited for long
+            self.inotify.stop(10.0 if self.inotify.alive(READER_STALL) else 1.0)
         if self.poller is not None:
             try:
                 self.poller.stop()
