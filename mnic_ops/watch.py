@@ -598,7 +598,8 @@ class Daemon:
         except OSError as exc:
             self.poll_roots.pop(r.real, None)
             if not r.poll and exc.errno in (errno.ENOSPC, errno.EMFILE, errno.ENOSYS):
-                self._fall_back_to_polling(f"inotify: {exc.strerror or exc}")
+                self._fall_back_to_polling(f"inotify: {exc.strerror or exc}",
+                                           limits=exc.errno != errno.ENOSYS)
                 return
             r.state = ABSENT if exc.errno == errno.ENOENT else REFUSED
             r.note = "" if r.state == ABSENT else f"cannot watch: {exc.strerror or exc}"
@@ -626,12 +627,16 @@ class Daemon:
         return self.poller is not None and any(
             em.watch is r.watch and em.is_alive() for em in list(self.poller.emitters))
 
-    def _fall_back_to_polling(self, why: str) -> None:
-        limits = read_limits(self.app.root)
-        need = sum(r.dirs for r in self.roots if not r.network)
+    def _fall_back_to_polling(self, why: str, *, limits: bool = True) -> None:
+        """Every folder to polling: the inotify limits are reached (or inotify cannot
+        be used here at all)."""
+        fix = ""
+        if limits:
+            need = sum(r.dirs for r in self.roots if not r.network)
+            fix = (f" To use inotify, {read_limits(self.app.root).fix(need)}; then restart "
+                   "the watcher.")
         self.notice("polling", logging.WARNING,
-                    f"{why}: falling back to polling every {self.poll_seconds:g}s. To use "
-                    f"inotify, {limits.fix(need)}; then restart the watcher.",
+                    f"{why}: falling back to polling every {self.poll_seconds:g}s.{fix}",
                     path=None, reason=why)
         self.force_poll = True
         if self.inotify is not None:

@@ -158,6 +158,49 @@ def test_rename_exchange_storm_is_survived_without_leaking_names() -> None:
         assert not list(vault.rglob("*.gz"))
 
 
+@pytest.mark.slow
+def test_polling_never_lists_through_a_swapped_link() -> None:
+    """The fallback must hold too: with every folder polled (network filesystems,
+    --poll), the same storm never gets the vault listed (the snapshot used to lstat a
+    folder and then list whatever the name was a moment later)."""
+    require("root")
+    token = secrets.token_hex(6)
+    storm_seconds = 8.0
+    with reachable_tmp() as top, plain_user() as (_name, uid, gid):
+        root, base, vault = _host(top)
+        _vault(vault, token)
+        core = base / ".claude/thinking-logs/core"
+        for i in range(PAIRS):
+            (core / f"d{i}/sub").mkdir(parents=True)
+            (core / f"l{i}").symlink_to(vault)
+        chown_tree(root / "home/alice", uid, gid)
+        env = settle_env(SETTLE, MNIC_OPS_WATCH__POLL_SECONDS="0.2")
+        with Watcher(root, "--poll", env=env, verbose=True) as w:
+            assert w.ready()["observers"] == ["polling"]
+            storm = start_storm(user_python(uid, gid), uid, gid, core, PAIRS, storm_seconds)
+            try:
+                t0, writes = time.time(), 0
+                while storm.poll() is None and time.time() - t0 < storm_seconds + 5:
+                    d = vault / f"VAULTDIR-{token}-{writes % VAULT_DIRS[0]}/sub1"
+                    (d / f"TOPSECRET-{token}-p{writes}.json").write_bytes(b"{}\n")
+                    writes += 1
+                    time.sleep(0.02)
+            finally:
+                swaps, failed = stop_storm(storm)
+            polls = (time.time() - t0) / 0.2
+            print(f"polling storm: {swaps} exchanges ({failed} failed) over "
+                  f"{time.time() - t0:.1f}s, about {polls:.0f} snapshots, {writes} vault "
+                  "writes by root")
+            after = core / "d1/after.json"
+            after.write_bytes(payload(1))
+            assert w.wait_for(lambda: Path(f"{after}.gz").exists(), SETTLE + GRACE), \
+                w.stderr()[-2000:]
+            assert w.stop() == 0
+        out = json.dumps(w.events) + w.stderr()
+        assert token not in out, [line for line in out.splitlines() if token in line][:5]
+        assert not list(vault.rglob("*.gz"))
+
+
 # --- the observer thread dies, or stalls ---------------------------------------------------
 
 DRIVER = r"""
