@@ -177,6 +177,10 @@ class TreeWatch:
             self._thread.join(wait)
         got = self.lock.acquire(timeout=max(wait, 1.0))
         try:
+            if got and not self._thread.is_alive() and self.error is None and self.fd >= 0:
+                # what the kernel queued before the stop: hand it over too
+                with contextlib.suppress(OSError):
+                    self._parse(self._read())
             for fd in (self.fd, self._wake_r, self._wake_w):
                 with contextlib.suppress(OSError):
                     os.close(fd)

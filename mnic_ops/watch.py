@@ -797,6 +797,8 @@ class Daemon:
                 self.rescan(r, "", "all" if self.once_settled else "since_start",
                             recover=True)
         self._load_pending()
+        if self.service:
+            self.heartbeat()  # on record before it says it is watching
         self._announce()
 
     def _announce(self) -> None:
@@ -1128,7 +1130,9 @@ class Daemon:
             lid = _lident(r.project.data[r.kind].path)
             if lid != r.link_ident or (
                     r.state == ABSENT and r.real and os.path.lexists(r.real)):
-                changed.setdefault(host, set())
+                # gone, re-created or relinked: whatever is there now is new, even when
+                # a re-created folder got the old inode number back
+                changed.setdefault(host, set()).add(r.kind)
                 continue
             if r.state == WATCHING:
                 if lid is not None and lid[:2] == r.ident:
@@ -1217,6 +1221,17 @@ class Daemon:
             else float("inf")
         log.warning("reloaded the configuration")
         self._announce()
+
+    def _take_last_hints(self) -> None:
+        """Files announced before the stop but not handled yet are saved as settling
+        too (other hints no longer matter)."""
+        while True:
+            try:
+                code, src, dest, t = self.q.get_nowait()
+            except queue.Empty:
+                return
+            if code in ("fclosed", "fmoved", "fcreated", "fmodified"):
+                self.handle(code, src, dest, t)
 
     def _pending_path(self) -> Any:
         return self.app.root.path(PENDING_FILE)
@@ -1373,8 +1388,6 @@ class Daemon:
         try:
             try:
                 self.start()
-                if self.service:
-                    self.heartbeat()
                 while not self.stopping:
                     self.step()
             except Interrupted:
@@ -1382,6 +1395,7 @@ class Daemon:
         finally:
             threading.excepthook = prev_hook
             self._stop_observers()
+            self._take_last_hints()
             self._save_pending()
             if self.service:
                 self.heartbeat("stopped")

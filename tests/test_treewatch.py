@@ -107,11 +107,14 @@ def test_folder_moved_out_is_unwatched_and_new_trees_are_watched_at_once(
     (top / "x").mkdir(parents=True)
     tree = w.add_tree(str(top), _opener(top), os.stat(top).st_dev)
     (top / "x/new/deeper").mkdir(parents=True)
-    (top / "x/new/deeper/f.json").write_bytes(b"x")
-    hints = drain(q, 3)
+    hints = drain(q, 1)
+    # "deeper" may be made before "new" is watched: it is watched by the walk below
+    # "new" then (files closed that early are the lister's job, after the hint)
     assert ("dcreated", f"{top}/x/new") in [(h[0], h[1]) for h in hints]
-    assert f"{top}/x/new/deeper/f.json" in [h[1] for h in hints if h[0] == "fclosed"]
     assert set(places(tree)) == {"", "x", "x/new", "x/new/deeper"}
+    (top / "x/new/deeper/f.json").write_bytes(b"x")
+    assert [h[1] for h in drain(q, 1) if h[0] == "fclosed"] == \
+        [f"{top}/x/new/deeper/f.json"]
     os.rename(top / "x/new", tmp_path / "gone")
     drain(q)
     (tmp_path / "gone/deeper/late.json").write_bytes(b"x")

@@ -44,7 +44,7 @@ _piece = st.one_of(
     st.integers(0, 255).map(lambda v: b"\\%03o" % v),  # octal escapes (\000 included)
     st.integers(0x80, 0xFF).map(lambda v: bytes([v])),  # not UTF-8 on its own
     st.sampled_from(["é", "日本", "\u2028", "\u0085", "\u00a0"]).map(str.encode),
-    st.sampled_from([b"\x0b", b"\x0c", b"\x1b[31m", b"\r", b"\x7f", b"\\", b"\\x"]),
+    st.sampled_from([b"\x0b", b"\x0c", b"\x1b[31m", b"x\ry", b"\x7f", b"\\", b"\\x"]),
 )
 _field = st.lists(_piece, min_size=1, max_size=6).map(b"".join)
 _sep = st.lists(st.sampled_from([b" ", b"\t"]), min_size=1, max_size=4).map(b"".join)
