@@ -35,12 +35,15 @@ def run(
     cwd: str | None = None,
     text: bool = True,
     pass_fds: Sequence[int] = (),
+    errors: str = "strict",
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv``, capture its output and return it.
 
     With ``check`` a non-zero exit raises :class:`CommandError`; a missing program or a
     timeout always does. ``pass_fds`` are inherited by the child (a memfd handed over
     as ``/proc/self/fd/N``, so that a candidate file never touches the disk).
+    ``errors`` is how output that is not UTF-8 is decoded (``surrogateescape`` for a
+    command that prints paths or lines of a file, which may be in any encoding).
     """
     cmd = [str(a) for a in argv]
     printable = shlex.join(cmd)
@@ -54,6 +57,7 @@ def run(
             input=data,
             capture_output=True,
             text=text,
+            errors=errors if text else None,
             timeout=timeout,
             env=dict(env) if env is not None else None,
             cwd=cwd,

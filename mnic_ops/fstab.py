@@ -2,11 +2,13 @@
 atomic verified apply, and a live remount.
 
 A wrong fstab can keep a server from booting, so this module changes as little as it
-can: the options field of the one entry that governs a mount point, nothing else. The
-parser is lossless (every line, comment and run of blanks comes back byte for byte) and
-follows libmount's own rules, which the tests check against ``findmnt --tab-file``. The
-candidate file is checked with ``findmnt --verify`` before it replaces the original and
-may not add an error the current file does not have.
+can: the options field of the one entry that governs a mount point, nothing else (not
+even the blanks around it). The parser is lossless (every line, comment and run of
+blanks comes back byte for byte, whatever the encoding: bytes that are not UTF-8 are
+carried as surrogate escapes and shown as ``\\xNN``) and follows libmount's own rules,
+which the tests check against ``findmnt --tab-file``. The candidate file is checked
+with ``findmnt --verify`` before it replaces the original and may not add an error the
+current file does not have.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ FSTAB = "/etc/fstab"
 # or the end of the line; anything after the sixth field is ignored (an inline comment).
 # Octal escapes \ooo are decoded in every field.
 
+_BLANK = " \t"
 _TOKEN = re.compile(r"[^ \t]+")
 _NUMBER = re.compile(r"[+-]?[0-9]+\Z")
 _OCTAL = re.compile(rb"\\([0-7])([0-7])([0-7])")
@@ -75,6 +78,26 @@ def decode(data: bytes) -> str:
 
 def encode(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
+
+
+def shown(text: str) -> str:
+    """Text from the file made safe to print, to a terminal or in JSON: bytes that are
+    not UTF-8 as ``\\xNN``, control characters but tab and newline as escapes (so a
+    vertical tab or a carriage return cannot split or overwrite a line)."""
+    out: list[str] = []
+    for ch in text:
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif ch in "\t\n" or ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii"))
+    return "".join(out)
+
+
+def _quoted(text: str) -> str:
+    return "'" + shown(text) + "'"
 
 
 def unmangle(raw: str) -> str:
@@ -170,12 +193,12 @@ def parse_line(number: int, text: str, eol: str = "\n", name: str = "fstab") -> 
         raise InputError(
             f"{name}:{number}: cannot parse: expected at least source, mount point and "
             f"type (found {len(fields)} field{'s' if len(fields) != 1 else ''}): "
-            f"{text.strip()!r}")
+            f"{_quoted(text.strip(_BLANK))}")
     for i in (4, 5):
         if len(fields) > i and not _NUMBER.match(fields[i].raw):
             raise InputError(
                 f"{name}:{number}: cannot parse: field {i + 1} ({FIELD_NAMES[i]}) must be "
-                f"a number, found {fields[i].raw!r}")
+                f"a number, found {_quoted(fields[i].raw)}")
     return Line(number, text, eol, fields)
 
 
@@ -261,38 +284,12 @@ def noatime_options(raw: str | None, *, nodiratime: bool = False) -> str:
     return ",".join(out)
 
 
-def _column(text: str) -> int:
-    col = 0
-    for ch in text:
-        col = (col // 8 + 1) * 8 if ch == "\t" else col + 1
-    return col
-
-
-def _realign(sep: str, start: int, want: int) -> str:
-    """Blanks that take the text from column ``start`` to column ``want`` in the style
-    of ``sep``; when the new text does not fit, the smallest separator of that style."""
-    if sep in (" ", "\t"):
-        return sep  # a single separator: the file does not align columns
-    if start < want:
-        if "\t" not in sep:
-            return " " * (want - start)
-        out, col = "", start
-        while (col // 8 + 1) * 8 <= want:
-            out += "\t"
-            col = (col // 8 + 1) * 8
-        return out + " " * (want - col)
-    return "\t" if "\t" in sep else " "
-
-
 def set_options(line: Line, new_raw: str) -> Line:
-    """The line with only its options field replaced (added after the type when the
-    entry has none); the next field keeps its column where the new text fits."""
+    """The line with only its options field replaced, every other byte kept (the blanks
+    after it too, even where the columns no longer line up); an entry without options
+    gets them after its type, behind a copy of the blanks before the type."""
     f, text = line.fields, line.text
-    if len(f) >= 5:
-        prefix = text[:f[3].start] + new_raw
-        sep = _realign(text[f[3].end:f[4].start], _column(prefix), _column(text[:f[4].start]))
-        new = prefix + sep + text[f[4].start:]
-    elif len(f) == 4:
+    if len(f) >= 4:
         new = text[:f[3].start] + new_raw + text[f[3].end:]
     else:
         new = text[:f[2].end] + text[f[1].end:f[2].start] + new_raw + text[f[2].end:]
@@ -332,6 +329,10 @@ def ineligible_reason(entry: Line, *, include_network: bool = False) -> str | No
                 "include it)")
     if entry.options_raw is not None and "\\" in entry.options_raw:
         return "the options field uses octal escapes; edit this line by hand"
+    if entry.options_raw is not None and entry.options_raw.count('"') % 2:
+        return ("the options field has an unbalanced double quote (libmount's option "
+                "parser stops there, so an option added after it would be lost); edit this "
+                "line by hand")
     return None
 
 
@@ -436,7 +437,19 @@ class Decision:
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out: dict[str, Any] = _shown_json(asdict(self))
+        return out
+
+
+def _shown_json(v: Any) -> Any:
+    """Every string of a JSON-able value through :func:`shown`."""
+    if isinstance(v, str):
+        return shown(v)
+    if isinstance(v, dict):
+        return {shown(str(k)): _shown_json(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_shown_json(x) for x in v]
+    return v
 
 
 def _live_mount(mp: str, mounts: Sequence[facts.Mount]) -> facts.Mount | None:
@@ -537,8 +550,8 @@ class Verify:
     warnings: Counter[str]
 
     def to_json(self) -> dict[str, Any]:
-        return {"errors": sorted(self.errors.elements()),
-                "warnings": sorted(self.warnings.elements())}
+        return {"errors": sorted(shown(e) for e in self.errors.elements()),
+                "warnings": sorted(shown(w) for w in self.warnings.elements())}
 
 
 def parse_verify(stdout: str, stderr: str) -> Verify:
@@ -559,12 +572,15 @@ def parse_verify(stdout: str, stderr: str) -> Verify:
 
 
 def findmnt_verify(path: str, *, pass_fds: Sequence[int] = ()) -> Verify:
+    # findmnt prints the file's targets as they are: decode them the way the file is
+    # decoded, so that the current file's report and the candidate's compare.
     r = execute.run(["findmnt", "--verify", "--tab-file", path], check=False, timeout=60,
-                    pass_fds=pass_fds)
+                    pass_fds=pass_fds, errors="surrogateescape")
     # The exit status is the number of errors found, so only a missing report fails.
     if "can't read" in r.stderr or (r.returncode != 0 and not r.stdout
                                     and not _PARSE_ERR.search(r.stderr)):
-        raise CommandError(f"findmnt --verify --tab-file {path}: {r.stderr.strip()}")
+        raise CommandError(f"findmnt --verify --tab-file {path}: "
+                           f"{shown(r.stderr.strip())}")
     return parse_verify(r.stdout, r.stderr)
 
 
@@ -597,7 +613,7 @@ def locate(root: HostRoot, fstab_file: str | None) -> Target:
     file it points to, which is the one written."""
     if fstab_file is not None:
         real = Path(os.path.realpath(fstab_file))
-        display, host = fstab_file, None
+        display, host = shown(fstab_file), None
     else:
         host = safefs.resolve_beneath(root.root, FSTAB)
         real, display = root.path(host), FSTAB
@@ -721,7 +737,7 @@ def fstab_write_item(target: Target, old: bytes, new: bytes,
             added = new_errors(current, findmnt_verify(str(tmp)))
             if added:
                 raise OpsError(f"{display}: findmnt --verify finds new errors in the "
-                               f"candidate: {'; '.join(added)}; nothing written")
+                               f"candidate: {shown('; '.join(added))}; nothing written")
             made.append(safefs.backup(real, backup_path(real)))
 
         try:
@@ -739,9 +755,10 @@ def fstab_write_item(target: Target, old: bytes, new: bytes,
                               "before": before, "after": after, "mount_points": changed})
 
     return Item(id=f"fstab:{display}",
-                description=f"add noatime to {display} for {', '.join(changed)}",
-                diff=unified_diff(decode(old), decode(new), display), action=action,
-                data={"path": display, "mount_points": changed})
+                description=f"add noatime to {display} for {shown(', '.join(changed))}",
+                diff=unified_diff(shown(decode(old)), shown(decode(new)), display),
+                action=action, data={"path": display,
+                                     "mount_points": [shown(m) for m in changed]})
 
 
 @undo_handler("fstab")
@@ -772,8 +789,8 @@ def _atime_mode(options: Iterable[str]) -> str:
 def remount_item(root: HostRoot, d: Decision, *, nodiratime: bool) -> Item:
     """``mount -o remount,noatime MP``, then confirm from /proc/self/mountinfo."""
     mp = d.mount_point
-    iid = f"remount:{mp}"
-    desc = f"remount {mp} with noatime"
+    iid = f"remount:{shown(mp)}"
+    desc = f"remount {shown(mp)} with noatime"
     if d.live is None:
         return Item(iid, desc, state=SKIPPED, reason="not mounted now; the fstab change "
                     "applies when it is next mounted")
@@ -785,7 +802,7 @@ def remount_item(root: HostRoot, d: Decision, *, nodiratime: bool) -> Item:
     prev = _atime_mode(d.live["options"].split(","))
     had_nodiratime = "nodiratime" in d.live["options"].split(",")
     opts = "remount,noatime" + (",nodiratime" if nodiratime else "")
-    item = Item(iid, desc, data={"mount_point": mp, "before": d.live["options"]})
+    item = Item(iid, desc, data={"mount_point": shown(mp), "before": d.live["options"]})
 
     def action(ctx: ApplyContext) -> Undo:
         execute.run(["mount", "-o", opts, mp], timeout=120)
@@ -793,7 +810,7 @@ def remount_item(root: HostRoot, d: Decision, *, nodiratime: bool) -> Item:
         now = ",".join(live.options) if live else "(not mounted)"
         item.data["after"] = now
         if live is None or "noatime" not in live.options:
-            raise OpsError(f"{mp}: remounted, but /proc/self/mountinfo shows {now}")
+            raise OpsError(f"{shown(mp)}: remounted, but /proc/self/mountinfo shows {now}")
         return Undo("fstab-remount", {"mount_point": mp, "previous": prev,
                                       "drop_nodiratime": nodiratime and not had_nodiratime})
 
@@ -839,7 +856,7 @@ def report_text(target: Target, decisions: Sequence[Decision], extra: Sequence[s
         tag = {"change": "eligible", "ok": "ok", "skip": "not eligible"}[d.state]
         lines.append(f"  {tag}: {d.reason}")
     lines.extend(extra)
-    return "\n".join(lines)
+    return shown("\n".join(lines))
 
 
 @click.command("fstab", epilog=EXIT_CODES_HELP)
@@ -892,7 +909,7 @@ def build(app: AppContext, mount_points: Sequence[str] = (), fstab_file: str | N
     include_network = bool(cfg.get("fstab.include_network", False))
     for mp in mount_points:
         if not mp.startswith("/"):
-            raise InputError(f"--mount-point {mp}: not an absolute path")
+            raise InputError(f"--mount-point {shown(mp)}: not an absolute path")
     target = locate(app.root, fstab_file)
     stale = remove_stale_temporaries(target.real) if apply_ else []
     old = safefs.read_bytes_nofollow(target.real)
@@ -904,7 +921,7 @@ def build(app: AppContext, mount_points: Sequence[str] = (), fstab_file: str | N
         wanted.setdefault(mp, []).extend(holds)
     for mp in cfg.get("fstab.mount_points") or []:
         if not mp.startswith("/"):
-            raise InputError(f"fstab.mount_points: {mp!r} is not an absolute path")
+            raise InputError(f"fstab.mount_points: {_quoted(mp)} is not an absolute path")
         wanted.setdefault(norm_target(mp), []).append("(fstab.mount_points)")
     for mp in mount_points:
         wanted.setdefault(norm_target(mp), []).append("(--mount-point)")
@@ -929,11 +946,12 @@ def build(app: AppContext, mount_points: Sequence[str] = (), fstab_file: str | N
         elif execute.which("findmnt"):
             cur, cand = findmnt_verify(str(target.real)), verify_text(decode(new))
             added = new_errors(cur, cand)
-            verify = {"current": cur.to_json(), "candidate": cand.to_json(), "new_errors": added}
+            verify = {"current": cur.to_json(), "candidate": cand.to_json(),
+                      "new_errors": [shown(e) for e in added]}
             if added:
                 item.state, item.action = FAILED, None
                 item.error = ("findmnt --verify finds new errors in the candidate: "
-                              + "; ".join(added))
+                              + shown("; ".join(added)))
             else:
                 extra.append(f"findmnt --verify: the candidate adds no error "
                              f"({sum(cur.errors.values())} already in the current file)")
@@ -951,6 +969,6 @@ def build(app: AppContext, mount_points: Sequence[str] = (), fstab_file: str | N
                      "units pick the change up")
 
     title = report_text(target, decisions, extra)
-    return plan, title, {"fstab": target.display, "fstab_real": str(target.real),
+    return plan, title, {"fstab": target.display, "fstab_real": shown(str(target.real)),
                          "mount_points": [d.to_json() for d in decisions],
                          "verify": verify}

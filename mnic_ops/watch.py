@@ -9,10 +9,12 @@ same file at once.
 
 How a file gets compressed:
 
-- watchdog's inotify observer watches each data folder recursively (the real folder
-  when the data folder is a symlink to an SSD; no link inside is followed). Network
-  filesystems, ``--poll`` and an inotify limit that is too small use its polling
-  observer instead.
+- Each data folder is watched recursively with inotify (the real folder when the data
+  folder is a symlink to an SSD) by :mod:`mnic_ops.treewatch`, which opens every folder
+  from the data folder down without following links and anchors the watch on that
+  descriptor: a link a user swaps in is never followed, not even for an instant.
+  Network filesystems, ``--poll`` and an inotify limit that is too small use watchdog's
+  polling observer instead, whose listings go through the same no-follow opens.
 - A writer closing a file it wrote (``IN_CLOSE_WRITE``) or a file moved in (atomic
   writers) makes it a candidate; it is compressed once it has been quiet for its class's
   settle time (``[watch.settle_seconds]``). Our own ``.gz`` output and temporaries never
@@ -23,7 +25,11 @@ How a file gets compressed:
   writing, same filesystem, old enough), so a hostile event path cannot steer root.
 - Safety nets for lost events: new folders are listed when they appear, and after an
   inotify queue overflow (and every ``rescan_minutes``) the folders are listed again for
-  files written since start that no event announced.
+  files written since start that no event announced. A data folder that overflows the
+  queue again and again (a storm of renames) is polled from then on; an observer whose
+  thread dies or stalls is restarted (with a growing delay when that repeats).
+- The service records its liveness in :mod:`mnic_ops.watchstate` (a heartbeat and
+  counters, no names), so that "running but stalled" can be told from "running".
 
 Signals: SIGTERM/SIGINT finish (or, while an archive is still being written, roll back)
 the file in hand and exit 0; files still settling are saved and picked up by the next
@@ -48,7 +54,8 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -57,7 +64,7 @@ import click
 
 from mnic_ops import clean as cl
 from mnic_ops import compress as cz
-from mnic_ops import installfail, linkrecords, policy, quoting, safefs
+from mnic_ops import installfail, linkrecords, policy, quoting, safefs, watchstate
 from mnic_ops.changes import OK, ApplyContext, Item, Undo, undo_handler, unified_diff
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, InputError, OpsError
 from mnic_ops.projects import DATA_KINDS, Project, human
@@ -66,6 +73,7 @@ if TYPE_CHECKING:
     from mnic_ops.facts import Mount
     from mnic_ops.hostroot import HostRoot
     from mnic_ops.output import AppContext
+    from mnic_ops.treewatch import TreeWatch
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +87,14 @@ EXIT_RESTART = 75  # --service: ask systemd (Restart=on-failure) for a fresh san
 
 LOCK_RETRY = 2.0  # seconds before retrying a batch whose project lock `clean` holds
 BATCH_WINDOW = 0.2  # wait this long after the first due file to batch its neighbours
-OVERFLOW_GAP = 2.0  # at most one overflow rescan this often
+OVERFLOW_GAP = 2.0  # at most one overflow rescan (and report) this often
+STORM_OVERFLOWS = 2  # a folder behind this many queue overflows ...
+STORM_WINDOW = 600.0  # ... within this many seconds is polled from then on
+RESTART_WINDOW = 600.0  # observer restarts counted over this many seconds;
+RESTART_FREE = 3  # this many restart at once, later ones wait 2, 4, 8 ... s
+RESTART_MAX_DELAY = 300.0
+READER_STALL = 60.0  # an inotify reader silent this long is restarted
+HEARTBEAT_MAX = 30.0  # the service's liveness record is rewritten at least this often
 
 # Root states
 READY, WATCHING, ABSENT, REFUSED, READ_ONLY = "ready", "watching", "absent", "refused", \
@@ -339,38 +354,14 @@ def read_limits(root: HostRoot) -> Limits:
     return lim
 
 
-def inotify_watched_inodes() -> set[int] | None:
-    """Inode numbers this process's inotify instances watch (from /proc/self/fdinfo).
-    watchdog skips a subfolder it cannot watch without a word (ENOSPC included): this
-    is how the watcher notices."""
-    found: set[int] | None = None
-    try:
-        fds = os.listdir("/proc/self/fd")
-    except OSError:
-        return None
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
-                continue
-            with open(f"/proc/self/fdinfo/{fd}") as fh:
-                found = found if found is not None else set()
-                for line in fh:
-                    if line.startswith("inotify wd:"):
-                        m = re.search(r"\bino:([0-9a-f]+)", line)
-                        if m:
-                            found.add(int(m.group(1), 16))
-        except OSError:
-            continue
-    return found
-
-
 # --- the daemon ------------------------------------------------------------------------
 
 Key = tuple[str, str, str]  # (watched folder real path, folder below it, name)
 
 
 class _Handler:
-    """Runs on watchdog's dispatcher thread: only queues (code, path, dest, time)."""
+    """Runs on the polling observer's dispatcher thread: only queues (code, path, dest,
+    time), the same hints :class:`mnic_ops.treewatch.TreeWatch` sends."""
 
     def __init__(self, q: queue.SimpleQueue[tuple[str, str, str, float]]) -> None:
         self.q = q
@@ -380,19 +371,6 @@ class _Handler:
         dest = os.fsdecode(getattr(event, "dest_path", "") or "")
         code = ("d" if event.is_directory else "f") + str(event.event_type)
         self.q.put((code, src, dest, time.time()))
-
-
-class _OverflowLog(logging.Handler):
-    """watchdog only logs a queue overflow: turn that into a rescan request."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        super().__init__(logging.WARNING)
-        self.daemon = daemon
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "overflow" in record.getMessage().lower():
-            self.daemon.overflow = True
-            self.daemon.wake()
 
 
 _WAKE = ("wake", "", "", 0.0)
@@ -428,8 +406,6 @@ class Daemon:
         self.seq = itertools.count()
         self.given_up: dict[Key, tuple[int, int]] = {}  # until the file changes
         self.new_dirs: dict[str, WatchRoot] = {}
-        self.unverified: list[tuple[str, int]] = []  # new folders: did inotify take them?
-        self.next_verify = 0.0
         self.started = time.time() if started is None else started
         # ctime at or after it: written (or moved here) since start; the margin covers
         # the kernel's coarse file timestamps
@@ -440,13 +416,28 @@ class Daemon:
         self.overflow = False
         self.thread_error: BaseException | None = None
         self.exit_code = EXIT_OK
-        self.inotify: Any = None
+        self.inotify: TreeWatch | None = None
         self.poller: Any = None
+        self.poll_roots: dict[str, WatchRoot] = {}  # real path -> root, for _listdir
         self.next_root_check = 0.0
         self.next_overflow_scan = 0.0
         self.next_periodic = 0.0
         self.compressed = 0
         self.saved = 0
+        # what the liveness record counts (and the reports on stderr/stdout)
+        self.events = 0
+        self.last_event: float | None = None
+        self.last_compressed: float | None = None
+        self.overflows = 0
+        self.overflows_reported = 0
+        self.stormers: dict[str, deque[float]] = {}  # real path -> overflow times
+        self.storm_polled = 0
+        self.restarts: deque[float] = deque()
+        self.restart_count = 0
+        self.restart_at: float | None = None  # a restart waiting for its delay
+        self.restart_why = ""
+        self.next_heartbeat = 0.0
+        self.last_problem: dict[str, Any] | None = None
         self.timestamps = "JOURNAL_STREAM" not in os.environ
         self._configure()
 
@@ -524,41 +515,95 @@ class Daemon:
 
     # -- observers ------------------------------------------------------------------------
 
+    def notice(self, event: str, level: int, text: str, **data: Any) -> None:
+        """Something the admin should know about the watcher itself (an overflow, a
+        restart, a folder moved to polling): logged, and with --json also one event
+        on stdout for scripts. Never a file name: only data folders the admin named."""
+        log.log(level, "%s", text)
+        self.last_problem = {"event": event, "time": round(time.time(), 3)}
+        if self.app.json:
+            self.say(event, text, **data)
+        self.next_heartbeat = 0.0  # the liveness record says so at once
+
     def _observer(self, poll: bool) -> Any:
         if poll:
             if self.poller is None:
                 from watchdog.observers.polling import PollingObserverVFS
 
-                self.poller = PollingObserverVFS(os.lstat, os.scandir,
+                self.poller = PollingObserverVFS(os.lstat, self._listdir,
                                                  polling_interval=self.poll_seconds)
                 self.poller.start()
             return self.poller
         if self.inotify is None:
-            from watchdog.observers.inotify import InotifyObserver
+            from mnic_ops.treewatch import TreeWatch
 
-            self.inotify = InotifyObserver(generate_full_events=True, timeout=10)
-            self.inotify.start()
+            tw = TreeWatch(self.q)
+            tw.start()
+            self.inotify = tw
         return self.inotify
 
-    def _filter(self, poll: bool) -> list[Any]:
+    def _filter(self) -> list[Any]:
         from watchdog import events as ev
 
         # No deletions: a vanished file needs nothing, and a data folder that goes away
         # ends its emitter (checked in check_roots). Fewer event kinds, less CPU per file.
-        common = [ev.FileMovedEvent, ev.DirCreatedEvent, ev.DirMovedEvent]
-        if poll:
-            return [*common, ev.FileCreatedEvent, ev.FileModifiedEvent]
-        return [*common, ev.FileClosedEvent]
+        return [ev.FileMovedEvent, ev.DirCreatedEvent, ev.DirMovedEvent,
+                ev.FileCreatedEvent, ev.FileModifiedEvent]
+
+    def _opener(self, r: WatchRoot) -> Any:
+        """Opens a folder below a root from its trusted prefix, never following links."""
+        root, prefix, parts = self.app.root, r.prefix or "/", r.parts
+
+        def opener(below: tuple[str, ...]) -> int:
+            return cl.open_tree(root, prefix, parts + below)
+
+        return opener
+
+    def _listdir(self, path: str | None) -> Iterator[os.DirEntry[str]]:
+        """The polling observer's listing: the folder is opened from its root's trusted
+        prefix without following links (ENOTDIR where a link is in the way, which the
+        snapshot takes as an empty folder), so a swapped-in link is never listed."""
+        p, rel = path or "", ""
+        r = self.poll_roots.get(p)
+        while r is None:
+            parent = os.path.dirname(p)
+            if parent == p:
+                raise FileNotFoundError(errno.ENOENT, "not a watched folder", path)
+            rel = os.path.basename(p) + ("/" + rel if rel else "")
+            p = parent
+            r = self.poll_roots.get(p)
+        try:
+            fd = cl.open_tree(self.app.root, r.prefix or "/",
+                              r.parts + (tuple(rel.split("/")) if rel else ()))
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise NotADirectoryError(errno.ENOTDIR, "a symlink is in the way") from None
+            raise
+        try:
+            if os.fstat(fd).st_dev != r.dev:
+                return iter(())
+            with os.scandir(fd) as it:
+                return iter(list(it))
+        finally:
+            os.close(fd)
 
     def _schedule(self, r: WatchRoot) -> None:
-        """Watch one ready root; ENOSPC/EMFILE switch everything to polling."""
+        """Watch one ready root; ENOSPC/EMFILE (or no /proc) switch everything to
+        polling."""
         try:
             obs = self._observer(r.poll)  # inotify_init itself can fail (EMFILE)
-            r.watch = obs.schedule(self.handler, r.real, recursive=True,
-                                   event_filter=self._filter(r.poll))
+            if r.poll:
+                self.poll_roots[r.real] = r
+                r.watch = obs.schedule(self.handler, r.real, recursive=True,
+                                       event_filter=self._filter())
+            else:
+                r.watch = obs.add_tree(r.real, self._opener(r), r.dev, key=r)
+                r.dirs = len(r.watch.nodes)
         except OSError as exc:
-            if not r.poll and exc.errno in (errno.ENOSPC, errno.EMFILE):
-                self._fall_back_to_polling(f"inotify: {exc.strerror or exc}")
+            self.poll_roots.pop(r.real, None)
+            if not r.poll and exc.errno in (errno.ENOSPC, errno.EMFILE, errno.ENOSYS):
+                self._fall_back_to_polling(f"inotify: {exc.strerror or exc}",
+                                           limits=exc.errno != errno.ENOSYS)
                 return
             r.state = ABSENT if exc.errno == errno.ENOENT else REFUSED
             r.note = "" if r.state == ABSENT else f"cannot watch: {exc.strerror or exc}"
@@ -567,30 +612,43 @@ class Daemon:
 
     def _unschedule(self, r: WatchRoot) -> None:
         if r.watch is not None:
-            obs = self.poller if r.observer == "polling" else self.inotify
-            if obs is not None:
-                with contextlib.suppress(KeyError, RuntimeError, OSError):
-                    obs.unschedule(r.watch)
+            if r.observer == "polling":
+                self.poll_roots.pop(r.real, None)
+                if self.poller is not None:
+                    with contextlib.suppress(KeyError, RuntimeError, OSError):
+                        self.poller.unschedule(r.watch)
+            elif self.inotify is not None:
+                self.inotify.remove_tree(r.watch)
             r.watch = None
         if r.state == WATCHING:
             r.state = READY
 
-    def _fall_back_to_polling(self, why: str) -> None:
-        limits = read_limits(self.app.root)
-        need = sum(r.dirs for r in self.roots if not r.network)
-        log.warning("%s: falling back to polling every %gs. To use inotify, %s; then "
-                    "restart the watcher.", why, self.poll_seconds, limits.fix(need))
+    def _observed(self, r: WatchRoot) -> bool:
+        """Is this watching root's observer still delivering its events?"""
+        if r.observer == "inotify":
+            return self.inotify is not None and r.watch is not None and \
+                self.inotify.watching(r.watch)
+        return self.poller is not None and any(
+            em.watch is r.watch and em.is_alive() for em in list(self.poller.emitters))
+
+    def _fall_back_to_polling(self, why: str, *, limits: bool = True) -> None:
+        """Every folder to polling: the inotify limits are reached (or inotify cannot
+        be used here at all)."""
+        fix = ""
+        if limits:
+            need = sum(r.dirs for r in self.roots if not r.network)
+            fix = (f" To use inotify, {read_limits(self.app.root).fix(need)}; then restart "
+                   "the watcher.")
+        self.notice("polling", logging.WARNING,
+                    f"{why}: falling back to polling every {self.poll_seconds:g}s.{fix}",
+                    path=None, reason=why)
         self.force_poll = True
         if self.inotify is not None:
-            obs, self.inotify = self.inotify, None
+            tw, self.inotify = self.inotify, None
             for r in self.roots:
                 if r.observer == "inotify":
                     r.watch, r.state, r.observer = None, READY, ""
-            try:
-                obs.stop()
-                obs.join(timeout=10)
-            except Exception as exc:  # a dead observer thread: nothing left to stop
-                log.debug("stopping the inotify observer: %s", exc)
+            tw.stop()
         for r in self.roots:
             if r.state == READY:
                 r.poll = True
@@ -598,20 +656,102 @@ class Daemon:
         self._index()
         self.full_rescan("since_start")
 
+    def _poll_root(self, r: WatchRoot, why: str) -> None:
+        """One data folder leaves inotify for polling (it storms): the others stay."""
+        self._unschedule(r)
+        r.poll = True
+        self._schedule(r)
+        self._index()
+        self.storm_polled += 1
+        self.stormers.pop(r.real, None)
+        self.notice("polling", logging.WARNING,
+                    f"{cl.printable(r.host_path)}: {why}; polling it every "
+                    f"{self.poll_seconds:g}s from now on (until the watcher restarts or "
+                    "reloads)", path=cl.printable(r.host_path), kind=r.kind, reason=why)
+        if r.state == WATCHING:
+            self.rescan(r, "", "since_start")
+
+    def _overflowed(self, stormer: str, backlog: bool) -> None:
+        """Events were lost (the kernel's queue, or our own backlog): list the folders
+        again soon; a folder behind repeated overflows is polled from then on."""
+        self.overflows += 1
+        self.overflow = True
+        r = self.by_real.get(stormer) if stormer else None
+        if r is None or r.observer != "inotify":
+            return
+        now = time.time()
+        seen = self.stormers.setdefault(r.real, deque())
+        seen.append(now)
+        while seen and seen[0] < now - STORM_WINDOW:
+            seen.popleft()
+        if len(seen) >= STORM_OVERFLOWS:
+            self._poll_root(r, f"{len(seen)} inotify queue overflows within "
+                               f"{_dur(STORM_WINDOW)}, most events from this folder "
+                               "(a storm of renames?)")
+
     def _stop_observers(self) -> None:
-        for obs in (self.inotify, self.poller):
-            if obs is None:
-                continue
+        if self.inotify is not None:  # a stuck reader is not waited for long
+            self.inotify.stop(10.0 if self.inotify.alive(READER_STALL) else 1.0)
+        if self.poller is not None:
             try:
-                obs.stop()
-                obs.join(timeout=10)
+                self.poller.stop()
+                self.poller.join(timeout=10)
             except Exception as exc:
                 log.debug("stopping an observer: %s", exc)
         self.inotify = self.poller = None
+        self.poll_roots = {}
         for r in self.roots:
             r.watch = None
             if r.state == WATCHING:
                 r.state = READY
+
+    def _observer_trouble(self) -> str | None:
+        """Why the observers need a restart (a thread died or stalled), or None."""
+        if self.thread_error is not None:
+            exc, self.thread_error = self.thread_error, None
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EMFILE) \
+                    and self.inotify is not None:
+                self._fall_back_to_polling(f"inotify: {exc.strerror or exc}")
+                return None
+            return f"an observer thread died ({type(exc).__name__}: {exc})"
+        tw = self.inotify
+        if tw is not None and not tw.alive(READER_STALL):
+            if tw.alive(float("inf")):
+                return f"the inotify reader has not moved for {READER_STALL:g}s"
+            return "the inotify reader died" + (f" ({type(tw.error).__name__}: "
+                                                f"{tw.error})" if tw.error else "")
+        if self.poller is not None and not self.poller.is_alive():
+            return "the polling observer's thread died"
+        return None
+
+    def _restart_observers(self, why: str) -> None:
+        """Stop every observer and watch again from scratch, then list the folders for
+        what was missed. Repeated restarts wait longer and longer (2 s doubling to
+        5 min) so that a cause that persists does not spin."""
+        now = time.time()
+        if self.restart_at is None:
+            while self.restarts and self.restarts[0] < now - RESTART_WINDOW:
+                self.restarts.popleft()
+            n = len(self.restarts)
+            delay = 0.0 if n < RESTART_FREE else \
+                min(RESTART_MAX_DELAY, 2.0 ** (n - RESTART_FREE + 1))
+            self.restart_at, self.restart_why = now + delay, why
+            self._stop_observers()
+            self.notice("observer_restart", logging.ERROR,
+                        f"{why}; restarting the observers"
+                        + (f" in {delay:g}s ({n} restarts in the last "
+                           f"{_dur(RESTART_WINDOW)})" if delay else ""),
+                        reason=why, delay_seconds=delay, restarts=self.restart_count)
+        if now < self.restart_at:
+            return
+        self.restart_at = None
+        self.restarts.append(now)
+        self.restart_count += 1
+        for r in self.roots:
+            if r.state == READY:
+                self._schedule(r)
+        self._index()
+        self.full_rescan("since_start")
 
     # -- start ------------------------------------------------------------------------
 
@@ -658,13 +798,13 @@ class Daemon:
         now = time.time()
         self.next_root_check = now + self.check_every
         self.next_periodic = now + self.rescan_every if self.rescan_every else float("inf")
-        folders: list[tuple[str, int]] = []
         for r in self.roots:
             if r.state == WATCHING:
                 self.rescan(r, "", "all" if self.once_settled else "since_start",
-                            recover=True, folders=folders)
-        self._verify_watched(folders)
+                            recover=True)
         self._load_pending()
+        if self.service:
+            self.heartbeat()  # on record before it says it is watching
         self._announce()
 
     def _announce(self) -> None:
@@ -725,6 +865,9 @@ class Daemon:
         heapq.heappush(self.heap, (due, next(self.seq), key))
 
     def handle(self, code: str, src: str, dest: str, t: float) -> None:
+        if code != "wake":
+            self.events += 1
+            self.last_event = t
         if code == "fclosed":
             self.candidate(src, t, "closed")
         elif code == "fmoved":
@@ -741,16 +884,20 @@ class Daemon:
                 self.new_dirs[path] = r
         elif code == "ddeleted" and src in self.by_real:
             self.next_root_check = 0.0
+        elif code == "overflow":
+            self._overflowed(src, dest == "backlog")
+        elif code == "limit" and self.inotify is not None:
+            self._fall_back_to_polling(f"inotify: {src}")
+        elif code == "died" and self.inotify is not None and self.inotify.error is not None:
+            self.thread_error = self.inotify.error
 
     # -- rescans (safety nets) ------------------------------------------------------------
 
-    def rescan(self, r: WatchRoot, sub: str, mode: str, *, recover: bool = False,
-               folders: list[tuple[str, int]] | None = None) -> None:
+    def rescan(self, r: WatchRoot, sub: str, mode: str, *, recover: bool = False) -> None:
         """List a watched folder (or ``sub`` below it) for candidates. ``mode``: ``new``
         (a folder that appeared: every file is new), ``since_start`` (files whose
         ctime says they were written or moved here since start), ``all``
-        (--once-settled). ``recover`` also finishes temporaries a killed run left;
-        ``folders`` collects (path, inode) of every folder listed."""
+        (--once-settled). ``recover`` also finishes temporaries a killed run left."""
         parts = r.parts + tuple(sub.split("/")) if sub else r.parts
         try:
             top = cl.open_tree(self.app.root, r.prefix or "/", parts)
@@ -762,10 +909,8 @@ class Daemon:
             if os.fstat(top).st_dev != r.dev:
                 return
             rep = cl.KindReport(r.host_path, r.policy)
-            for reldir, _dparts, ident, entries in self.pass_._walk(top, r.dev, rep):
+            for reldir, _dparts, _ident, entries in self.pass_._walk(top, r.dev, rep):
                 rd = f"{sub}/{reldir}".strip("/") if sub else reldir
-                if folders is not None and r.observer == "inotify":
-                    folders.append((os.path.join(r.real, rd) if rd else r.real, ident[1]))
                 for name, st in entries:
                     if cz.is_ours(name):
                         if recover:
@@ -825,34 +970,7 @@ class Daemon:
             p = os.path.dirname(path)
             if any(a in dirs for a in _ancestors(p, r.real)):
                 continue  # its new parent's listing covers it
-            self.rescan(r, path[len(r.real) + 1:], "new", folders=self.unverified)
-        if self.unverified and time.time() >= self.next_verify:
-            folders, self.unverified = self.unverified, []
-            self.next_verify = time.time() + 1.0
-            self._verify_watched(folders)
-
-    def _verify_watched(self, folders: list[tuple[str, int]]) -> None:
-        """Fall back to polling when inotify could not watch some of these folders."""
-        if self.inotify is None or not folders:
-            return
-        have = inotify_watched_inodes()
-        if have is None:
-            return
-        missing = []
-        for path, ino in folders:
-            if ino in have:
-                continue
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue  # gone meanwhile
-            if stat.S_ISDIR(st.st_mode) and st.st_ino == ino:
-                missing.append(path)
-        if missing:
-            self._fall_back_to_polling(
-                f"inotify could not watch {len(missing)} folder(s) (the first: "
-                f"{cl.printable(self.app.root.host(missing[0]))}): the watch limit is "
-                "reached")
+            self.rescan(r, path[len(r.real) + 1:], "new")
 
     # -- compressing ---------------------------------------------------------------------
 
@@ -949,6 +1067,7 @@ class Daemon:
         now = time.time()
         if o.state in (cz.COMPRESSED, cz.FINISHED):
             self.compressed += 1
+            self.last_compressed = round(now, 3)
             saved = o.before - o.after
             self.saved += saved
             extra: dict[str, Any] = {}
@@ -1016,8 +1135,6 @@ class Daemon:
         """Notice a data folder that was deleted, re-created (even with the same inode
         number), appeared, or became (or stopped being) a symlink, and rebuild that
         install's roots."""
-        alive = {id(em.watch) for obs in (self.inotify, self.poller) if obs is not None
-                 for em in list(obs.emitters) if em.is_alive()}
         changed: dict[str, set[str]] = {}
         for r in self.roots:
             host = r.project.host_path
@@ -1026,7 +1143,9 @@ class Daemon:
             lid = _lident(r.project.data[r.kind].path)
             if lid != r.link_ident or (
                     r.state == ABSENT and r.real and os.path.lexists(r.real)):
-                changed.setdefault(host, set())
+                # gone, re-created or relinked: whatever is there now is new, even when
+                # a re-created folder got the old inode number back
+                changed.setdefault(host, set()).add(r.kind)
                 continue
             if r.state == WATCHING:
                 if lid is not None and lid[:2] == r.ident:
@@ -1037,7 +1156,7 @@ class Daemon:
                         ok = (st.st_dev, st.st_ino) == r.ident
                     except OSError:
                         ok = False
-                if not ok or id(r.watch) not in alive:
+                if not ok or not self._observed(r):
                     changed.setdefault(host, set()).add(r.kind)
         for host, dead in changed.items():
             self._rebuild_project(host, dead)
@@ -1116,6 +1235,17 @@ class Daemon:
         log.warning("reloaded the configuration")
         self._announce()
 
+    def _take_last_hints(self) -> None:
+        """Files announced before the stop but not handled yet are saved as settling
+        too (other hints no longer matter)."""
+        while True:
+            try:
+                code, src, dest, t = self.q.get_nowait()
+            except queue.Empty:
+                return
+            if code in ("fclosed", "fmoved", "fcreated", "fmodified"):
+                self.handle(code, src, dest, t)
+
     def _pending_path(self) -> Any:
         return self.app.root.path(PENDING_FILE)
 
@@ -1164,10 +1294,12 @@ class Daemon:
             t = min(t, self.heap[0][0] + BATCH_WINDOW)
         if self.new_dirs:
             t = 0.0
-        if self.unverified:
-            t = min(t, self.next_verify)
         if self.overflow:
             t = min(t, self.next_overflow_scan)
+        if self.restart_at is not None:
+            t = min(t, self.restart_at)
+        if self.service:
+            t = min(t, self.next_heartbeat)
         return t
 
     def step(self) -> None:
@@ -1183,45 +1315,82 @@ class Daemon:
             return
         if self.reload_requested:
             self.reload()
-        if self.thread_error is not None:
-            exc, self.thread_error = self.thread_error, None
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EMFILE) \
-                    and self.inotify is not None:
-                self._fall_back_to_polling(f"inotify: {exc.strerror or exc}")
-            else:
-                log.error("an observer thread died (%s: %s); restarting the observers",
-                          type(exc).__name__, exc)
-                self._stop_observers()
-                for r in self.roots:
-                    if r.state == READY:
-                        self._schedule(r)
-                self._index()
-                self.full_rescan("since_start")
         now = time.time()
+        if self.restart_at is not None:
+            self._restart_observers(self.restart_why)
+        elif self.thread_error is not None or now >= self.next_root_check:
+            why = self._observer_trouble()
+            if why is not None:
+                self._restart_observers(why)
         if now >= self.next_root_check:
             self.check_roots()
             self.next_root_check = time.time() + self.check_every
             if self.stopping:
                 return
-        if self.new_dirs or self.unverified:
+        if self.new_dirs:
             self._scan_new_dirs()
         if self.overflow and now >= self.next_overflow_scan:
             self.overflow = False
             self.next_overflow_scan = now + OVERFLOW_GAP
-            log.warning("inotify queue overflowed: listing the watched folders for "
-                        "files whose events were lost")
+            lost, self.overflows_reported = self.overflows - self.overflows_reported, \
+                self.overflows
+            self.notice("overflow", logging.WARNING,
+                        "inotify queue overflowed" + (f" ({lost} times)" if lost > 1 else "")
+                        + ": listing the watched folders for files whose events were lost",
+                        overflows=self.overflows, since_last_report=lost)
             self.full_rescan("since_start")
         if now >= self.next_periodic:
             self.next_periodic = now + self.rescan_every
             self.full_rescan("since_start")
         self.process_due()
+        if self.service and time.time() >= self.next_heartbeat:
+            self.heartbeat()
+
+    # -- liveness ---------------------------------------------------------------------------
+
+    def liveness(self, state: str = "running") -> dict[str, Any]:
+        """The service's liveness record: counters only, no names (see watchstate)."""
+        now = time.time()
+        watching = [r for r in self.roots if r.state == WATCHING]
+        inotify = None if self.inotify is None else (
+            "running" if self.inotify.alive(READER_STALL) else "stalled"
+            if self.inotify.alive(float("inf")) else "dead")
+        polling = None if self.poller is None else (
+            "running" if self.poller.is_alive() else "dead")
+        if self.restart_at is not None:
+            inotify = inotify or "restarting"
+        return {
+            "pid": os.getpid(), "state": state, "started": round(self.started, 3),
+            "heartbeat": round(now, 3), "heartbeat_seconds": self.heartbeat_every,
+            "observers": {"inotify": inotify, "polling": polling},
+            "folders": {"inotify": sum(r.observer == "inotify" for r in watching),
+                        "polling": sum(r.observer == "polling" for r in watching),
+                        "not_watched": len(self.roots) - len(watching)},
+            "inotify_watches": self.inotify.watches if self.inotify is not None else 0,
+            "pending": len(self.pending), "compressed": self.compressed,
+            "bytes_saved": self.saved, "last_compressed": self.last_compressed,
+            "events": self.events, "last_event": self.last_event,
+            "overflows": self.overflows, "observer_restarts": self.restart_count,
+            "polled_after_storm": self.storm_polled, "last_problem": self.last_problem,
+        }
+
+    @property
+    def heartbeat_every(self) -> float:
+        return min(HEARTBEAT_MAX, max(1.0, 6 * self.check_every))
+
+    def heartbeat(self, state: str = "running") -> None:
+        """Rewrite the service's liveness record (best effort: a full /run must not
+        stop the compressing)."""
+        self.next_heartbeat = time.time() + self.heartbeat_every
+        try:
+            watchstate.write(self.app.root, self.liveness(state))
+        except (OSError, OpsError) as exc:
+            log.debug("%s: cannot write: %s", watchstate.STATE_FILE, exc)
 
     def run(self) -> int:
         prev_hook = threading.excepthook
         prev = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-        overflow = _OverflowLog(self)
         wd_log = logging.getLogger("watchdog")
-        wd_log.addHandler(overflow)
         if self.app.verbose < 2:
             wd_log.setLevel(logging.WARNING)  # its per-event debug lines cost time
         cz.prepare_process()
@@ -1239,8 +1408,10 @@ class Daemon:
         finally:
             threading.excepthook = prev_hook
             self._stop_observers()
+            self._take_last_hints()
             self._save_pending()
-            wd_log.removeHandler(overflow)
+            if self.service:
+                self.heartbeat("stopped")
             for s, h in prev.items():
                 signal.signal(s, h)
         self.say("stopped", f"stopped: compressed {self.compressed} file(s), saved "
@@ -1417,6 +1588,9 @@ def render_unit(app: AppContext, paths: Sequence[str], argv: Sequence[str]) -> s
           if left_out else []),
         "StateDirectory=mnic-ops",
         "StateDirectoryMode=0700",
+        "# /run/mnic-ops/watch-state.json: its heartbeat (counters, no names), for doctor",
+        "RuntimeDirectory=mnic-ops",
+        "RuntimeDirectoryMode=0755",
     ]
     if _under_any(considered, HOME_DIRS):
         lines += ["# No ProtectHome=: data folders (or mnic-ops) live under /home or /root,",

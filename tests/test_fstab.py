@@ -257,18 +257,21 @@ def test_nodiratime_only_when_configured() -> None:
     assert F.noatime_options("noatime,nodiratime", nodiratime=True) == "noatime,nodiratime"
 
 
-def test_alignment_kept_where_the_new_text_fits() -> None:
+def test_only_the_options_field_changes_blanks_included() -> None:
+    """Issue 15: the blanks after the options field are kept as they are, even where
+    the columns then no longer line up (` \t ` used to become `\t\t `)."""
     def change(line: str) -> str:
         e = F.parse(line).entries[0]
         return F.set_options(e, F.noatime_options(e.options_raw)).text
 
     assert change("/dev/a  /a  ext4  defaults          0  2") == \
-        "/dev/a  /a  ext4  defaults,noatime  0  2"
-    assert change("/dev/a  /a  ext4  defaults  0  2") == "/dev/a  /a  ext4  defaults,noatime 0  2"
-    assert change("/dev/a  /a  ext4  rw,relatime  0  2") == "/dev/a  /a  ext4  rw,noatime   0  2"
+        "/dev/a  /a  ext4  defaults,noatime          0  2"
+    assert change("/dev/a  /a  ext4  rw,relatime  0  2") == "/dev/a  /a  ext4  rw,noatime  0  2"
     assert change("/dev/a\t/a\text4\tdefaults\t\t0\t2") == \
-        "/dev/a\t/a\text4\tdefaults,noatime\t0\t2"
+        "/dev/a\t/a\text4\tdefaults,noatime\t\t0\t2"
+    assert change("/dev/a /a ext4 defaults \t 0 2") == "/dev/a /a ext4 defaults,noatime \t 0 2"
     assert change("/dev/a /a ext4 defaults 0 2 # c") == "/dev/a /a ext4 defaults,noatime 0 2 # c"
+    assert change("/dev/a /a ext4 defaults \t") == "/dev/a /a ext4 defaults,noatime \t"
     assert change("/dev/a /a ext4") == "/dev/a /a ext4 noatime"
     assert change("/dev/a\t/a\text4 ") == "/dev/a\t/a\text4\tnoatime "
 
@@ -420,9 +423,9 @@ def test_cli_proposes_for_data_mount_points_and_writes_nothing(fake_root: Path) 
     assert ("-UUID=0a1b2c3d-0000-4000-8000-000000000002 /mnt/ssd       ext4    defaults"
             "           0      2") in r.out
     assert ("+UUID=0a1b2c3d-0000-4000-8000-000000000002 /mnt/ssd       ext4    "
-            "defaults,noatime   0      2") in r.out
+            "defaults,noatime           0      2") in r.out
     assert "+UUID=0a1b2c3d-0000-4000-8000-000000000001 /              ext4    " \
-        "errors=remount-ro,noatime 0      1" in r.out
+        "errors=remount-ro,noatime  0      1" in r.out
     assert sha(root / "etc/fstab") == before
     assert not list((root / "etc").glob("fstab.mnic-ops.*"))
     assert not (root / "var/lib/mnic-ops/journal.jsonl").exists()
