@@ -776,15 +776,27 @@ def clean_cmd(app: AppContext, check: bool, as_json: bool, only: str | None,
             "projects": [{"project": r.project, "status": r.status,
                           "kinds": {k: v.to_json(check) for k, v in r.kinds.items()}}
                          for r in reports], "totals": totals}
+    if totals["retention_failed"]:
+        rc = EXIT_FAILURE  # a class left untouched: bad declared value, unparsable index
+    elif check:
+        rc = EXIT_PENDING if (totals["would_compress"] or totals["would_expire"]
+                              or totals["retention_would_expire"]
+                              or totals["retention_would_restore"]) else EXIT_OK
+    else:
+        rc = EXIT_FAILURE if totals["failed"] else EXIT_OK
+    if not check:  # when it last ran and how it ended, for status and the admin
+        from mnic_ops import passstate
+
+        rc_all = app.failures.exit_code(rc)
+        data["state_file"] = passstate.record(app.root, {
+            "started": started, "finished": round(time.time(), 3), "only": only,
+            "duration_seconds": data["duration_seconds"], "exit_code": rc_all,
+            "ok": rc_all == EXIT_OK, "totals": totals,
+            "projects": [{"project": r.project, "status": r.status} for r in reports],
+            "failed_installs": app.failures.to_json()})
     emit(app, data, lambda: _text(reports, totals, check, app.verbose)
          if projects else "no framework installs found (see search_paths and projects)")
-    if totals["retention_failed"]:
-        return EXIT_FAILURE  # a class left untouched: bad declared value, unparsable index
-    if check:
-        return EXIT_PENDING if (totals["would_compress"] or totals["would_expire"]
-                                or totals["retention_would_expire"]
-                                or totals["retention_would_restore"]) else EXIT_OK
-    return EXIT_FAILURE if totals["failed"] else EXIT_OK
+    return rc
 
 
 def _log_project(r: ProjectReport) -> None:
