@@ -61,13 +61,18 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix":
               help="Work on the host whose / is DIR (host paths resolve under it).")
 @click.option("--config", "config_path", default=None, envvar="MNIC_OPS_CONFIG",
               metavar="FILE", help="Config file [default: <root>/etc/mnic-ops/config.toml].")
+@click.option("--config-from", "config_from", default=None, metavar="FILE",
+              allow_from_autoenv=False,
+              help="Read the settings from FILE instead, as if it were the config file "
+                   "(preview a config before it is installed, with --check); what is "
+                   "written, such as cron jobs, still names the config file.")
 @click.option("--json", "as_json", is_flag=True, envvar="MNIC_OPS_JSON",
               help="Print one JSON document for scripts.")
 @click.option("-v", "--verbose", count=True, help="More detail; -vv for debug logging.")
 @click.version_option(__version__, "--version", prog_name="mnic-ops")
 @click.pass_context
-def cli(ctx: click.Context, root: str, config_path: str | None, as_json: bool,
-        verbose: int) -> None:
+def cli(ctx: click.Context, root: str, config_path: str | None, config_from: str | None,
+        as_json: bool, verbose: int) -> None:
     """Provision and maintain hosts that run the My Name Is Claude framework.
 
     Every change can be previewed with --check (and --diff), is logged, and is recorded
@@ -85,7 +90,7 @@ def cli(ctx: click.Context, root: str, config_path: str | None, as_json: bool,
     top.handlers[:] = [handler]
     top.setLevel(logging.DEBUG)
     ctx.obj = AppContext(root=HostRoot.open(root), config_path=config_path, json=as_json,
-                         verbose=verbose)
+                         verbose=verbose, config_from=config_from)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,6 +33,10 @@ class AppContext:
     config_path: str | None
     json: bool = False
     verbose: int = 0
+    # --config-from: read the settings from this file instead of config_path's, which
+    # is still the path written into cron jobs and the watcher unit (a preview of a
+    # config about to be installed there).
+    config_from: str | None = None
     _config: Config | None = field(default=None, repr=False)
 
     @property
@@ -40,7 +44,7 @@ class AppContext:
         if self._config is None:
             from mnic_ops import config
 
-            self._config = config.load(self.root, self.config_path)
+            self._config = config.load(self.root, self.config_from or self.config_path)
         return self._config
 
 
@@ -99,7 +103,8 @@ def run_plan(app: AppContext, plan: Plan, *, check: bool, diff: bool, command: s
                 logging.getLogger().removeHandler(handler)
                 handler.close()
     counts = plan.counts()
-    data = {"command": command, "check": check, **plan.to_json(), **(extra or {})}
+    data = {"command": command, "check": check, **plan.to_json(texts=diff),
+            **(extra or {})}
     emit(app, data, lambda: plan_text(plan, diff=diff or (check and app.verbose > 0),
                                       title=title))
     if check:
