@@ -50,12 +50,13 @@ import pytest
 from tests.conftest import REPO
 from tests.testhost import write_project
 from tests.vm.image import GUEST_SHARE, Image, ImageError, ensure_image
-from tests.vm.machine import SSD_BY_ID, VM, GuestResult, HostClass, Keys, VMError, load_classes
+from tests.vm.machine import VM, GuestResult, HostClass, Keys, VMError, load_classes
 
 HERE = Path(__file__).resolve().parent
 CLASSES = load_classes()
 BOOT_TIMEOUT = float(os.environ.get("MNIC_OPS_VM_BOOT_TIMEOUT", "600"))
 SITE_PLAYBOOK = REPO / "playbooks" / "site.yml"
+SITE_VARS = HERE / "site-vars.yml"
 PROJECT = "/home/alice/proj"
 SSD_MOUNT = "/mnt/ssd"
 # Files the tests write into the install start with this; the before/after comparison
@@ -207,22 +208,23 @@ def mnic_vm(vm: VM) -> VM:
     return vm
 
 
+def site_vars() -> dict[str, Any]:
+    """The variables the Vagrantfile passes too (tests/vm/site-vars.yml)."""
+    import yaml
+
+    data = yaml.safe_load(SITE_VARS.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
 def role_vars(vm: VM, **override: Any) -> list[str]:
-    """Extra vars for playbooks/site.yml on a test VM, as an admin of an offline host
-    would pass them: wheels from the share, the SSD by id for the pre-tasks, fstab
-    applied; the class is not set (the firmware decides). Cron runs the compress pass
-    every minute and the watcher settles checkpoints after 2 s, so both can be seen
-    working within a test."""
-    ev: dict[str, Any] = {
-        "mnic_ops_install_source": "mnic-ops",
-        "mnic_ops_pip_extra_args": f"--no-index --find-links {vm.guest_wheels}",
-        "mnic_ops_ssd_device": SSD_BY_ID,
-        "mnic_ops_ssd_mount": SSD_MOUNT,
-        "mnic_ops_apply_fstab": True,
-        "mnic_ops_settings": {"cron": {"compress_schedule": "* * * * *"},
-                              "watch": {"settle_seconds": {"checkpoints": 2}}},
-        **override,
-    }
+    """Extra vars for playbooks/site.yml on a test VM: those of site-vars.yml, the same
+    as the Vagrant VMs get (the SSD by id for the pre-tasks, fstab applied, cron every
+    minute, a 2 s settle time for checkpoints; no class: the firmware decides), plus the
+    one thing an offline host needs: mnic-ops's dependencies from a wheelhouse (the
+    share). mnic-ops itself is the role's default, a wheel of this checkout built on
+    the controller."""
+    ev: dict[str, Any] = {**site_vars(), "mnic_ops_wheelhouse": vm.guest_wheels, **override}
     return ["-e", json.dumps(ev)]
 
 
