@@ -319,18 +319,19 @@ def test_printed_no_document_on_success_is_a_failure(tmp_path: Path) -> None:
     ({"command": "cron", "state": "absent"}, False, ["cron", "remove", "--system"]),
     ({"command": "cron", "user": "alice"}, True, ["cron", "install", "--user", "alice",
                                                   "--check"]),
-    ({"command": "watch_unit", "projects": ["/p"]}, False, ["watch", "--install-unit", "/p"]),
+    ({"command": "watch_unit", "projects": ["/p"]}, False, ["watch", "--install-unit", "--", "/p"]),
     ({"command": "watch_unit", "state": "absent"}, True, ["watch", "--remove-unit", "--check"]),
     ({"command": "relocate", "state": "absent", "force": True, "projects": ["/p"]}, False,
-     ["relocate", "--undo", "--force", "/p"]),
+     ["relocate", "--undo", "--force", "--", "/p"]),
     ({"command": "undo", "change": "last"}, True, ["undo", "--last", "--check"]),
     ({"command": "undo", "change": "file:/etc/x"}, False, ["undo", "file:/etc/x"]),
     ({"command": "clean", "only": "expire"}, False, ["clean", "--only", "expire"]),
+    ({"command": "clean", "projects": ["-odd"]}, True, ["clean", "--check", "--", "-odd"]),
     ({"command": "fstab", "apply_fstab": True, "mount_points": ["/srv"]}, False,
      ["fstab", "--apply", "--remount", "--mount-point", "/srv"]),
     ({"command": "provision", "apply_fstab": True, "host_class": "server"}, True,
      ["provision", "--check", "--host-class", "server", "--apply-fstab"]),
-    ({"command": "render", "projects": ["/p"]}, False, ["render", "/p"]),
+    ({"command": "render", "projects": ["/p"]}, False, ["render", "--", "/p"]),
 ])
 def test_command_lines(args: dict[str, Any], check: bool, want: list[str]) -> None:
     params = {k: v.get("default") for k, v in M.ARGUMENT_SPEC.items()} | args
@@ -438,3 +439,14 @@ def test_ansible_adhoc_check_diff_then_apply_then_unchanged(host: Path, binary: 
     assert again.returncode == 0, again.stdout + again.stderr
     assert "localhost | SUCCESS" in again.stdout and '"changed": false' in again.stdout
     assert "+++ after:" not in again.stdout
+
+
+def test_render_of_named_installs_leaves_the_system_files_alone(host: Path,
+                                                                binary: Path) -> None:
+    install_config(host, config_text())
+    r = run_module({"root": str(host), "binary": str(binary), "command": "render",
+                    "projects": [PROJECT], "host_class": "laptop"}, check=True)
+    assert r.kind == "exit" and r.result["changed"] is True, r.result
+    pending = [i["id"] for i in r.result["items"] if i["state"] == "pending"]
+    assert pending and all(i.startswith(f"file:{PROJECT}/") for i in pending), pending
+    assert r.result["report"]["tier"] == "laptop"

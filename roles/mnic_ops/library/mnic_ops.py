@@ -320,7 +320,8 @@ class Invocation:
         check = ["--check"] if self.check else []
         diff = ["--diff"] if self.diff else []
         hc = ["--host-class", p["host_class"]] if p["host_class"] else []
-        projects = list(p["projects"]) if cmd in PROJECT_ARGS else []
+        # "--": an install's path is never taken for an option.
+        projects = ["--", *p["projects"]] if cmd in PROJECT_ARGS and p["projects"] else []
         if cmd == "provision":
             return (["provision", *check, *diff, *hc]
                     + (["--apply-fstab"] if p["apply_fstab"] else []))
