@@ -154,7 +154,7 @@ def test_argument_specs_cover_every_default_with_the_same_value() -> None:
               *(ROLE / "templates").iterdir()]:
         used |= set(re.findall(r"\bmnic_ops_[a-z_]+\b", f.read_text()))
     registered = {"mnic_ops_installed", "mnic_ops_wheel_dir", "mnic_ops_wheel",
-                  "mnic_ops_pip"}
+                  "mnic_ops_pip", "mnic_ops_docs"}
     assert used - registered <= set(defaults) | set(internal), used - set(defaults)
 
 
