@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import stat
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from typing import Any
 
 import click
 
-from mnic_ops import facts, linkrecords, pendingmoves, safefs, treemove
+from mnic_ops import facts, linkrecords, pendingmoves, progress, safefs, treemove
 from mnic_ops.changes import OK, SKIPPED, ApplyContext, Item, Plan, Undo, undo_handler
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_OK, InputError, OpsError
 from mnic_ops.hostroot import HostRoot
@@ -215,18 +214,24 @@ def _kinds(app: AppContext) -> list[str]:
 @contextmanager
 def _progress(app: AppContext, label: str, size: treemove.TreeSize
               ) -> Iterator[treemove.Progress | None]:
-    """A bytes-and-files bar on stderr when it is a terminal (copy, then verify)."""
-    if app.json or not sys.stderr.isatty() or size.bytes + size.files == 0:
+    """A bytes-and-files bar on a terminal (copy, then verify; see mnic_ops.progress)."""
+    if size.bytes + size.files == 0:
         yield None
         return
     counts = {"copy": 0, "verify": 0}
     total = size.files
-    with click.progressbar(length=max(1, 2 * size.bytes), label=label, file=sys.stderr,
-                           item_show_func=lambda s: s) as bar:
+
+    def text() -> str:
+        return f"files: {counts['copy']}/{total} copied, {counts['verify']} verified"
+
+    with progress.bar(app, label, max(1, 2 * size.bytes), text) as bar:
+        if bar is None:
+            yield None
+            return
+
         def update(stage: str, nbytes: int, nfiles: int) -> None:
             counts[stage] = counts.get(stage, 0) + nfiles
-            bar.update(nbytes, f"files: {counts['copy']}/{total} copied, "
-                               f"{counts['verify']} verified")
+            bar.advance(nbytes)
         yield update
 
 
