@@ -262,6 +262,10 @@ SCHEMA: Schema = {
         **_cron_schedules(True).keys,
         "command": Key("str", None, "How jobs invoke mnic-ops (default: the installed "
                        "mnic-ops found by absolute path).", rule=CRON_COMMAND),
+        "lock_wait_seconds": Key("int", 1500, "How long a job waits for an install's lock "
+                                 "when the other job or the watcher holds it (`clean "
+                                 "--wait`); 0 = skip that install at once.", minimum=0,
+                                 maximum=86400),
         "log": Key("str", None, "Where job output goes: an absolute file path or `syslog` "
                    "(default: /var/log/mnic-ops-cron.log for --system, syslog for "
                    "--user).", rule=CRON_LOG),
