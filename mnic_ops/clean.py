@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mnic_ops import compress as cz
-from mnic_ops import installfail, linkrecords, policy, progress, retention
+from mnic_ops import installfail, linkrecords, metrics, policy, progress, retention
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, EXIT_PENDING, InputError
 from mnic_ops.hostroot import HostRoot
 from mnic_ops.policy import DAY, DEFAULTS, Policy, resolve_policy
@@ -724,52 +724,43 @@ def _text(reports: list[ProjectReport], totals: dict[str, Any], check: bool,
     return "\n".join(lines)
 
 
-def _esc(v: str) -> str:
-    return printable(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _num(v: float) -> str:
-    return f"{v:.3f}".rstrip("0").rstrip(".") if isinstance(v, float) else str(v)
-
-
 def textfile_body(reports: list[ProjectReport], totals: dict[str, Any], started: float,
-                  duration: float) -> str:
-    """node_exporter textfile collector format."""
-    m: list[str] = []
+                  duration: float) -> metrics.Textfile:
+    """The node_exporter textfile of a pass (``mnic_ops_clean_*`` gauges)."""
+    m = metrics.Textfile()
 
-    def metric(name: str, help_: str, rows: list[tuple[str, float]]) -> None:
-        m.append(f"# HELP mnic_ops_clean_{name} {help_}")
-        m.append(f"# TYPE mnic_ops_clean_{name} gauge")
-        m.extend(f"mnic_ops_clean_{name}{labels} {_num(value)}" for labels, value in rows)
+    def metric(name: str, help_: str, rows: list[tuple[dict[str, str], float]]) -> None:
+        m.family(f"mnic_ops_clean_{name}", help_)
+        for labels, value in rows:
+            m.add(f"mnic_ops_clean_{name}", help_, value, labels)
 
-    def per_project(fn: Any) -> list[tuple[str, float]]:
-        return [(f'{{project="{_esc(r.project)}"}}', fn(r)) for r in reports
+    def per_project(fn: Any) -> list[tuple[dict[str, str], float]]:
+        return [({"project": printable(r.project)}, fn(r)) for r in reports
                 if r.status == "done"]
 
     metric("last_run_timestamp_seconds", "When the last pass started (Unix time).",
-           [("", round(started, 3))])
-    metric("duration_seconds", "How long the last pass took.", [("", round(duration, 3))])
+           [({}, round(started, 3))])
+    metric("duration_seconds", "How long the last pass took.", [({}, round(duration, 3))])
     metric("bytes_saved", "Bytes freed by the last pass (compression and expiry).",
-           [("", totals["bytes_saved"]), *per_project(
+           [({}, totals["bytes_saved"]), *per_project(
                lambda r: sum(k.bytes_before - k.bytes_after + k.expired_bytes
                              for k in r.kinds.values()))])
     metric("files_compressed", "Files compressed by the last pass.",
-           [("", totals["compressed"] + totals["finished"])])
-    metric("archives_expired", "Archives deleted by the last pass.", [("", totals["expired"])])
+           [({}, totals["compressed"] + totals["finished"])])
+    metric("archives_expired", "Archives deleted by the last pass.",
+           [({}, totals["expired"])])
     metric("errors", "Files the last pass failed on (I/O errors, no space).",
-           [("", totals["failed"]), *per_project(
+           [({}, totals["failed"]), *per_project(
                lambda r: sum(k.failed for k in r.kinds.values()))])
     metric("skipped", "Files the last pass skipped, by reason.",
-           [(f'{{reason="{_esc(k)}"}}', v) for k, v in totals["skipped"].items()])
+           [({"reason": printable(k)}, v) for k, v in totals["skipped"].items()])
     metric("projects_locked", "Projects skipped because another pass held their lock.",
-           [("", totals["projects_locked"])])
-    return "\n".join(m) + "\n"
+           [({}, totals["projects_locked"])])
+    return m
 
 
-def write_textfile(app: AppContext, body: str) -> str | None:
+def write_textfile(app: AppContext, body: metrics.Textfile) -> str | None:
     """Write the textfile atomically when its folder exists; the path written or None."""
-    from mnic_ops import safefs
-
     path = str(app.config.get("clean.textfile") or "")
     if not path:
         return None
@@ -778,9 +769,9 @@ def write_textfile(app: AppContext, body: str) -> str | None:
     real = app.root.path(path)
     if not real.parent.is_dir():
         log.debug("%s: folder absent (node_exporter not installed?); textfile not written",
-                 real.parent)
+                  real.parent)
         return None
-    safefs.atomic_write(real, body, mode=0o644)
+    body.write(real)
     return path
 
 
