@@ -64,6 +64,9 @@ class Item:
     # (current bytes or None, wanted bytes) of a file change: lets `verify` name the
     # mismatching values instead of only showing a diff. Not serialised.
     payload: tuple[bytes | None, bytes] | None = field(default=None, repr=False)
+    # A failure known when planning that concerns this item only (a missing cron daemon,
+    # an ambiguous fstab entry): the rest of a plan still applies; the run exits 1.
+    contained: bool = field(default=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "description": self.description,

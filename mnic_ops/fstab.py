@@ -435,6 +435,7 @@ class Decision:
     live: dict[str, Any] | None = None
     live_noatime: bool | None = None
     notes: list[str] = field(default_factory=list)
+    ambiguous: bool = False  # several entries for it: never guessed, a failed item
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = _shown_json(asdict(self))
@@ -480,6 +481,7 @@ def plan_noatime(fstab: Fstab, wanted: dict[str, list[str]], mounts: Sequence[fa
                         "container, say)" if mp == "/" else "") + "; nothing to change")
             continue
         if len(entries) > 1:
+            d.ambiguous = True
             d.reason = (f"{len(entries)} entries for {mp} (lines "
                         f"{', '.join(str(e.number) for e in entries)}): ambiguous, refusing "
                         "to guess which one governs it")
@@ -861,8 +863,9 @@ def report_text(target: Target, decisions: Sequence[Decision], extra: Sequence[s
 
 @click.command("fstab", epilog=EXIT_CODES_HELP)
 @click.option("--mount-point", "mount_points", multiple=True, metavar="MP",
-              help="Also consider this mount point (repeatable). Default: the mount points "
-                   "that hold framework data, plus fstab.mount_points from the config.")
+              help="Work on this mount point (repeatable); the ones given are the whole "
+                   "set. Default: the mount points that hold framework data, plus "
+                   "fstab.mount_points from the config.")
 @click.option("--fstab", "fstab_file", metavar="FILE", default=None,
               help="Work on FILE instead of <root>/etc/fstab.")
 @click.option("--apply", "apply_", is_flag=True,
@@ -882,7 +885,8 @@ def fstab_cmd(app: AppContext, mount_points: tuple[str, ...], fstab_file: str | 
     For each mount point it prints the governing fstab entry and why it is or is not
     eligible, then a unified diff of the whole file. Only the options field of that
     entry changes: noatime is added, relatime/strictatime/atime are removed. Exit 3
-    when a change is proposed and not applied, 0 when nothing would change.
+    when a change is proposed and not applied, 0 when nothing would change, 1 when a
+    mount point of the set has several entries (ambiguous: nothing guessed).
     """
     from mnic_ops.output import run_plan
 
@@ -900,10 +904,12 @@ def fstab_cmd(app: AppContext, mount_points: tuple[str, ...], fstab_file: str | 
 
 
 def build(app: AppContext, mount_points: Sequence[str] = (), fstab_file: str | None = None,
-          *, apply_: bool = False, remount: bool = False
+          *, apply_: bool = False, remount: bool = False, also: Sequence[str] = ()
           ) -> tuple[Plan, str, dict[str, Any]]:
     """The fstab plan (the file change, remounts), the report text and the JSON extras.
-    Pure apart from reading, and removing a killed run's temporaries when ``apply_``."""
+    ``mount_points`` (``--mount-point``) is the whole set when given; ``also`` adds to
+    the automatic one (provision: the SSD the data is about to move to). Pure apart
+    from reading, and removing a killed run's temporaries when ``apply_``."""
     cfg = app.config
     nodiratime = bool(cfg.get("fstab.nodiratime", False))
     include_network = bool(cfg.get("fstab.include_network", False))
@@ -916,15 +922,28 @@ def build(app: AppContext, mount_points: Sequence[str] = (), fstab_file: str | N
     fstab = parse(decode(old), target.display)
     mounts = facts.mounts(app.root, facts.Absent())
 
+    # --mount-point names the whole set; without it: the mount points that hold
+    # framework data, plus fstab.mount_points
+    data = data_mount_points(app.root, cfg, mounts, fstab)
     wanted: dict[str, list[str]] = {}
-    for mp, holds in data_mount_points(app.root, cfg, mounts, fstab).items():
-        wanted.setdefault(mp, []).extend(holds)
-    for mp in cfg.get("fstab.mount_points") or []:
-        if not mp.startswith("/"):
-            raise InputError(f"fstab.mount_points: {_quoted(mp)} is not an absolute path")
-        wanted.setdefault(norm_target(mp), []).append("(fstab.mount_points)")
-    for mp in mount_points:
-        wanted.setdefault(norm_target(mp), []).append("(--mount-point)")
+    if mount_points:
+        for mp in mount_points:
+            holds = wanted.setdefault(norm_target(mp), [])
+            if not holds:
+                holds.extend(data.get(norm_target(mp), []))
+            holds.append("(--mount-point)")
+    else:
+        for mp, holds in data.items():
+            wanted.setdefault(mp, []).extend(holds)
+        for mp in cfg.get("fstab.mount_points") or []:
+            if not mp.startswith("/"):
+                raise InputError(f"fstab.mount_points: {_quoted(mp)} is not an absolute "
+                                 "path")
+            wanted.setdefault(norm_target(mp), []).append("(fstab.mount_points)")
+        for mp in also:
+            holds = wanted.setdefault(norm_target(mp), [])
+            if not holds:
+                holds.append("(relocation target)")
 
     decisions, new_fstab = plan_noatime(fstab, wanted, mounts, Resolver(app.root),
                                         nodiratime=nodiratime,
@@ -960,6 +979,14 @@ def build(app: AppContext, mount_points: Sequence[str] = (), fstab_file: str | N
     else:
         plan.add(Item(f"fstab:{target.display}", f"{target.display}", state=OK,
                       reason="nothing to change"))
+    # Two entries for one mount point that holds data or was asked for: which one
+    # governs it is not guessed, and that is a failure, not a quiet "not eligible".
+    for d in decisions:
+        if d.ambiguous:
+            plan.add(Item(f"fstab:{shown(d.mount_point)}",
+                          f"noatime for {shown(d.mount_point)}", state=FAILED,
+                          error=f"{shown(d.reason)}; keep one entry for it in "
+                                f"{target.display}", contained=True))
     if remount:
         for d in decisions:
             if d.state == "change" or (d.state == "ok" and d.live_noatime is False):

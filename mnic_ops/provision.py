@@ -103,7 +103,7 @@ def _step_fstab(ctx: Context) -> list[Item]:
     # The SSD the data is about to move to holds framework data once this plan is
     # applied: name it now so that one run suffices.
     mps = [ctx.ssd_mount] if ctx.ssd_mount else []
-    plan, _title, _extra = fstab.build(ctx.app, mps,
+    plan, _title, _extra = fstab.build(ctx.app, also=mps,
                                        apply_=ctx.apply_fstab and not ctx.verifying,
                                        remount=ctx.apply_fstab)
     if not ctx.apply_fstab:
@@ -168,7 +168,8 @@ def provision_cmd(app: AppContext, check: bool, diff: bool, apply_fstab: bool | 
     plan, ctx = build(app, host_class, apply_fstab)
     # A step that could not be planned stops everything; a failed install (one user's
     # bad file) fails that install only: its item is failed, the others go on.
-    if any(i.state == FAILED and not installfail.is_failed_install(i) for i in plan.items):
+    if any(i.state == FAILED and not installfail.is_failed_install(i) and not i.contained
+           for i in plan.items):
         for i in plan.items:
             if i.state == PENDING:
                 i.state, i.reason = SKIPPED, "not run: planning failed elsewhere"
@@ -182,6 +183,10 @@ def provision_cmd(app: AppContext, check: bool, diff: bool, apply_fstab: bool | 
              "projects": [p.host_path for p in ctx.projects]}
     rc = run_plan(app, plan, check=check, diff=diff, command="provision", title=title,
                   extra=extra)
+    # a failure that concerns one item only (no cron daemon, an ambiguous fstab entry):
+    # the rest was applied, and the run still fails
+    if any(i.state == FAILED and i.contained for i in plan.items):
+        rc_fail = True
     return EXIT_FAILURE if rc_fail else rc
 
 
