@@ -9,7 +9,6 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-
 from zoneinfo import ZoneInfo
 
 import pytest
