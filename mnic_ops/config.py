@@ -324,6 +324,14 @@ SCHEMA: Schema = {
                            "propose the diff)."),
         "cron": Key("bool", True, "Install the cleanup cron jobs."),
         "watcher": Key("bool", True, "Install the auto-compression watcher unit."),
+        "logrotate": Key("bool", True, "Install /etc/logrotate.d/mnic-ops for the logs "
+                         "mnic-ops writes (when logrotate is installed)."),
+        "missing_cron": Key("str", "fail", "No cron daemon on the host (see README): "
+                            "`fail` the cron item, naming the fix, or `skip` it.",
+                            choices=("fail", "skip")),
+        "missing_systemd": Key("str", "fail", "systemd is not the host's init: `fail` "
+                               "the watcher item, naming the fix, or `skip` it.",
+                               choices=("fail", "skip")),
     }, "What `mnic-ops provision` does."),
 }
 

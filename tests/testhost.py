@@ -29,7 +29,8 @@ _CLONE_NEWNS = 0x00020000
 # mnic-ops's own files under /etc (relative): a test host starts without them.
 OWN_ETC_FILES = ("mnic-ops", "cron.d/mnic-ops", "systemd/system/mnic-ops-watch.service",
                  "systemd/system/multi-user.target.wants/mnic-ops-watch.service",
-                 "sysctl.d/60-mnic-ops.conf", "profile.d/mnic-ops.sh")
+                 "sysctl.d/60-mnic-ops.conf", "profile.d/mnic-ops.sh",
+                 "logrotate.d/mnic-ops")
 
 
 def _setns_fd(fd: int) -> None:
