@@ -379,12 +379,15 @@ def _remove_file_item(root: HostRoot, host_path: str, old: str) -> Item:
     real = root.path(host_path)
 
     def action(ctx: ApplyContext) -> Undo:
+        from mnic_ops.filechange import FolderTimes
+
         bak = ctx.backup_dir() / real.name
         safefs.backup(real, bak)
-        os.unlink(real)
-        safefs.fsync_dir(real.parent)
-        return Undo("cron-file-removed", {"path": host_path, "real": str(real),
-                                          "backup": str(bak)})
+        rec = {"path": host_path, "real": str(real), "backup": str(bak)}
+        with FolderTimes(rec, real.parent):
+            os.unlink(real)
+            safefs.fsync_dir(real.parent)
+        return Undo("cron-file-removed", rec)
 
     return Item(id=f"file:{host_path}", description=f"remove {host_path}",
                 diff=unified_diff(old, "", host_path), action=action,
@@ -393,10 +396,13 @@ def _remove_file_item(root: HostRoot, host_path: str, old: str) -> Item:
 
 @undo_handler("cron-file-removed")
 def _undo_removed(root: HostRoot, rec: dict[str, Any]) -> str:
+    from mnic_ops.filechange import FolderTimes
+
     if os.path.lexists(rec["real"]):
         raise OpsError(f"{rec['path']}: exists again; not restoring (backup: "
                        f"{rec['backup']})")
-    safefs.copy_verified(rec["backup"], rec["real"])
+    with FolderTimes(rec, os.path.dirname(rec["real"]), restore=True):
+        safefs.copy_verified(rec["backup"], rec["real"])
     return f"restored {rec['path']}"
 
 

@@ -742,8 +742,12 @@ def fstab_write_item(target: Target, old: bytes, new: bytes,
                                f"candidate: {shown('; '.join(added))}; nothing written")
             made.append(safefs.backup(real, backup_path(real)))
 
+        from mnic_ops.filechange import FolderTimes
+
+        times: dict[str, Any] = {}  # /etc gains the backup: undo puts its times back
         try:
-            safefs.atomic_write(real, new, before_rename=check)
+            with FolderTimes(times, real.parent):
+                safefs.atomic_write(real, new, before_rename=check)
         except OSError as exc:
             for b in made:  # the original is still in place: the copy is not needed
                 b.unlink(missing_ok=True)
@@ -754,7 +758,8 @@ def fstab_write_item(target: Target, old: bytes, new: bytes,
         if _sha(safefs.read_bytes_nofollow(real)) != after:
             raise OpsError(f"{display}: does not read back as written (backup: {made[0]})")
         return Undo("fstab", {"path": display, "real": str(real), "backup": str(made[0]),
-                              "before": before, "after": after, "mount_points": changed})
+                              "before": before, "after": after, "mount_points": changed,
+                              **times})
 
     return Item(id=f"fstab:{display}",
                 description=f"add noatime to {display} for {shown(', '.join(changed))}",
@@ -766,19 +771,22 @@ def fstab_write_item(target: Target, old: bytes, new: bytes,
 @undo_handler("fstab")
 def _undo_fstab(root: HostRoot, rec: dict[str, Any]) -> str:
     """Put the backup back, only if the file is still exactly what mnic-ops wrote."""
+    from mnic_ops.filechange import FolderTimes
+
     real = rec["real"]
     if _sha(safefs.read_bytes_nofollow(real)) != rec["after"]:
         raise OpsError(f"{rec['path']}: changed since mnic-ops wrote it; not reverting "
                        f"(backup: {rec['backup']})")
-    safefs.copy_verified(rec["backup"], real)
-    if _sha(safefs.read_bytes_nofollow(real)) != rec["before"]:
-        raise OpsError(f"{rec['path']}: restored copy does not match the original")
-    # The backup now duplicates the file in place: remove it, so that undo leaves /etc
-    # as it was before mnic-ops touched it.
     bak = Path(rec["backup"])
-    if _sha(safefs.read_bytes_nofollow(bak)) == rec["before"]:
-        bak.unlink()
-        safefs.fsync_dir(bak.parent)
+    with FolderTimes(rec, os.path.dirname(real), restore=True):
+        safefs.copy_verified(rec["backup"], real)
+        if _sha(safefs.read_bytes_nofollow(real)) != rec["before"]:
+            raise OpsError(f"{rec['path']}: restored copy does not match the original")
+        # The backup now duplicates the file in place: remove it, so that undo leaves
+        # /etc as it was before mnic-ops touched it (its times too).
+        if _sha(safefs.read_bytes_nofollow(bak)) == rec["before"]:
+            bak.unlink()
+            safefs.fsync_dir(bak.parent)
     return f"restored {rec['path']} (its backup {bak.name} is no longer needed: removed)"
 
 

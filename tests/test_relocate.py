@@ -117,6 +117,11 @@ def test_move_verify_and_undo_roundtrip(env: Env) -> None:
     paths = [p.sessions, p.root / ".claude/checkpoints", p.root / ".ai-tools/checkpoint/storage"]
     before = [snapshot(x) for x in paths]
     target = env.target()
+    # the folders the links go into, and the SSD's top: their times come back on undo
+    parents = [x.parent for x in paths] + [env.ssd.mnt]
+    for n, d in enumerate(parents):
+        os.utime(d, ns=(1_500_000_000_000_000_000 + n, 1_500_000_000_000_000_000 + n))
+    times = [(os.stat(d).st_atime_ns, os.stat(d).st_mtime_ns) for d in parents]
 
     r = mnic(p, "relocate", "--check", "--diff", "--to", str(target))
     assert r.code == 3, r.err
@@ -157,6 +162,7 @@ def test_move_verify_and_undo_roundtrip(env: Env) -> None:
         assert diff_snapshots(b, snapshot(x)) == []
     assert not proj_dir.exists()  # emptied and removed
     assert not target.exists()  # the move created it: undo takes it away again
+    assert [(os.stat(d).st_atime_ns, os.stat(d).st_mtime_ns) for d in parents] == times
 
 
 def test_undo_removes_only_the_target_folders_the_move_created(env: Env) -> None:
