@@ -847,6 +847,10 @@ def clean_cmd(app: AppContext, check: bool, as_json: bool, only: str | None, wai
             "projects": [{"project": r.project, "status": r.status,
                           "kinds": {k: v.to_json(check) for k, v in r.kinds.items()}}
                          for r in reports], "totals": totals}
+    if wait > 0:  # asked to wait, and the lock never came: the work was not done
+        data["errors"] = [{"message": f"{printable(r.project)}: another pass held its lock "
+                                      f"for the {wait:g} s waited; not cleaned"}
+                          for r in reports if r.status == "locked"]
     if totals["retention_failed"]:
         rc = EXIT_FAILURE  # a class left untouched: bad declared value, unparsable index
     elif check:

@@ -205,6 +205,13 @@ def test_a_wait_that_runs_out_fails_and_says_so(fake_root: Path) -> None:
     assert "skipped: another pass holds its lock (waited 1 s for it)" in r.out, r.out
     rec = passstate.last(HostRoot.open(fake_root))
     assert rec is not None and rec["ok"] is False and rec["exit_code"] == 1
+    t = _hold_lock(fake_root, 3.0)
+    r = run_mnic("--root", str(fake_root), "--json", "clean", "--wait", "0.5")
+    t.join()
+    doc = json.loads(r.out)
+    assert r.code == 1 and doc["ok"] is False
+    assert doc["errors"] == [{"message": f"{PROJECT}: another pass held its lock for the "
+                                         "0.5 s waited; not cleaned"}], doc["errors"]
 
 
 def test_wait_is_a_checked_number(fake_root: Path) -> None:
