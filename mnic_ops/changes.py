@@ -66,6 +66,9 @@ class Item:
     # mismatching values instead of only showing a diff. Serialised only as the
     # bounded ``before``/``after`` texts of ``to_json(texts=True)``.
     payload: tuple[bytes | None, bytes] | None = field(default=None, repr=False)
+    # A failure known when planning that concerns this item only (a missing cron daemon,
+    # an ambiguous fstab entry): the rest of a plan still applies; the run exits 1.
+    contained: bool = field(default=False, repr=False)
 
     def to_json(self, *, texts: bool = False) -> dict[str, Any]:
         """The item for ``--json``; ``texts`` (``--diff``) adds the whole file before and

@@ -16,17 +16,19 @@ import multiprocessing
 import os
 import posixpath
 import stat
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from mnic_ops import compress as cz
-from mnic_ops import installfail, linkrecords, policy, retention
+from mnic_ops import installfail, linkrecords, metrics, policy, progress, retention
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, EXIT_PENDING, InputError
 from mnic_ops.hostroot import HostRoot
 from mnic_ops.policy import DAY, DEFAULTS, Policy, resolve_policy
@@ -137,6 +139,17 @@ def run_job(job: Job) -> list[cz.Outcome]:
         out.extend(cz.compress_batch(dfd, job.compress, job.copts))
     out.extend(cz.expire_at(dfd, n, job.eopts) for n in job.expire)
     return out
+
+
+def check_job(job: Job) -> list[cz.Outcome]:
+    """``--check``: what :func:`run_job` would do with the batch's files to compress,
+    from the same per-file checks (open files included), with nothing written."""
+    try:
+        dfd = _job_dir(job)
+    except OSError as exc:
+        reason = "changed" if exc.errno in (2, 20, 40) else "unreadable_dir"
+        return [cz.Outcome(n, cz.SKIPPED, reason, exc.strerror or "") for n in job.compress]
+    return cz.check_batch(dfd, job.compress, job.copts)
 
 
 def _worker_init(parent: int) -> None:
@@ -280,6 +293,11 @@ class Pass:
         self.pool: ProcessPoolExecutor | None = None
         self.inflight: dict[Future[list[cz.Outcome]], tuple[KindReport, str]] = {}
         self.now = time.time()
+        self.wait = 0.0  # seconds to wait for a project's lock (clean --wait)
+        # progress: files handed over (found) and done, bytes in and out
+        self.bar: progress.Bar | None = None
+        self.found = self.done = self.bytes_in = self.bytes_out = 0
+        self._children: dict[int, bool] = {}
 
     # parallel plumbing
     def submit(self, job: Job, rep: KindReport, reldir: str) -> None:
@@ -305,7 +323,40 @@ class Pass:
 
     def _collect(self, outcomes: list[cz.Outcome], rep: KindReport, reldir: str) -> None:
         for o in outcomes:
+            if o.reason == "vanished" and cz.is_ours(o.name):
+                continue  # a temporary its own pass finished meanwhile: no news
+            if not cz.is_ours(o.name) and o.state != cz.RECOVERED:
+                self.done += 1
+                self.bytes_in += o.before
+                self.bytes_out += o.after
             rep.add(o, f"{reldir}/{o.name}" if reldir else o.name)
+        if self.bar is not None:
+            self.bar.advance(total=self.found)
+
+    def progress_text(self) -> str:
+        if self.check:
+            return f"{self.done}/{self.found} files checked"
+        return (f"{self.done}/{self.found} files, {human(self.bytes_in)} -> "
+                f"{human(self.bytes_out)}")
+
+    def own_temporary(self, name: str) -> bool:
+        """A temporary of this pass (its own process or one of its workers): it is
+        being worked on right now, neither stale nor anything to report."""
+        parsed = cz.parse_stale(name)
+        if parsed is None:
+            return False
+        pid = parsed[2]
+        if pid == os.getpid():
+            return True
+        if pid not in self._children:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as fh:
+                    raw = fh.read()
+                ppid = int(raw[raw.rfind(b")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                ppid = -1
+            self._children[pid] = ppid == os.getpid()
+        return self._children[pid]
 
     def close(self) -> None:
         try:
@@ -337,7 +388,7 @@ class Pass:
         policies = resolve_policy(self.app.config, project, tier, decl=decl)
         keep = retention.Retention(self.root, project, decl, check=self.check, now=self.now) \
             if self.only != "compress" else None
-        with cz.project_lock(self.root, project.host_path) as got:
+        with cz.project_lock(self.root, project.host_path, self.wait) as got:
             if not got:
                 rep.status = "locked"
                 return rep
@@ -410,7 +461,8 @@ class Pass:
                 for name, st in entries:
                     rel = f"{reldir}/{name}" if reldir else name
                     if cz.is_ours(name):
-                        batch.stale.append(name)
+                        if not self.own_temporary(name):
+                            batch.stale.append(name)
                         continue
                     d = policy.due(pol, name, rel, st, self.now, only)
                     if d is None:
@@ -419,8 +471,9 @@ class Pass:
                         rep.skip(d.action, rel)
                         continue
                     if d.action == "compress":
-                        rep.would_compress += 1
-                        rep.would_compress_bytes += st.st_size
+                        if not self.check:  # --check: counted once checked (_flush)
+                            rep.would_compress += 1
+                            rep.would_compress_bytes += st.st_size
                         batch.compress.append(name)
                     else:
                         rep.would_expire += 1
@@ -433,8 +486,21 @@ class Pass:
             os.close(top)
 
     def _flush(self, batch: Job, rep: KindReport, reldir: str) -> None:
-        """Hand the batch to a worker (nothing in --check) and start a new one."""
-        if not self.check and (batch.compress or batch.expire or batch.stale):
+        """Hand the batch to a worker and start a new one; with --check, check its files
+        as the worker would (nothing written)."""
+        self.found += len(batch.compress) + len(batch.expire)
+        if self.check:
+            for o in check_job(batch) if batch.compress else []:
+                rel = f"{reldir}/{o.name}" if reldir else o.name
+                if o.state == cz.WOULD_COMPRESS:
+                    rep.would_compress += 1
+                    rep.would_compress_bytes += o.before
+                else:
+                    rep.add(o, rel)
+            self.done += len(batch.compress) + len(batch.expire)
+            if self.bar is not None:
+                self.bar.advance(total=self.found)
+        elif batch.compress or batch.expire or batch.stale:
             job = Job(**{**batch.__dict__, "compress": batch.compress[:],
                          "expire": batch.expire[:], "stale": batch.stale[:]})
             self.submit(job, rep, reldir)
@@ -587,11 +653,12 @@ def _retention_lines(k: KindReport, check: bool, verbose: int) -> list[str]:
 
 
 def _text(reports: list[ProjectReport], totals: dict[str, Any], check: bool,
-          verbose: int) -> str:
+          verbose: int, wait: float = 0.0) -> str:
     lines: list[str] = []
     for r in reports:
         if r.status == "locked":
-            lines.append(f"{r.project}: skipped: another pass holds its lock")
+            waited = f" (waited {wait:g} s for it)" if wait else " (--wait SECONDS waits)"
+            lines.append(f"{r.project}: skipped: another pass holds its lock{waited}")
             continue
         lines.append(f"{r.project}:")
         for kind, k in r.kinds.items():
@@ -657,52 +724,43 @@ def _text(reports: list[ProjectReport], totals: dict[str, Any], check: bool,
     return "\n".join(lines)
 
 
-def _esc(v: str) -> str:
-    return printable(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _num(v: float) -> str:
-    return f"{v:.3f}".rstrip("0").rstrip(".") if isinstance(v, float) else str(v)
-
-
 def textfile_body(reports: list[ProjectReport], totals: dict[str, Any], started: float,
-                  duration: float) -> str:
-    """node_exporter textfile collector format."""
-    m: list[str] = []
+                  duration: float) -> metrics.Textfile:
+    """The node_exporter textfile of a pass (``mnic_ops_clean_*`` gauges)."""
+    m = metrics.Textfile()
 
-    def metric(name: str, help_: str, rows: list[tuple[str, float]]) -> None:
-        m.append(f"# HELP mnic_ops_clean_{name} {help_}")
-        m.append(f"# TYPE mnic_ops_clean_{name} gauge")
-        m.extend(f"mnic_ops_clean_{name}{labels} {_num(value)}" for labels, value in rows)
+    def metric(name: str, help_: str, rows: list[tuple[dict[str, str], float]]) -> None:
+        m.family(f"mnic_ops_clean_{name}", help_)
+        for labels, value in rows:
+            m.add(f"mnic_ops_clean_{name}", help_, value, labels)
 
-    def per_project(fn: Any) -> list[tuple[str, float]]:
-        return [(f'{{project="{_esc(r.project)}"}}', fn(r)) for r in reports
+    def per_project(fn: Any) -> list[tuple[dict[str, str], float]]:
+        return [({"project": printable(r.project)}, fn(r)) for r in reports
                 if r.status == "done"]
 
     metric("last_run_timestamp_seconds", "When the last pass started (Unix time).",
-           [("", round(started, 3))])
-    metric("duration_seconds", "How long the last pass took.", [("", round(duration, 3))])
+           [({}, round(started, 3))])
+    metric("duration_seconds", "How long the last pass took.", [({}, round(duration, 3))])
     metric("bytes_saved", "Bytes freed by the last pass (compression and expiry).",
-           [("", totals["bytes_saved"]), *per_project(
+           [({}, totals["bytes_saved"]), *per_project(
                lambda r: sum(k.bytes_before - k.bytes_after + k.expired_bytes
                              for k in r.kinds.values()))])
     metric("files_compressed", "Files compressed by the last pass.",
-           [("", totals["compressed"] + totals["finished"])])
-    metric("archives_expired", "Archives deleted by the last pass.", [("", totals["expired"])])
+           [({}, totals["compressed"] + totals["finished"])])
+    metric("archives_expired", "Archives deleted by the last pass.",
+           [({}, totals["expired"])])
     metric("errors", "Files the last pass failed on (I/O errors, no space).",
-           [("", totals["failed"]), *per_project(
+           [({}, totals["failed"]), *per_project(
                lambda r: sum(k.failed for k in r.kinds.values()))])
     metric("skipped", "Files the last pass skipped, by reason.",
-           [(f'{{reason="{_esc(k)}"}}', v) for k, v in totals["skipped"].items()])
+           [({"reason": printable(k)}, v) for k, v in totals["skipped"].items()])
     metric("projects_locked", "Projects skipped because another pass held their lock.",
-           [("", totals["projects_locked"])])
-    return "\n".join(m) + "\n"
+           [({}, totals["projects_locked"])])
+    return m
 
 
-def write_textfile(app: AppContext, body: str) -> str | None:
+def write_textfile(app: AppContext, body: metrics.Textfile) -> str | None:
     """Write the textfile atomically when its folder exists; the path written or None."""
-    from mnic_ops import safefs
-
     path = str(app.config.get("clean.textfile") or "")
     if not path:
         return None
@@ -711,9 +769,9 @@ def write_textfile(app: AppContext, body: str) -> str | None:
     real = app.root.path(path)
     if not real.parent.is_dir():
         log.debug("%s: folder absent (node_exporter not installed?); textfile not written",
-                 real.parent)
+                  real.parent)
         return None
-    safefs.atomic_write(real, body, mode=0o644)
+    body.write(real)
     return path
 
 
@@ -726,9 +784,14 @@ def write_textfile(app: AppContext, body: str) -> str | None:
               "the global --json).")
 @click.option("--only", type=click.Choice(["compress", "expire"]), default=None,
               help="Only compress, or only expire archives (the frequent cron job).")
+@click.option("--wait", "wait", type=click.FloatRange(0, 86400), default=0.0,
+              metavar="SECONDS", help="When another pass (the other cron job, the "
+              "watcher) holds an install's lock, wait for it up to SECONDS (default 0: skip "
+              "that install at once and say so); the cron jobs use cron.lock_wait_seconds. "
+              "An install still locked after the wait fails the run (exit 1).")
 @click.argument("names", nargs=-1, metavar="[PROJECT]...")
 @click.pass_obj
-def clean_cmd(app: AppContext, check: bool, as_json: bool, only: str | None,
+def clean_cmd(app: AppContext, check: bool, as_json: bool, only: str | None, wait: float,
               names: tuple[str, ...]) -> int:
     """Compress aged framework data in place (standard gzip) and delete old archives.
 
@@ -737,6 +800,9 @@ def clean_cmd(app: AppContext, check: bool, as_json: bool, only: str | None,
     extended-thinking-config.json says); cost records after 7 and 90. Names the
     framework reads back are never touched. Symlinks are never followed; files with
     several links or open for writing are skipped and reported.
+
+    Off a terminal (cron), a pass that changed nothing and found nothing wrong prints
+    nothing (its state file and textfile still record it); -v prints it anyway.
     """
     if as_json:
         app.json = True
@@ -747,22 +813,27 @@ def clean_cmd(app: AppContext, check: bool, as_json: bool, only: str | None,
     started = time.time()
     t0 = time.monotonic()
     p = Pass(app, check=check, only=only)
+    p.wait = wait
     handler = None if check else _apply_log_handler(app)
     reports: list[ProjectReport] = []
     try:
-        for proj in projects:
-            # One install's unusable file fails that install; the others are cleaned.
-            with installfail.guard(app, proj.host_path, "clean"):
-                r = p.run_project(proj, tier)
-                reports.append(r)
-                if not check:
-                    _log_project(r)
-                for kind, k in r.kinds.items():  # a class left untouched: file:line
-                    if k.retention is not None and k.retention.status == "failed":
-                        app.failures.add(proj.host_path, k.retention.reason,
-                                         f"clean {kind}")
+        with progress.bar(app, "clean --check" if check else "clean", 0, p.progress_text
+                          ) if projects else nullcontext() as p.bar:
+            try:
+                for proj in projects:
+                    # One install's unusable file fails that install; the others go on.
+                    with installfail.guard(app, proj.host_path, "clean"):
+                        r = p.run_project(proj, tier)
+                        reports.append(r)
+                        if not check:
+                            _log_project(r)
+                        for kind, k in r.kinds.items():  # a class left untouched
+                            if k.retention is not None and k.retention.status == "failed":
+                                app.failures.add(proj.host_path, k.retention.reason,
+                                                 f"clean {kind}")
+            finally:
+                p.close()  # every batch finished before the bar draws its last state
     finally:
-        p.close()
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()
@@ -776,14 +847,20 @@ def clean_cmd(app: AppContext, check: bool, as_json: bool, only: str | None,
             "projects": [{"project": r.project, "status": r.status,
                           "kinds": {k: v.to_json(check) for k, v in r.kinds.items()}}
                          for r in reports], "totals": totals}
+    if wait > 0:  # asked to wait, and the lock never came: the work was not done
+        data["errors"] = [{"message": f"{printable(r.project)}: another pass held its lock "
+                                      f"for the {wait:g} s waited; not cleaned"}
+                          for r in reports if r.status == "locked"]
     if totals["retention_failed"]:
         rc = EXIT_FAILURE  # a class left untouched: bad declared value, unparsable index
     elif check:
         rc = EXIT_PENDING if (totals["would_compress"] or totals["would_expire"]
                               or totals["retention_would_expire"]
                               or totals["retention_would_restore"]) else EXIT_OK
+    elif totals["failed"] or (wait > 0 and totals["projects_locked"]):
+        rc = EXIT_FAILURE  # asked to wait for a lock and it never came: work not done
     else:
-        rc = EXIT_FAILURE if totals["failed"] else EXIT_OK
+        rc = EXIT_OK
     if not check:  # when it last ran and how it ended, for status and the admin
         from mnic_ops import passstate
 
@@ -794,9 +871,34 @@ def clean_cmd(app: AppContext, check: bool, as_json: bool, only: str | None,
             "ok": rc_all == EXIT_OK, "totals": totals,
             "projects": [{"project": r.project, "status": r.status} for r in reports],
             "failed_installs": app.failures.to_json()})
-    emit(app, data, lambda: _text(reports, totals, check, app.verbose)
+    if quiet(app, check, rc, totals):
+        return rc  # cron: nothing done, nothing wrong, nothing to say
+    emit(app, data, lambda: _text(reports, totals, check, app.verbose, wait)
          if projects else "no framework installs found (see search_paths and projects)")
     return rc
+
+
+def did_nothing(totals: dict[str, Any]) -> bool:
+    """A pass that changed nothing and met nothing wrong: nothing compressed, expired,
+    recovered or restored, no failure, no install skipped for its lock."""
+    return not any(totals.get(k) for k in (
+        "compressed", "finished", "expired", "recovered", "failed", "collisions",
+        "projects_locked", "retention_expired", "retention_restored", "retention_failed"))
+
+
+def quiet(app: AppContext, check: bool, rc: int, totals: dict[str, Any]) -> bool:
+    """Say nothing: a real pass (not --check) run off a terminal (cron) without --json
+    or -v that did nothing (:func:`did_nothing`) and failed nothing, no install
+    included. Errors and real work always print; a person at a terminal always gets the
+    report; a script that asked for --json always gets its document."""
+    if check or app.json or app.verbose or rc != EXIT_OK or app.failures:
+        return False
+    try:
+        if sys.stdout.isatty():
+            return False
+    except (AttributeError, ValueError):
+        pass
+    return did_nothing(totals)
 
 
 def _log_project(r: ProjectReport) -> None:

@@ -97,7 +97,9 @@ def render(top: click.Group, ctx: click.Context) -> str:
               ".TP", "/etc/mnic-ops/config.toml", "The configuration (TOML).",
               ".TP", "/var/lib/mnic-ops/", "Journal of changes (undo), relocate journals, "
               "locks.", ".TP", "/var/log/mnic-ops.log", "Log of applied changes.",
-              ".SH SEE ALSO", "crontab(5), fstab(5), systemd.unit(5)"]
+              ".TP", "/var/log/mnic-ops-cron.log", "Output of the cron jobs (cron.log).",
+              ".TP", "/etc/logrotate.d/mnic-ops", "Rotation of those logs (provision).",
+              ".SH SEE ALSO", "crontab(5), fstab(5), systemd.unit(5), logrotate(8)"]
     return "\n".join(lines) + "\n"
 
 

@@ -729,6 +729,52 @@ def compress_batch(dirfd: int, names: Sequence[str], opts: Options,
     return out
 
 
+WOULD_COMPRESS = "would_compress"
+
+
+def check_batch(dirfd: int, names: Sequence[str], opts: Options) -> list[Outcome]:
+    """What :func:`compress_batch` would do with ``names``, without writing anything:
+    the same per-file checks in the same order (open without following links, a
+    single-link regular file on the filesystem, old enough, a name with room for
+    ``.gz``, no writer: a read lease taken and at once given back, or the ``/proc`` scan
+    where leases are unavailable; ``NAME.gz`` a plain file if it exists). Each name is
+    ``would_compress`` (with its size) or skipped with the reason the run would give,
+    so that ``clean --check`` says what the run will do on an unchanged tree."""
+    if (signal.getsignal(signal.SIGIO) is signal.SIG_DFL
+            and threading.current_thread() is threading.main_thread()):
+        prepare_process()
+    out: list[Outcome] = []
+    unleased: dict[tuple[int, int], int] = {}  # (dev, ino) -> index in out
+    for name in names:
+        try:
+            if len(_fsname(name)) > MAX_NAME:
+                raise Skip("name_too_long")
+            fd, st = _open_checked(dirfd, name, opts)
+            try:
+                leased = _take_lease(fd)
+                if leased:
+                    with suppress(OSError):
+                        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+            finally:
+                os.close(fd)
+            existing = _lstat(dirfd, name + ".gz")
+            if existing is not None and (not stat.S_ISREG(existing.st_mode)
+                                         or existing.st_nlink != 1):
+                raise Skip("archive_exists")
+            if not leased:
+                unleased[(st.st_dev, st.st_ino)] = len(out)
+            out.append(Outcome(name, WOULD_COMPRESS, before=st.st_size))
+        except Skip as s:
+            state = FAILED if s.reason in ("io_error", "no_space", "read_only") else SKIPPED
+            out.append(Outcome(name, state, s.reason, s.detail))
+        except OSError as exc:
+            out.append(Outcome(name, SKIPPED, _os_reason(exc), exc.strerror or ""))
+    for ident in open_for_writing(set(unleased)):
+        i = unleased[ident]
+        out[i] = Outcome(out[i].name, SKIPPED, "open_for_writing")
+    return out
+
+
 def _make_durable(dirfd: int, pending: list[_Pending], opts: Options) -> None:
     mode = opts.sync
     if mode == "none":
@@ -962,8 +1008,12 @@ def lock_path(root: HostRoot, project_host_path: str) -> str:
 
 
 @contextmanager
-def project_lock(root: HostRoot, project_host_path: str) -> Iterator[bool]:
-    """The lock that ``clean`` and ``watch`` share for one project: yields False at once
-    when another pass holds it. Hold it per pass (watch: per batch), not for life."""
-    with safefs.locked(lock_path(root, project_host_path), blocking=False) as got:
+def project_lock(root: HostRoot, project_host_path: str, wait: float = 0.0
+                 ) -> Iterator[bool]:
+    """The lock that ``clean`` and ``watch`` share for one project: yields False when
+    another pass holds it, at once or after trying for ``wait`` seconds (``clean
+    --wait``, what the cron jobs use). Hold it per pass (watch: per batch), not for
+    life."""
+    with safefs.locked(lock_path(root, project_host_path), blocking=False,
+                       wait=wait) as got:
         yield got

@@ -262,6 +262,10 @@ SCHEMA: Schema = {
         **_cron_schedules(True).keys,
         "command": Key("str", None, "How jobs invoke mnic-ops (default: the installed "
                        "mnic-ops found by absolute path).", rule=CRON_COMMAND),
+        "lock_wait_seconds": Key("int", 1500, "How long a job waits for an install's lock "
+                                 "when the other job or the watcher holds it (`clean "
+                                 "--wait`); 0 = skip that install at once.", minimum=0,
+                                 maximum=86400),
         "log": Key("str", None, "Where job output goes: an absolute file path or `syslog` "
                    "(default: /var/log/mnic-ops-cron.log for --system, syslog for "
                    "--user).", rule=CRON_LOG),
@@ -320,6 +324,14 @@ SCHEMA: Schema = {
                            "propose the diff)."),
         "cron": Key("bool", True, "Install the cleanup cron jobs."),
         "watcher": Key("bool", True, "Install the auto-compression watcher unit."),
+        "logrotate": Key("bool", True, "Install /etc/logrotate.d/mnic-ops for the logs "
+                         "mnic-ops writes (when logrotate is installed)."),
+        "missing_cron": Key("str", "fail", "No cron daemon on the host (see README): "
+                            "`fail` the cron item, naming the fix, or `skip` it.",
+                            choices=("fail", "skip")),
+        "missing_systemd": Key("str", "fail", "systemd is not the host's init: `fail` "
+                               "the watcher item, naming the fix, or `skip` it.",
+                               choices=("fail", "skip")),
     }, "What `mnic-ops provision` does."),
 }
 

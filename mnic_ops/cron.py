@@ -35,14 +35,17 @@ DEFAULT_LOG = "/var/log/mnic-ops-cron.log"
 HEADER = ("# Managed by mnic-ops (mnic-ops cron install/remove). Jobs marked mnic-ops:* are "
           "replaced on install.")
 # Schedules per host class: the guide's */30 for expiry; compression once a day, at
-# lunchtime on laptops (often asleep at night; cron does not catch up) and at night else.
+# lunchtime on laptops (often asleep at night; cron does not catch up) and at night else,
+# at minute 15, which */30 never meets (at 12:30 and 03:30 both jobs started together
+# and one of them found the install locked).
 TIER_SCHEDULES: dict[str, dict[str, str]] = {
-    "laptop": {"expire": "*/30 * * * *", "compress": "30 12 * * *"},
-    "workstation": {"expire": "*/30 * * * *", "compress": "30 3 * * *"},
+    "laptop": {"expire": "*/30 * * * *", "compress": "15 12 * * *"},
+    "workstation": {"expire": "*/30 * * * *", "compress": "15 3 * * *"},
     "server": {"expire": "*/30 * * * *", "compress": "15 3 * * *"},
 }
 JOBS = {"compress": ("clean", "daily pass: compress aged files, expire old archives"),
         "expire": ("clean --only expire", "frequent pass: expire old archives")}
+DEFAULT_LOCK_WAIT = 1500  # seconds: under the */30 interval, so expiry jobs never pile up
 _ENV_RE = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*=")
 
 
@@ -133,9 +136,27 @@ def job_lines(app: AppContext, target: Target) -> dict[str, tuple[str, str]]:
     cmd = mnic_command(app)
     redirect = log_redirect(app, target)
     scheds = schedules(app)
+    wait = int(app.config.get("cron.lock_wait_seconds", DEFAULT_LOCK_WAIT))
+    # --wait: a job that finds the other one (or the watcher) working on an install
+    # waits for it rather than skipping that install's work
     return {f"{MARK}{job}": (scheds[job],
-                             quoting.cron_command(f"{cmd} {args} {redirect}", f"{job} job"))
+                             quoting.cron_command(f"{cmd} {args} --wait {wait} {redirect}",
+                                                  f"{job} job"))
             for job, (args, _) in JOBS.items()}
+
+
+def meeting(scheds: dict[str, str], now: dt.datetime | None = None) -> dt.datetime | None:
+    """The next minute (within a year) at which the compress and expire jobs both
+    start, or None: such a pair is allowed (the later job waits for the lock) but said."""
+    croniter = _croniter()
+    if "compress" not in scheds or "expire" not in scheds:
+        return None
+    it = croniter.croniter(scheds["compress"], now or dt.datetime(2026, 1, 1))
+    for _ in range(400):
+        t = it.get_next(dt.datetime)
+        if croniter.croniter.match(scheds["expire"], t):
+            return t  # type: ignore[no-any-return]
+    return None
 
 
 # --- parsing and rendering with python-crontab ------------------------------------------
@@ -227,39 +248,100 @@ def has_foreign_jobs(tab: Any) -> bool:
 
 # --- next run times ---------------------------------------------------------------------
 
+def _croniter() -> Any:
+    """croniter (python-crontab's own scheduler), imported only when needed."""
+    import croniter
+
+    return croniter
+
+
+def _fixed_time(expr: str) -> bool:
+    """A job that runs at a particular time: no ``*`` in its minute or hour field (what
+    Debian's cron treats specially around DST changes, see :func:`next_run`)."""
+    fields = expr.split()
+    return len(fields) >= 2 and not fields[0].startswith("*") and not \
+        fields[1].startswith("*")
+
+
+def job_expression(job: Any) -> str | None:
+    """The five-field schedule of a python-crontab job (``@daily`` and friends
+    expanded), or None for ``@reboot``."""
+    spec = str(job.special or "") if job.special and job.special != "*" else ""
+    if spec == "@reboot":
+        return None
+    text = str(job.slices)
+    return {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
+            "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
+            "@hourly": "0 * * * *"}.get(text, text)
+
+
 def next_run(job: Any, after: dt.datetime) -> dt.datetime | None:
-    """When cron next starts ``job`` after ``after`` (local time); None for @reboot."""
-    if job.special and job.special != "*":
-        spec = str(job.special)
-        if spec == "@reboot":
-            return None
-    mins = sorted(set(job.minute))
-    hours = sorted(set(job.hour))
-    doms = set(job.dom)
-    months = set(job.month)
-    dows = {int(d) % 7 for d in job.dow}
-    dom_any, dow_any = str(job.dom) == "*", str(job.dow) == "*"
-    start = (after + dt.timedelta(minutes=1)).replace(second=0, microsecond=0)
-    day = start.date()
-    for _ in range(366 * 8):  # every schedule fires within 8 years (29 Feb on a weekday)
-        if day.month in months:
-            dom_ok, dow_ok = day.day in doms, (day.isoweekday() % 7) in dows
-            if dom_any and dow_any:
-                ok = True
-            elif dom_any:
-                ok = dow_ok
-            elif dow_any:
-                ok = dom_ok
-            else:
-                ok = dom_ok or dow_ok  # cron: either restriction matches
-            if ok:
-                for h in hours:
-                    for m in mins:
-                        t = dt.datetime(day.year, day.month, day.day, h, m)
-                        if t >= start:
-                            return t
-        day += dt.timedelta(days=1)
+    """When cron next starts ``job`` after ``after``; None for ``@reboot``.
+
+    With an aware ``after`` the answer is in its zone and follows what Debian's cron
+    does when the clock changes for daylight saving time (cron(8)): a job at a fixed
+    time (no ``*`` in its minute or hour) whose time is skipped that day (02:30 when
+    the clock jumps from 02:00 to 03:00) runs right after the jump, at 03:00; in the
+    hour that repeats it runs once, the first time; a job with ``*`` in its minute or
+    hour runs by the new time: not at the skipped times, twice in the repeated hour.
+    A naive ``after`` is wall-clock time without daylight saving."""
+    croniter = _croniter()
+    expr = job_expression(job)
+    if expr is None:
+        return None
+    start = after.replace(second=0, microsecond=0)
+    it = croniter.croniter(expr, start)
+    fixed = _fixed_time(expr)
+    for _ in range(8):
+        t: dt.datetime = it.get_next(dt.datetime)
+        if t.tzinfo is not None and fixed and t.fold == 1 and \
+                t.utcoffset() != t.replace(fold=0).utcoffset():
+            continue  # the repeated hour: a fixed-time job already ran the first time
+        return t
     return None
+
+
+def dst_note(job: Any, when: dt.datetime) -> str | None:
+    """Why ``when`` is not a time the schedule names (a run moved by a DST jump)."""
+    expr = job_expression(job)
+    if expr is None or when.tzinfo is None or _croniter().croniter.match(
+            expr, when.replace(tzinfo=None)):
+        return None
+    return (f"the scheduled time does not exist on {when.date().isoformat()} (the clock "
+            f"jumps forward to {when.strftime('%H:%M')}): cron runs the job right after "
+            "the jump")
+
+
+def host_timezone(root: HostRoot) -> tuple[dt.tzinfo, str]:
+    """The zone cron on that host runs in, and its name: ``TZ`` (the running system
+    only), else ``/etc/localtime`` (a link into the zoneinfo folder, or a copy of a
+    zone file) of the host tree, else ``/etc/timezone``, else UTC."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if root.live and os.environ.get("TZ"):
+        name = os.environ["TZ"].lstrip(":")
+        try:
+            return ZoneInfo(name), name
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    host = "/etc/localtime"
+    try:
+        real = safefs.resolve_beneath(root.root, host)
+    except (OSError, OpsError):
+        real = host
+    name = ""
+    if "/zoneinfo/" in real:
+        name = real.split("/zoneinfo/", 1)[1]
+    try:
+        with open(root.path(real), "rb") as fh:
+            return ZoneInfo.from_file(fh, key=name or None), name or "localtime"
+    except (OSError, ValueError):
+        pass
+    try:
+        name = root.path("/etc/timezone").read_text().strip()
+        return ZoneInfo(name), name
+    except (OSError, ValueError, ZoneInfoNotFoundError):
+        return dt.UTC, "UTC"
 
 
 # --- reading and writing ----------------------------------------------------------------
@@ -297,12 +379,15 @@ def _remove_file_item(root: HostRoot, host_path: str, old: str) -> Item:
     real = root.path(host_path)
 
     def action(ctx: ApplyContext) -> Undo:
+        from mnic_ops.filechange import FolderTimes
+
         bak = ctx.backup_dir() / real.name
         safefs.backup(real, bak)
-        os.unlink(real)
-        safefs.fsync_dir(real.parent)
-        return Undo("cron-file-removed", {"path": host_path, "real": str(real),
-                                          "backup": str(bak)})
+        rec = {"path": host_path, "real": str(real), "backup": str(bak)}
+        with FolderTimes(rec, real.parent):
+            os.unlink(real)
+            safefs.fsync_dir(real.parent)
+        return Undo("cron-file-removed", rec)
 
     return Item(id=f"file:{host_path}", description=f"remove {host_path}",
                 diff=unified_diff(old, "", host_path), action=action,
@@ -311,10 +396,13 @@ def _remove_file_item(root: HostRoot, host_path: str, old: str) -> Item:
 
 @undo_handler("cron-file-removed")
 def _undo_removed(root: HostRoot, rec: dict[str, Any]) -> str:
+    from mnic_ops.filechange import FolderTimes
+
     if os.path.lexists(rec["real"]):
         raise OpsError(f"{rec['path']}: exists again; not restoring (backup: "
                        f"{rec['backup']})")
-    safefs.copy_verified(rec["backup"], rec["real"])
+    with FolderTimes(rec, os.path.dirname(rec["real"]), restore=True):
+        safefs.copy_verified(rec["backup"], rec["real"])
     return f"restored {rec['path']}"
 
 
@@ -354,14 +442,19 @@ def plan_install(app: AppContext, target: Target) -> Plan:
                            "(apt-get install --no-install-recommends cron)")
         old = _read_system(app.root) or ""
         new = with_jobs(parse(old, SYSTEM_FILE, True), jobs, target)
-        plan.add(file_item(app.root, SYSTEM_FILE, new, mode=0o644, uid=0, gid=0,
-                           description=f"cleanup jobs in {SYSTEM_FILE}"))
+        item = plan.add(file_item(app.root, SYSTEM_FILE, new, mode=0o644, uid=0, gid=0,
+                                  description=f"cleanup jobs in {SYSTEM_FILE}"))
     else:
         _live_only(app)
         old = read_user_crontab(target.user)
         new = with_jobs(parse(old, f"crontab of {target.user}", False), jobs, target)
-        plan.add(_user_item(target.user, old, new, f"cleanup jobs in the crontab of "
-                                                   f"{target.user}"))
+        item = plan.add(_user_item(target.user, old, new, f"cleanup jobs in the crontab of "
+                                                          f"{target.user}"))
+    met = meeting({job.split(":", 1)[1]: sched for job, (sched, _cmd) in jobs.items()})
+    if met is not None:
+        note = (f"the compress and expire jobs both start at {met:%H:%M}: the later one "
+                "waits for the lock (cron.lock_wait_seconds)")
+        item.reason = f"{item.reason}; {note}" if item.reason else note
     return plan
 
 
@@ -400,8 +493,12 @@ def _live_only(app: AppContext) -> None:
                          "--root); use --system for an image")
 
 
-def show_data(app: AppContext, target: Target) -> dict[str, Any]:
-    now = dt.datetime.now()
+def show_data(app: AppContext, target: Target, now: dt.datetime | None = None
+              ) -> dict[str, Any]:
+    """The installed jobs and their next runs, in the host's zone (``now``: a test's
+    fixed time; default the current time)."""
+    tz, tzname = host_timezone(app.root)
+    now = (now or dt.datetime.now(dt.UTC)).astimezone(tz)
     if target.system:
         text = _read_system(app.root)
         where = SYSTEM_FILE
@@ -414,10 +511,14 @@ def show_data(app: AppContext, target: Target) -> dict[str, Any]:
         tab = parse(text, where, target.system)
         for j in _ours(tab):
             nxt = next_run(j, now)
-            jobs.append({"marker": str(j.comment), "schedule": str(j.slices),
-                         "user": j.user, "command": str(j.command),
-                         "next_run": nxt.isoformat(timespec="minutes") if nxt else None})
-    return {"where": where, "installed": bool(jobs), "jobs": jobs}
+            row = {"marker": str(j.comment), "schedule": str(j.slices), "user": j.user,
+                   "command": str(j.command),
+                   "next_run": nxt.isoformat(timespec="minutes") if nxt else None}
+            note = dst_note(j, nxt) if nxt else None
+            if note:
+                row["next_run_note"] = note
+            jobs.append(row)
+    return {"where": where, "installed": bool(jobs), "timezone": tzname, "jobs": jobs}
 
 
 # --- the command ----------------------------------------------------------------------
@@ -477,10 +578,17 @@ def show_cmd(app: AppContext, system: bool, user: str | None) -> int:
     def text() -> str:
         if not data["jobs"]:
             return f"{data['where']}: no mnic-ops jobs installed"
-        lines = [f"{data['where']}:"]
+        tz, _name = host_timezone(app.root)
+        lines = [f"{data['where']} (times in {data['timezone']}):"]
         for j in data["jobs"]:
-            lines.append(f"  {j['marker']:<18} {j['schedule']:<14} next {j['next_run']}"
+            nxt = j["next_run"] or "at boot"
+            if j["next_run"]:
+                when = dt.datetime.fromisoformat(j["next_run"]).astimezone(tz)
+                nxt = f"{when:%Y-%m-%d %H:%M} {when.tzname() or ''} ({when:%z})"
+            lines.append(f"  {j['marker']:<18} {j['schedule']:<14} next {nxt}"
                          f"{'  as ' + j['user'] if j['user'] else ''}")
+            if j.get("next_run_note"):
+                lines.append(f"    note: {j['next_run_note']}")
             lines.append(f"    {j['command']}")
         return "\n".join(lines)
 

@@ -43,7 +43,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mnic_ops import execute, facts, installfail, linkrecords, policy, safefs, userjson
+from mnic_ops import (
+    execute,
+    facts,
+    installfail,
+    linkrecords,
+    metrics,
+    policy,
+    safefs,
+    userjson,
+)
 from mnic_ops.errors import EXIT_FAILURE, EXIT_OK, InputError, OpsError
 from mnic_ops.projects import DATA_KINDS, Project, human, select_projects
 
@@ -935,36 +944,15 @@ def run_doctor(app: AppContext, projects: list[Project], names: Sequence[str] = 
 
 # --- node_exporter textfile -------------------------------------------------------------
 
-def _esc(v: str) -> str:
-    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _fmt(v: float) -> str:
-    if isinstance(v, bool):
-        return "1" if v else "0"
-    if float(v).is_integer() and abs(v) < 1e15:
-        return str(int(v))
-    return repr(float(v))
-
-
 class _Metrics:
+    """The doctor's gauges, all named ``mnic_ops_doctor_*``."""
+
     def __init__(self) -> None:
-        self.families: dict[str, tuple[str, str, list[str]]] = {}
+        self.file = metrics.Textfile()
 
-    def add(self, name: str, help_: str, value: float, labels: dict[str, str] | None = None,
-            mtype: str = "gauge") -> None:
-        full = f"mnic_ops_doctor_{name}"
-        fam = self.families.setdefault(full, (help_, mtype, []))
-        lab = ",".join(f'{k}="{_esc(v)}"' for k, v in (labels or {}).items())
-        fam[2].append(f"{full}{{{lab}}} {_fmt(value)}" if lab else f"{full} {_fmt(value)}")
-
-    def text(self) -> str:
-        out: list[str] = []
-        for name, (help_, mtype, samples) in self.families.items():
-            out.append(f"# HELP {name} {help_}")
-            out.append(f"# TYPE {name} {mtype}")
-            out.extend(samples)
-        return "\n".join(out) + "\n"
+    def add(self, name: str, help_: str, value: float,
+            labels: dict[str, str] | None = None) -> None:
+        self.file.add(f"mnic_ops_doctor_{name}", help_, float(value), labels)
 
 
 _FIGURE_METRIC = {
@@ -977,7 +965,7 @@ _FIGURE_METRIC = {
 }
 
 
-def metrics_text(report: dict[str, Any]) -> str:
+def metrics_text(report: dict[str, Any]) -> metrics.Textfile:
     """The report as node_exporter textfile metrics (``mnic_ops_doctor_*``)."""
     m = _Metrics()
     lvl_help = ("Level of a figure against the guide's table: 3 excellent, 2 good, "
@@ -1035,15 +1023,15 @@ def metrics_text(report: dict[str, Any]) -> str:
     m.add("duration_seconds", "How long the doctor run took.", report["duration_seconds"])
     m.add("last_run_timestamp_seconds", "When the doctor last ran (Unix time).",
           round(report["started"], 3))
-    return m.text()
+    return m.file
 
 
-def write_metrics(root: HostRoot, host_path: str, text: str) -> Path:
+def write_metrics(root: HostRoot, host_path: str, text: metrics.Textfile) -> Path:
     real = root.path(host_path)
     if not real.parent.is_dir():
         raise OpsError(f"--metrics {host_path}: folder {os.path.dirname(host_path)} does "
                        "not exist (node_exporter's --collector.textfile.directory)")
-    return safefs.atomic_write(real, text, mode=0o644)
+    return text.write(real)
 
 
 # --- text report ------------------------------------------------------------------------

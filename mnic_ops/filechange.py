@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from contextlib import suppress
 from typing import Any
 
 from mnic_ops import safefs
@@ -55,6 +56,7 @@ def file_item(
     follow: bool = False,
     item_id: str | None = None,
     beneath: str | None = None,
+    make_parents: bool = False,
 ) -> Item:
     """Plan writing ``new`` to ``host_path``: ``ok`` when it already holds exactly that
     (and the requested mode/owner), else a pending item with a unified diff.
@@ -63,6 +65,8 @@ def file_item(
     given explicitly. ``beneath`` (a host path above ``host_path``, e.g. a user's
     project) makes every read and write go through folder descriptors that follow no
     symlink below it, so the user who owns that tree cannot redirect root.
+    ``make_parents`` creates missing folders above a host file (root's, 0755: a bare
+    ``--root``); undo removes them again when they are empty.
     """
     if beneath is not None:
         return _file_item_beneath(root, host_path, new, beneath, description=description,
@@ -98,7 +102,13 @@ def file_item(
             rec["backup"] = str(bak)
         else:
             rec["created"] = True
-        with FolderTimes(rec, os.path.dirname(real)):
+        made = _missing_parents(str(real.parent)) if make_parents else []
+        anchor = os.path.dirname(made[0]) if made else os.path.dirname(real)
+        if made:
+            rec["made_dirs"], rec["folder_anchor"] = made, anchor
+        with FolderTimes(rec, anchor):
+            for d in made:
+                os.mkdir(d, 0o755)
             safefs.atomic_write(real, data, mode=mode, uid=uid, gid=gid, follow=follow)
         return Undo("file", rec)
 
@@ -143,27 +153,42 @@ def _file_item_beneath(root: HostRoot, host_path: str, new: bytes | str, beneath
                 data={"path": host_path}, payload=(old if st is not None else None, data))
 
 
+def _missing_parents(folder: str) -> list[str]:
+    """``folder`` and its ancestors that do not exist, top first."""
+    out: list[str] = []
+    while folder not in ("", "/") and not os.path.lexists(folder):
+        out.insert(0, folder)
+        folder = os.path.dirname(folder)
+    return out
+
+
 class FolderTimes:
-    """Around a write or an undo: the times of the file's folder before it, and its mtime
-    after, go into the record; on undo they are put back when nobody else changed the
-    folder since (so provision then undo leaves folders as they were, times included)."""
+    """Around a change or its undo: the times of a folder the change adds a name to,
+    replaces one in or removes one from (a file's folder, a data folder's parent) before
+    it, and its mtime after, go into the record; on undo they are put back when nobody
+    else changed the folder since (so provision then undo leaves folders as they were,
+    times included). ``key`` names the pair in the record (``<key>_before``,
+    ``<key>_after``) where one change moves several folders' times."""
 
     def __init__(self, rec: dict[str, Any], base: str | os.PathLike[str],
-                 rel: str = "", *, restore: bool = False) -> None:
+                 rel: str = "", *, restore: bool = False, key: str = "folder") -> None:
         self.rec, self.base, self.rel, self.restore = rec, base, rel, restore
+        self.before, self.after = f"{key}_before", f"{key}_after"
         self.fd = -1
+        self.still_ours = False
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> FolderTimes:
         try:
             self.fd = safefs.open_beneath(self.base, self.rel or ".",
                                           os.O_RDONLY | os.O_DIRECTORY)
         except (OSError, OpsError):
             self.fd = -1
-            return
+            return self
         if self.restore:
-            self.still_ours = os.fstat(self.fd).st_mtime_ns == self.rec.get("folder_after")
+            self.still_ours = os.fstat(self.fd).st_mtime_ns == self.rec.get(self.after)
         else:
-            self.rec["folder_before"] = list(safefs.folder_times(self.fd))
+            self.rec[self.before] = list(safefs.folder_times(self.fd))
+        return self
 
     def __exit__(self, *exc: object) -> None:
         if self.fd < 0:
@@ -172,9 +197,9 @@ class FolderTimes:
             if exc[0] is not None:
                 return
             if not self.restore:
-                self.rec["folder_after"] = os.fstat(self.fd).st_mtime_ns
-            elif self.still_ours and "folder_before" in self.rec:
-                before = self.rec["folder_before"]
+                self.rec[self.after] = os.fstat(self.fd).st_mtime_ns
+            elif self.still_ours and self.before in self.rec:
+                before = self.rec[self.before]
                 os.utime(self.fd, ns=(before[0], before[1]))
         finally:
             os.close(self.fd)
@@ -211,11 +236,14 @@ def _undo_file(root: HostRoot, rec: dict[str, Any]) -> str:
         if cur != rec["after"]:
             raise OpsError(f"{rec['path']}: changed since mnic-ops wrote it; not reverting "
                            f"(backup: {rec.get('backup', 'none')})")
-    with FolderTimes(rec, os.path.dirname(real), restore=True):
+    with FolderTimes(rec, rec.get("folder_anchor") or os.path.dirname(real), restore=True):
         if rec.get("created"):
             if os.path.lexists(real):
                 os.unlink(real)
                 safefs.fsync_dir(os.path.dirname(real))
+            for d in reversed(rec.get("made_dirs") or []):
+                with suppress(OSError):  # not empty: something else lives there now
+                    os.rmdir(d)
             return f"removed {rec['path']}"
         safefs.copy_verified(rec["backup"], real)
     return f"restored {rec['path']}"

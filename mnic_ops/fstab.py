@@ -435,6 +435,7 @@ class Decision:
     live: dict[str, Any] | None = None
     live_noatime: bool | None = None
     notes: list[str] = field(default_factory=list)
+    ambiguous: bool = False  # several entries for it: never guessed, a failed item
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = _shown_json(asdict(self))
@@ -480,6 +481,7 @@ def plan_noatime(fstab: Fstab, wanted: dict[str, list[str]], mounts: Sequence[fa
                         "container, say)" if mp == "/" else "") + "; nothing to change")
             continue
         if len(entries) > 1:
+            d.ambiguous = True
             d.reason = (f"{len(entries)} entries for {mp} (lines "
                         f"{', '.join(str(e.number) for e in entries)}): ambiguous, refusing "
                         "to guess which one governs it")
@@ -740,8 +742,12 @@ def fstab_write_item(target: Target, old: bytes, new: bytes,
                                f"candidate: {shown('; '.join(added))}; nothing written")
             made.append(safefs.backup(real, backup_path(real)))
 
+        from mnic_ops.filechange import FolderTimes
+
+        times: dict[str, Any] = {}  # /etc gains the backup: undo puts its times back
         try:
-            safefs.atomic_write(real, new, before_rename=check)
+            with FolderTimes(times, real.parent):
+                safefs.atomic_write(real, new, before_rename=check)
         except OSError as exc:
             for b in made:  # the original is still in place: the copy is not needed
                 b.unlink(missing_ok=True)
@@ -752,7 +758,8 @@ def fstab_write_item(target: Target, old: bytes, new: bytes,
         if _sha(safefs.read_bytes_nofollow(real)) != after:
             raise OpsError(f"{display}: does not read back as written (backup: {made[0]})")
         return Undo("fstab", {"path": display, "real": str(real), "backup": str(made[0]),
-                              "before": before, "after": after, "mount_points": changed})
+                              "before": before, "after": after, "mount_points": changed,
+                              **times})
 
     return Item(id=f"fstab:{display}",
                 description=f"add noatime to {display} for {shown(', '.join(changed))}",
@@ -764,19 +771,22 @@ def fstab_write_item(target: Target, old: bytes, new: bytes,
 @undo_handler("fstab")
 def _undo_fstab(root: HostRoot, rec: dict[str, Any]) -> str:
     """Put the backup back, only if the file is still exactly what mnic-ops wrote."""
+    from mnic_ops.filechange import FolderTimes
+
     real = rec["real"]
     if _sha(safefs.read_bytes_nofollow(real)) != rec["after"]:
         raise OpsError(f"{rec['path']}: changed since mnic-ops wrote it; not reverting "
                        f"(backup: {rec['backup']})")
-    safefs.copy_verified(rec["backup"], real)
-    if _sha(safefs.read_bytes_nofollow(real)) != rec["before"]:
-        raise OpsError(f"{rec['path']}: restored copy does not match the original")
-    # The backup now duplicates the file in place: remove it, so that undo leaves /etc
-    # as it was before mnic-ops touched it.
     bak = Path(rec["backup"])
-    if _sha(safefs.read_bytes_nofollow(bak)) == rec["before"]:
-        bak.unlink()
-        safefs.fsync_dir(bak.parent)
+    with FolderTimes(rec, os.path.dirname(real), restore=True):
+        safefs.copy_verified(rec["backup"], real)
+        if _sha(safefs.read_bytes_nofollow(real)) != rec["before"]:
+            raise OpsError(f"{rec['path']}: restored copy does not match the original")
+        # The backup now duplicates the file in place: remove it, so that undo leaves
+        # /etc as it was before mnic-ops touched it (its times too).
+        if _sha(safefs.read_bytes_nofollow(bak)) == rec["before"]:
+            bak.unlink()
+            safefs.fsync_dir(bak.parent)
     return f"restored {rec['path']} (its backup {bak.name} is no longer needed: removed)"
 
 
@@ -861,8 +871,9 @@ def report_text(target: Target, decisions: Sequence[Decision], extra: Sequence[s
 
 @click.command("fstab", epilog=EXIT_CODES_HELP)
 @click.option("--mount-point", "mount_points", multiple=True, metavar="MP",
-              help="Also consider this mount point (repeatable). Default: the mount points "
-                   "that hold framework data, plus fstab.mount_points from the config.")
+              help="Work on this mount point (repeatable); the ones given are the whole "
+                   "set. Default: the mount points that hold framework data, plus "
+                   "fstab.mount_points from the config.")
 @click.option("--fstab", "fstab_file", metavar="FILE", default=None,
               help="Work on FILE instead of <root>/etc/fstab.")
 @click.option("--apply", "apply_", is_flag=True,
@@ -882,7 +893,8 @@ def fstab_cmd(app: AppContext, mount_points: tuple[str, ...], fstab_file: str | 
     For each mount point it prints the governing fstab entry and why it is or is not
     eligible, then a unified diff of the whole file. Only the options field of that
     entry changes: noatime is added, relatime/strictatime/atime are removed. Exit 3
-    when a change is proposed and not applied, 0 when nothing would change.
+    when a change is proposed and not applied, 0 when nothing would change, 1 when a
+    mount point of the set has several entries (ambiguous: nothing guessed).
     """
     from mnic_ops.output import run_plan
 
@@ -900,10 +912,12 @@ def fstab_cmd(app: AppContext, mount_points: tuple[str, ...], fstab_file: str | 
 
 
 def build(app: AppContext, mount_points: Sequence[str] = (), fstab_file: str | None = None,
-          *, apply_: bool = False, remount: bool = False
+          *, apply_: bool = False, remount: bool = False, also: Sequence[str] = ()
           ) -> tuple[Plan, str, dict[str, Any]]:
     """The fstab plan (the file change, remounts), the report text and the JSON extras.
-    Pure apart from reading, and removing a killed run's temporaries when ``apply_``."""
+    ``mount_points`` (``--mount-point``) is the whole set when given; ``also`` adds to
+    the automatic one (provision: the SSD the data is about to move to). Pure apart
+    from reading, and removing a killed run's temporaries when ``apply_``."""
     cfg = app.config
     nodiratime = bool(cfg.get("fstab.nodiratime", False))
     include_network = bool(cfg.get("fstab.include_network", False))
@@ -916,15 +930,28 @@ def build(app: AppContext, mount_points: Sequence[str] = (), fstab_file: str | N
     fstab = parse(decode(old), target.display)
     mounts = facts.mounts(app.root, facts.Absent())
 
+    # --mount-point names the whole set; without it: the mount points that hold
+    # framework data, plus fstab.mount_points
+    data = data_mount_points(app.root, cfg, mounts, fstab)
     wanted: dict[str, list[str]] = {}
-    for mp, holds in data_mount_points(app.root, cfg, mounts, fstab).items():
-        wanted.setdefault(mp, []).extend(holds)
-    for mp in cfg.get("fstab.mount_points") or []:
-        if not mp.startswith("/"):
-            raise InputError(f"fstab.mount_points: {_quoted(mp)} is not an absolute path")
-        wanted.setdefault(norm_target(mp), []).append("(fstab.mount_points)")
-    for mp in mount_points:
-        wanted.setdefault(norm_target(mp), []).append("(--mount-point)")
+    if mount_points:
+        for mp in mount_points:
+            holds = wanted.setdefault(norm_target(mp), [])
+            if not holds:
+                holds.extend(data.get(norm_target(mp), []))
+            holds.append("(--mount-point)")
+    else:
+        for mp, holds in data.items():
+            wanted.setdefault(mp, []).extend(holds)
+        for mp in cfg.get("fstab.mount_points") or []:
+            if not mp.startswith("/"):
+                raise InputError(f"fstab.mount_points: {_quoted(mp)} is not an absolute "
+                                 "path")
+            wanted.setdefault(norm_target(mp), []).append("(fstab.mount_points)")
+        for mp in also:
+            holds = wanted.setdefault(norm_target(mp), [])
+            if not holds:
+                holds.append("(relocation target)")
 
     decisions, new_fstab = plan_noatime(fstab, wanted, mounts, Resolver(app.root),
                                         nodiratime=nodiratime,
@@ -960,6 +987,14 @@ def build(app: AppContext, mount_points: Sequence[str] = (), fstab_file: str | N
     else:
         plan.add(Item(f"fstab:{target.display}", f"{target.display}", state=OK,
                       reason="nothing to change"))
+    # Two entries for one mount point that holds data or was asked for: which one
+    # governs it is not guessed, and that is a failure, not a quiet "not eligible".
+    for d in decisions:
+        if d.ambiguous:
+            plan.add(Item(f"fstab:{shown(d.mount_point)}",
+                          f"noatime for {shown(d.mount_point)}", state=FAILED,
+                          error=f"{shown(d.reason)}; keep one entry for it in "
+                                f"{target.display}", contained=True))
     if remount:
         for d in decisions:
             if d.state == "change" or (d.state == "ok" and d.live_noatime is False):

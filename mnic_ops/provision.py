@@ -78,17 +78,67 @@ def _step_relocate(ctx: Context) -> list[Item]:
     return [*recovery.items, *plan.items]
 
 
-def _step_cron(ctx: Context) -> list[Item]:
-    from mnic_ops import cron
+def _no_installs(ctx: Context, name: str, what: str) -> list[Item]:
+    """Cron jobs and a watcher with nothing to work on: not planned, and said."""
+    if ctx.projects or ctx.app.failures:
+        return []
+    return [Item(id=name, description=what, state=SKIPPED,
+                 reason="no framework install found: nothing for it to do (provision "
+                        "again once there is one; see projects and search_paths)")]
 
+
+def _missing(ctx: Context, name: str, what: str, needs: str, fix: str,
+             evidence: str) -> list[Item]:
+    """A service the step relies on is not on the host: a failed item naming the fix
+    (the rest of the plan still applies, exit 1), or skipped when
+    ``provision.missing_<needs>`` says so."""
+    key = f"provision.missing_{needs}"
+    why = f"{evidence}, so it would never run"
+    if ctx.app.config.get(key, "fail") == "skip":
+        return [Item(id=name, description=what, state=SKIPPED,
+                     reason=f"{why}; {key} = \"skip\" (fix: {fix})")]
+    return [Item(id=name, description=what, state=FAILED, contained=True,
+                 error=f"{why}; fix: {fix} (or set {key} = \"skip\" or "
+                       f"provision.{name} = false)")]
+
+
+def _step_cron(ctx: Context) -> list[Item]:
+    from mnic_ops import cron, hostservices
+
+    what = f"cleanup jobs in {cron.SYSTEM_FILE}"
+    skip = _no_installs(ctx, "cron", what)
+    if skip:
+        return skip
+    daemon = hostservices.cron_daemon(ctx.app.root)
+    if not daemon.present:
+        return _missing(ctx, "cron", what, "cron",
+                        "apt install cron (or your distribution's cronie)",
+                        f"no cron daemon on this host ({daemon.evidence})")
     return cron.plan_install(ctx.app, cron.Target(True, "root")).items
 
 
 def _step_watcher(ctx: Context) -> list[Item]:
-    from mnic_ops.watch import plan_unit
+    from mnic_ops import hostservices
+    from mnic_ops.watch import UNIT_NAME, plan_unit
 
+    what = f"the watcher unit {UNIT_NAME}"
+    skip = _no_installs(ctx, "watcher", what)
+    if skip:
+        return skip
+    init = hostservices.systemd(ctx.app.root)
+    if not init.present:
+        return _missing(ctx, "watcher", what, "systemd",
+                        "boot the host with systemd (apt install systemd-sysv), or run "
+                        "`mnic-ops watch` under the host's own supervisor",
+                        f"systemd is not this host's init ({init.evidence})")
     return plan_unit(ctx.app, ctx.projects,
                      extra_paths=[ctx.ssd_target] if ctx.ssd_target else [])
+
+
+def _step_logrotate(ctx: Context) -> list[Item]:
+    from mnic_ops import logrotate
+
+    return logrotate.plan(ctx.app)
 
 
 def _step_fstab(ctx: Context) -> list[Item]:
@@ -103,7 +153,7 @@ def _step_fstab(ctx: Context) -> list[Item]:
     # The SSD the data is about to move to holds framework data once this plan is
     # applied: name it now so that one run suffices.
     mps = [ctx.ssd_mount] if ctx.ssd_mount else []
-    plan, _title, _extra = fstab.build(ctx.app, mps,
+    plan, _title, _extra = fstab.build(ctx.app, also=mps,
                                        apply_=ctx.apply_fstab and not ctx.verifying,
                                        remount=ctx.apply_fstab)
     if not ctx.apply_fstab:
@@ -121,6 +171,7 @@ STEPS: list[tuple[str, str, Step]] = [
     ("fstab", "", _step_fstab),
     ("cron", "cron", _step_cron),
     ("watcher", "watcher", _step_watcher),
+    ("logrotate", "logrotate", _step_logrotate),
 ]
 
 
@@ -168,7 +219,8 @@ def provision_cmd(app: AppContext, check: bool, diff: bool, apply_fstab: bool | 
     plan, ctx = build(app, host_class, apply_fstab)
     # A step that could not be planned stops everything; a failed install (one user's
     # bad file) fails that install only: its item is failed, the others go on.
-    if any(i.state == FAILED and not installfail.is_failed_install(i) for i in plan.items):
+    if any(i.state == FAILED and not installfail.is_failed_install(i) and not i.contained
+           for i in plan.items):
         for i in plan.items:
             if i.state == PENDING:
                 i.state, i.reason = SKIPPED, "not run: planning failed elsewhere"
@@ -182,6 +234,10 @@ def provision_cmd(app: AppContext, check: bool, diff: bool, apply_fstab: bool | 
              "projects": [p.host_path for p in ctx.projects]}
     rc = run_plan(app, plan, check=check, diff=diff, command="provision", title=title,
                   extra=extra)
+    # a failure that concerns one item only (no cron daemon, an ambiguous fstab entry):
+    # the rest was applied, and the run still fails
+    if any(i.state == FAILED and i.contained for i in plan.items):
+        rc_fail = True
     return EXIT_FAILURE if rc_fail else rc
 
 

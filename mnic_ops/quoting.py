@@ -22,7 +22,9 @@ The rules, each checked by property tests (``tests/security/test_quoting.py``):
   (variables), double-quoted with ``\\`` and ``"`` escaped where anything but
   ``[A-Za-z0-9_@%+=:,./-]`` appears; a command's program must be an absolute path;
 - sysctl.d: a key of letters, digits, ``_``, ``-``, ``.``, ``/``; a value on one line
-  with no leading or trailing blanks (they would be lost).
+  with no leading or trailing blanks (they would be lost);
+- logrotate.d: an absolute log path of plain characters only (no blank, quote, glob
+  character or brace, which logrotate reads as syntax).
 """
 
 from __future__ import annotations
@@ -210,6 +212,23 @@ def sysctl_line(key: str, value: object) -> str:
         raise UnsafeValue(f"sysctl key '{printable(key)}': expected letters, digits, "
                           "'_', '-', '.' and '/'")
     return f"{key} = {sysctl_value(value, key)}"
+
+
+# --- logrotate.d -------------------------------------------------------------------------
+
+_LOGROTATE_PATH = re.compile(r"/[A-Za-z0-9_@%+=:,./-]*")
+
+
+def logrotate_path(value: str, what: str = "log path") -> str:
+    """A log file name in a logrotate.d file: an absolute path of plain characters
+    (logrotate reads blanks and quotes as separators, ``* ? [`` as globs and braces as
+    the start and end of a block)."""
+    plain_text(value, what, "a logrotate.d file")
+    if not _LOGROTATE_PATH.fullmatch(value) or "/../" in f"{value}/":
+        raise _refuse(what, value, "logrotate would read a blank, quote, glob character "
+                      "(* ? [) or brace in a log path as syntax; use letters, digits and "
+                      "_@%+=:,./-", "a logrotate.d file")
+    return value
 
 
 # Filters for the Jinja templates of the files above (render registers them).

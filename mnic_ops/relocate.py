@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import stat
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from typing import Any
 
 import click
 
-from mnic_ops import facts, linkrecords, pendingmoves, safefs, treemove
+from mnic_ops import facts, linkrecords, pendingmoves, progress, safefs, treemove
 from mnic_ops.changes import OK, SKIPPED, ApplyContext, Item, Plan, Undo, undo_handler
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_OK, InputError, OpsError
 from mnic_ops.hostroot import HostRoot
@@ -215,18 +214,24 @@ def _kinds(app: AppContext) -> list[str]:
 @contextmanager
 def _progress(app: AppContext, label: str, size: treemove.TreeSize
               ) -> Iterator[treemove.Progress | None]:
-    """A bytes-and-files bar on stderr when it is a terminal (copy, then verify)."""
-    if app.json or not sys.stderr.isatty() or size.bytes + size.files == 0:
+    """A bytes-and-files bar on a terminal (copy, then verify; see mnic_ops.progress)."""
+    if size.bytes + size.files == 0:
         yield None
         return
     counts = {"copy": 0, "verify": 0}
     total = size.files
-    with click.progressbar(length=max(1, 2 * size.bytes), label=label, file=sys.stderr,
-                           item_show_func=lambda s: s) as bar:
+
+    def text() -> str:
+        return f"files: {counts['copy']}/{total} copied, {counts['verify']} verified"
+
+    with progress.bar(app, label, max(1, 2 * size.bytes), text) as bar:
+        if bar is None:
+            yield None
+            return
+
         def update(stage: str, nbytes: int, nfiles: int) -> None:
             counts[stage] = counts.get(stage, 0) + nfiles
-            bar.update(nbytes, f"files: {counts['copy']}/{total} copied, "
-                               f"{counts['verify']} verified")
+            bar.advance(nbytes)
         yield update
 
 
@@ -422,15 +427,33 @@ def _move_item(app: AppContext, mv: _Move, jdir: Path, space: _Space, problems: 
             back = _Move(mv.project, d, mv.rel, relink_from.dest_base, relink_from.dest_rel)
             _do_back(app, back, jdir, None)
         created = _missing_dirs(app.root, mv.dest_base)
-        res = _do_out(app, mv, jdir, _progress_for(app, mv))
-        item.data["result"] = res.to_json() if res else "completed by recovery"
         rec = mv.record("out")
         if created:
             rec["created_dirs"] = created
+        with _folder_times(app.root, rec):
+            res = _do_out(app, mv, jdir, _progress_for(app, mv))
+        item.data["result"] = res.to_json() if res else "completed by recovery"
         return Undo("relocate", rec)
 
     item.action = action
     return item
+
+
+@contextmanager
+def _folder_times(root: HostRoot, rec: dict[str, Any], *, restore: bool = False
+                  ) -> Iterator[None]:
+    """The folders a move adds or removes a name in: the data folder's parent in the
+    install (the link and the folder swap there) and, on the target, the folder above
+    what the move creates. Their times go into the record, and undo puts them back
+    (see :class:`mnic_ops.filechange.FolderTimes`)."""
+    from mnic_ops.filechange import FolderTimes
+
+    created = rec.get("created_dirs") or []
+    anchor = os.path.dirname(created[0]) if created else rec["dest_base"]
+    with FolderTimes(rec, root.path(rec["project"]), os.path.dirname(rec["public_rel"]),
+                     restore=restore, key="public_parent"), \
+            FolderTimes(rec, root.path(anchor), restore=restore, key="target_parent"):
+        yield
 
 
 def _progress_for(app: AppContext, mv: _Move) -> Any:
@@ -680,9 +703,11 @@ def _back_action(app: AppContext, mv: _Move, jdir: Path, item: Item, real: Path)
         hold = _holders_error(app, [real], mv.data.host_path)
         if hold:
             raise OpsError(hold)
-        res = _do_back(app, mv, jdir, _progress_for(app, mv))
+        rec = mv.record("back")
+        with _folder_times(app.root, rec):
+            res = _do_back(app, mv, jdir, _progress_for(app, mv))
         item.data["result"] = res.to_json() if res else "already a folder"
-        return Undo("relocate", mv.record("back"))
+        return Undo("relocate", rec)
     return action
 
 
@@ -854,12 +879,14 @@ def _undo_relocate(root: HostRoot, rec: dict[str, Any]) -> str:
         if kind != "link" or text != rec["link_text"]:
             raise OpsError(f"{rec['public']}: no longer the link to {rec['link_text']}; "
                            "not reverting")
-        _back(root, rec, jdir, None)
+        with _folder_times(root, rec, restore=True):
+            _back(root, rec, jdir, None)
         return f"moved {rec['public']} back from {rec['link_text']}"
     if kind == "link" and text == rec["link_text"]:
         return f"{rec['public']} is already relocated"
     if kind != "dir":
         raise OpsError(f"{rec['public']}: not a folder any more; not reverting")
-    _out(root, rec, jdir, None)
+    with _folder_times(root, rec, restore=True):
+        _out(root, rec, jdir, None)
     return f"moved {rec['public']} to {rec['link_text']} again"
 

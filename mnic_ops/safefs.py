@@ -415,19 +415,27 @@ def backup(path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
 
 
 @contextmanager
-def locked(path: str | os.PathLike[str], *, blocking: bool = True) -> Iterator[bool]:
+def locked(path: str | os.PathLike[str], *, blocking: bool = True,
+           wait: float = 0.0) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on ``path`` (created 0600); yield False when
-    ``blocking`` is off and somebody else holds it."""
+    ``blocking`` is off and somebody else holds it (after trying for ``wait`` seconds)."""
     import fcntl
+    import time
 
     Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
+        deadline = time.monotonic() + max(0.0, wait)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    yield False
+                    return
+                time.sleep(min(0.25, left))
         yield True
     finally:
         os.close(fd)

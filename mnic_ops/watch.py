@@ -1669,31 +1669,52 @@ def _link_item(root: HostRoot, want: str | None) -> Item:
                     reason="already as wanted" if cur == want else "not ours")
 
     def action(ctx: ApplyContext) -> Undo:
-        _set_link(real, want)
-        return Undo("watch-link", {"path": WANTS_LINK, "real": str(real), "before": cur,
-                                   "after": want})
+        rec = {"path": WANTS_LINK, "real": str(real), "before": cur, "after": want}
+        _set_link(real, want, rec)
+        return Undo("watch-link", rec)
 
     diff = f"{WANTS_LINK}: {cur or '(none)'} -> {want or '(removed)'}\n"
     return Item(id=f"link:{WANTS_LINK}", description=desc, diff=diff, action=action,
                 data={"path": WANTS_LINK, "expected": want, "actual": cur})
 
 
-def _set_link(real: Any, target: str | None) -> None:
+def _set_link(real: Any, target: str | None, rec: dict[str, Any], *,
+              restore: bool = False) -> None:
+    """Set (or remove) the link; the times of its folder go into ``rec`` (restored when
+    undoing), and a folder made for it (``made_dir``) goes again on undo."""
+    from mnic_ops.filechange import FolderTimes
+
     folder = os.path.dirname(real)
     if target is None:
         if os.path.islink(real):
-            os.unlink(real)
-            safefs.fsync_dir(folder)
+            if not restore:  # an undo makes it again: with its own times too
+                st = os.lstat(real)
+                rec["link_times"] = [st.st_atime_ns, st.st_mtime_ns]
+            with FolderTimes(rec, folder, restore=restore, key="link_folder"):
+                os.unlink(real)
+                safefs.fsync_dir(folder)
+        made = rec.get("made_dir")
+        if restore and made and folder == made:
+            with contextlib.suppress(OSError), FolderTimes(rec, os.path.dirname(made),
+                                                          restore=True,
+                                                          key="made_dir_parent"):
+                os.rmdir(made)  # only when empty: someone else's link keeps it
         return
-    os.makedirs(folder, mode=0o755, exist_ok=True)
-    tmp = os.path.join(folder, safefs.tmp_name(os.path.basename(real)))
-    os.symlink(target, tmp)
-    try:
-        os.rename(tmp, real)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    safefs.fsync_dir(folder)
+    if not os.path.isdir(folder):
+        with FolderTimes(rec, os.path.dirname(folder), key="made_dir_parent"):
+            os.makedirs(folder, mode=0o755, exist_ok=True)
+        rec["made_dir"] = folder
+    with FolderTimes(rec, folder, restore=restore, key="link_folder"):
+        tmp = os.path.join(folder, safefs.tmp_name(os.path.basename(real)))
+        os.symlink(target, tmp)
+        try:
+            if restore and rec.get("link_times"):
+                os.utime(tmp, ns=tuple(rec["link_times"]), follow_symlinks=False)
+            os.rename(tmp, real)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        safefs.fsync_dir(folder)
 
 
 @undo_handler("watch-link")
@@ -1704,7 +1725,7 @@ def _undo_link(root: HostRoot, rec: dict[str, Any]) -> str:
         cur = None
     if cur != rec["after"]:
         raise OpsError(f"{rec['path']}: changed since mnic-ops set it; not reverting")
-    _set_link(rec["real"], rec["before"])
+    _set_link(rec["real"], rec["before"], rec, restore=True)
     return f"restored {rec['path']}" if rec["before"] else f"removed {rec['path']}"
 
 
@@ -1748,16 +1769,19 @@ def _remove_file_item(root: HostRoot, old: bytes) -> Item:
     real = root.path(unit_path)
 
     def action(ctx: ApplyContext) -> Undo:
+        from mnic_ops.filechange import FolderTimes
+
         bak = ctx.backup_dir() / real.name
         safefs.backup(real, bak)
-        os.unlink(real)
-        safefs.fsync_dir(real.parent)
+        rec = {"path": unit_path, "real": str(real), "backup": str(bak)}
+        with FolderTimes(rec, real.parent):
+            os.unlink(real)
+            safefs.fsync_dir(real.parent)
         if systemd_running(root):
             from mnic_ops import execute
 
             execute.run(["systemctl", "daemon-reload"], check=False)
-        return Undo("watch-file-removed", {"path": unit_path, "real": str(real),
-                                           "backup": str(bak)})
+        return Undo("watch-file-removed", rec)
 
     return Item(id=f"file:{unit_path}", description=f"remove {unit_path}",
                 diff=unified_diff(old.decode(errors="replace"), "", unit_path),
@@ -1766,10 +1790,13 @@ def _remove_file_item(root: HostRoot, old: bytes) -> Item:
 
 @undo_handler("watch-file-removed")
 def _undo_removed(root: HostRoot, rec: dict[str, Any]) -> str:
+    from mnic_ops.filechange import FolderTimes
+
     if os.path.lexists(rec["real"]):
         raise OpsError(f"{rec['path']}: exists again; not restoring (backup: "
                        f"{rec['backup']})")
-    safefs.copy_verified(rec["backup"], rec["real"])
+    with FolderTimes(rec, os.path.dirname(rec["real"]), restore=True):
+        safefs.copy_verified(rec["backup"], rec["real"])
     return f"restored {rec['path']}"
 
 
@@ -1783,17 +1810,8 @@ def plan_unit(app: AppContext, projects: Sequence[Project],
     text = render_unit(app, writable_paths(app, projects, extra_paths),
                        service_argv(app, extra_args))
     unit = file_item(app.root, unit_path, text, mode=0o644, uid=0, gid=0,
-                     item_id=f"file:{unit_path}",
+                     item_id=f"file:{unit_path}", make_parents=True,  # a bare --root
                      description=f"write the watcher unit {unit_path}")
-    if unit.action is not None:
-        write = unit.action
-        folder = app.root.path(unit_path).parent
-
-        def action(ctx: ApplyContext) -> Undo | None:
-            folder.mkdir(mode=0o755, parents=True, exist_ok=True)  # a bare --root
-            return write(ctx)
-
-        unit.action = action
     items = [unit]
     items.append(_link_item(app.root, unit_path))
     if systemd_running(app.root):

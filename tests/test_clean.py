@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from mnic_ops import clean as cl
 from mnic_ops import compress as cz
@@ -148,15 +150,50 @@ def test_textfile_is_written_atomically(fake_root: Path) -> None:
     code, data, err = clean(fake_root)
     assert code == 0, err
     text = (tdir / "clean.prom").read_text()
-    metrics = {line.split()[0]: float(line.split()[-1]) for line in text.splitlines()
-               if line and not line.startswith("#")}
-    assert metrics["mnic_ops_clean_files_compressed"] == 10
-    assert metrics["mnic_ops_clean_bytes_saved"] == data["totals"]["bytes_saved"] > 0
-    assert metrics["mnic_ops_clean_errors"] == 0
-    assert abs(metrics["mnic_ops_clean_last_run_timestamp_seconds"] - time.time()) < 120
-    assert f'mnic_ops_clean_bytes_saved{{project="{PROJECT}"}}' in text
+    metrics: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for fam in text_string_to_metric_families(text):
+        assert fam.type == "gauge" and fam.documentation, fam
+        for s in fam.samples:
+            metrics[(s.name, frozenset(s.labels.items()))] = s.value
+    total = frozenset[tuple[str, str]]()
+    assert metrics[("mnic_ops_clean_files_compressed", total)] == 10
+    assert metrics[("mnic_ops_clean_bytes_saved", total)] == \
+        data["totals"]["bytes_saved"] > 0
+    assert metrics[("mnic_ops_clean_bytes_saved", frozenset({("project", PROJECT)}))] == \
+        data["totals"]["bytes_saved"]
+    assert metrics[("mnic_ops_clean_errors", total)] == 0
+    assert abs(metrics[("mnic_ops_clean_last_run_timestamp_seconds", total)]
+               - time.time()) < 120
+    assert metrics[("mnic_ops_clean_skipped", frozenset({("reason", "protected")}))] >= 1
     assert stat.S_IMODE(os.stat(tdir / "clean.prom").st_mode) == 0o644
-    assert os.listdir(tdir) == ["clean.prom"]
+    assert os.listdir(tdir) == ["clean.prom"]  # no temporary left
+
+
+def test_textfiles_come_from_the_runtime_dependency() -> None:
+    """prometheus_client writes the textfiles of clean and doctor, and croniter computes
+    cron show's next runs: both must install with mnic-ops itself, not with the test
+    extras (the test host and the VMs install from the wheel's dependencies)."""
+    import tomllib
+
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    deps = {re.split(r"[<>=!~ \[]", d, maxsplit=1)[0].lower().replace("-", "_")
+            for d in meta["dependencies"]}
+    assert {"prometheus_client", "croniter"} <= deps, deps
+
+
+def test_textfile_labels_survive_hostile_install_names(fake_root: Path) -> None:
+    odd = '/home/alice/we"ird\\name'
+    make_project(fake_root, files=4, host_path=odd)
+    tdir = fake_root / "var/lib/node-exporter"
+    tdir.mkdir(parents=True)
+    write_config(fake_root, '[clean]\ntextfile = "/var/lib/node-exporter/clean.prom"\n',
+                 host_path=odd.replace("\\", "\\\\").replace('"', '\\"'))
+    code, data, err = clean(fake_root)
+    assert code == 0 and data["totals"]["compressed"] == 4, err
+    fams = {f.name: f for f in text_string_to_metric_families(
+        (tdir / "clean.prom").read_text())}
+    labels = [s.labels for s in fams["mnic_ops_clean_bytes_saved"].samples if s.labels]
+    assert labels == [{"project": cl.printable(odd)}], labels
 
 
 def test_second_pass_skips_while_the_lock_is_held(fake_root: Path) -> None:
@@ -522,3 +559,30 @@ def test_relocated_data_folder_is_followed_only_when_relocate_made_it(fake_root:
              .replace(f"{PROJECT}/.claude/checkpoints", "/srv/other/checkpoints"): d
              for h, d in files.items()}
     assert_nothing_lost(fake_root, moved)
+
+
+def test_textfile_write_follows_no_planted_link(tmp_path: Path) -> None:
+    """prometheus_client's write_to_textfile opens `<path>.<pid>.<thread>` with a plain
+    open(): a link planted there by whoever can write the folder would get root's
+    write. Ours writes its temporary in a private folder; the planted link and its
+    target stay as they were."""
+    import threading
+
+    from mnic_ops import metrics
+
+    folder = tmp_path / "textfiles"
+    folder.mkdir(mode=0o777)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    path = folder / "x.prom"
+    planted = folder / f"x.prom.{os.getpid()}.{threading.current_thread().ident}"
+    planted.symlink_to(victim)
+    tf = metrics.Textfile()
+    tf.add("mnic_ops_test_value", "A value.", 3, {"project": "/a"})
+    tf.write(path)
+    assert victim.read_text() == "precious\n"
+    assert planted.is_symlink()
+    fams = list(text_string_to_metric_families(path.read_text()))
+    assert [(s.name, s.labels, s.value) for f in fams for s in f.samples] == [
+        ("mnic_ops_test_value", {"project": "/a"}, 3.0)]
+    assert sorted(os.listdir(folder)) == sorted([path.name, planted.name])

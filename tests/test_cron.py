@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -110,7 +111,8 @@ def test_show_prints_next_runs(fake_root: Path) -> None:
     r = mnic(fake_root, "--json", "cron", "show")
     data = json.loads(r.out)
     nxt = {j["marker"]: dt.datetime.fromisoformat(j["next_run"]) for j in data["jobs"]}
-    now = dt.datetime.now()
+    assert data["timezone"] == "UTC"  # the host tree has no /etc/localtime
+    now = dt.datetime.now(dt.UTC)
     assert now < nxt["mnic-ops:expire"] <= now + dt.timedelta(minutes=31)
     assert nxt["mnic-ops:compress"].time() == dt.time(3, 30)
     assert now < nxt["mnic-ops:compress"] <= now + dt.timedelta(days=1)
@@ -132,6 +134,104 @@ def test_next_run(sched: str, after: str, want: str) -> None:
     assert got == dt.datetime.fromisoformat(want)
 
 
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+@pytest.mark.parametrize(("sched", "after", "want"), [
+    # spring forward (2026-03-29, 02:00 CET -> 03:00 CEST): 02:30 does not exist that
+    # day; Debian's cron runs a fixed-time job right after the jump
+    ("30 2 * * *", "2026-03-28 12:00", "2026-03-29 03:00+02:00"),
+    ("30 2 * * *", "2026-03-29 03:00", "2026-03-30 02:30+02:00"),
+    ("15 3 * * *", "2026-03-29 01:00", "2026-03-29 03:15+02:00"),
+    # ... a job with * in its minute or hour runs by the new time
+    ("*/30 * * * *", "2026-03-29 01:45", "2026-03-29 03:00+02:00"),
+    # fall back (2026-10-25, 03:00 CEST -> 02:00 CET): a fixed-time job runs once, the
+    # first time; a */30 job runs by the new time, so again in the repeated hour
+    ("30 2 * * *", "2026-10-25 00:00", "2026-10-25 02:30+02:00"),
+    ("30 2 * * *", "2026-10-25 02:30+02:00", "2026-10-26 02:30+01:00"),
+    ("*/30 * * * *", "2026-10-25 02:40+02:00", "2026-10-25 02:00+01:00"),
+])
+def test_next_run_across_dst(sched: str, after: str, want: str) -> None:
+    from crontab import CronTab
+
+    job = next(iter(CronTab(tab=f"{sched} /bin/true\n")))
+    start = dt.datetime.fromisoformat(after)
+    start = start if start.tzinfo else start.replace(tzinfo=BERLIN)
+    got = cron.next_run(job, start.astimezone(BERLIN))
+    assert got is not None
+    assert got.isoformat(timespec="minutes") == dt.datetime.fromisoformat(want).isoformat(
+        timespec="minutes")
+
+
+def _berlin_host(root: Path) -> None:
+    zone = root / "usr/share/zoneinfo/Europe"
+    zone.mkdir(parents=True)
+    (zone / "Berlin").write_bytes(Path("/usr/share/zoneinfo/Europe/Berlin").read_bytes())
+    (root / "etc/localtime").symlink_to("/usr/share/zoneinfo/Europe/Berlin")
+
+
+def test_show_uses_the_host_trees_zone_with_a_fixed_now(fake_root: Path) -> None:
+    """cron show under --root: the zone of the host tree's /etc/localtime (a link
+    resolved inside the tree), not this machine's; the day 02:30 does not exist."""
+    from mnic_ops.hostroot import HostRoot
+    from mnic_ops.output import AppContext
+
+    if not Path("/usr/share/zoneinfo/Europe/Berlin").exists():
+        pytest.skip("no tzdata on this machine")
+    (fake_root / "etc/cron.d").mkdir()
+    _berlin_host(fake_root)
+    r = mnic(fake_root, "cron", "install", env={"MNIC_OPS_CRON__COMPRESS_SCHEDULE":
+                                               "30 2 * * *"})
+    assert r.code == 0, r.err
+    app = AppContext(root=HostRoot.open(fake_root), config_path=None)
+    now = dt.datetime(2026, 3, 28, 23, 0, tzinfo=dt.UTC)  # 00:00 CET on the 29th
+    data = cron.show_data(app, cron.Target(True, "root"), now=now)
+    assert data["timezone"] == "Europe/Berlin"
+    jobs = {j["marker"]: j for j in data["jobs"]}
+    assert jobs["mnic-ops:compress"]["next_run"] == "2026-03-29T03:00+02:00"
+    assert "does not exist on 2026-03-29" in jobs["mnic-ops:compress"]["next_run_note"]
+    assert jobs["mnic-ops:expire"]["next_run"] == "2026-03-29T00:30+01:00"
+    assert "next_run_note" not in jobs["mnic-ops:expire"]
+    # the command prints local times with the zone's own abbreviation
+    out = mnic(fake_root, "cron", "show").out
+    assert "(times in Europe/Berlin)" in out and ("CET" in out or "CEST" in out), out
+
+
+def test_show_uses_tz_on_the_running_system(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mnic_ops.hostroot import HostRoot
+
+    if not Path("/usr/share/zoneinfo/Europe/Berlin").exists():
+        pytest.skip("no tzdata on this machine")
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    tz, name = cron.host_timezone(HostRoot.open("/"))
+    assert name == "Europe/Berlin"
+    from crontab import CronTab
+
+    job = next(iter(CronTab(tab="30 2 * * * /bin/true\n")))
+    now = dt.datetime(2026, 3, 28, 12, 0, tzinfo=dt.UTC).astimezone(tz)
+    assert cron.next_run(job, now) == dt.datetime(2026, 3, 29, 1, 0, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize("host_class", sorted(cron.TIER_SCHEDULES))
+def test_default_schedules_never_start_together(host_class: str) -> None:
+    """The daily pass and the */30 expiry pass met at 12:30 (laptop) and 03:30
+    (workstation); one of them then found the install locked and skipped it."""
+    assert cron.meeting(cron.TIER_SCHEDULES[host_class]) is None
+    assert cron.meeting({"compress": "30 3 * * *", "expire": "*/30 * * * *"}) is not None
+
+
+def test_jobs_wait_for_the_lock(fake_root: Path) -> None:
+    (fake_root / "etc/cron.d").mkdir()
+    r = mnic(fake_root, "cron", "install", "--check", "--diff")
+    assert r.code == 3, r.err
+    # ENV puts both at 03:30 and 03:00/03:30: allowed, and said
+    assert "both start at 03:30: the later one waits for the lock" in r.out, r.out
+    mnic(fake_root, "cron", "install", env={"MNIC_OPS_CRON__LOCK_WAIT_SECONDS": "600"})
+    jobs = [x for x in (fake_root / FILE).read_text().splitlines()
+            if x.endswith(("# mnic-ops:compress", "# mnic-ops:expire"))]
+    assert len(jobs) == 2 and all(" --wait 600 " in j for j in jobs), jobs
+
+
 DAEMON_SCRIPT = r"""
 set -eu
 host=$1 py=$2 work=$3 repo=$4
@@ -145,8 +245,10 @@ chgrp crontab /var/spool/cron/crontabs 2>/dev/null || true
 chmod 1730 /var/spool/cron/crontabs
 export PYTHONPATH="$repo"
 export MNIC_OPS_CRON__COMMAND="env PYTHONPATH=$repo $py -m mnic_ops --root $host"
+# both jobs every minute: they always start together, and the one that finds the
+# install locked waits for it (--wait) instead of skipping its work
 export MNIC_OPS_CRON__COMPRESS_SCHEDULE="* * * * *"
-export MNIC_OPS_CRON__EXPIRE_SCHEDULE="*/30 * * * *"
+export MNIC_OPS_CRON__EXPIRE_SCHEDULE="* * * * *"
 export MNIC_OPS_CRON__LOG="$work/cron.log"
 "$py" -m mnic_ops cron install --system
 cat /etc/cron.d/mnic-ops
@@ -154,9 +256,8 @@ cat /etc/cron.d/mnic-ops
 cron -f -L 15 &
 cronpid=$!
 ok=0
-# up to two minutes and a bit: a pass that starts at the same minute as the expiry job
-# may find the project locked and leave its work to the next minute's run
-for i in $(seq 1 140); do
+# the first minute's compress run does the work (a minute and a bit at most)
+for i in $(seq 1 75); do
   sleep 1
   if "$py" - "$host" <<'PY'
 import sys, os
@@ -197,6 +298,7 @@ def test_real_cron_daemon_runs_the_job(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr + log
     assert "COMPRESSED=1" in r.stdout, r.stdout + r.stderr + log
     assert "mnic-ops:compress" in r.stdout  # show listed it
+    assert "another pass holds its lock" not in log, log
     for host_path, data in files.items():
         if "/sessions/f" in host_path:
             assert content_of(host, host_path) == (None, data)

@@ -473,8 +473,9 @@ def test_cli_apply_backup_mode_owner_journal_and_undo(fake_root: Path) -> None:
     new = fst.read_bytes()
     assert new != original
     old_lines, new_lines = original.splitlines(), new.splitlines()
+    # only the entry asked for: --mount-point is the whole set (/ was changed too)
     assert [i for i, (a, b) in enumerate(zip(old_lines, new_lines, strict=True)) if a != b] \
-        == [2, 3]
+        == [3]
     st1 = fst.stat()
     assert (st1.st_mode, st1.st_uid, st1.st_gid) == (st0.st_mode, st0.st_uid, st0.st_gid)
     backups = list((root / "etc").glob("fstab.mnic-ops.*"))
@@ -483,8 +484,10 @@ def test_cli_apply_backup_mode_owner_journal_and_undo(fake_root: Path) -> None:
     journal = [json.loads(x) for x in
                (root / "var/lib/mnic-ops/journal.jsonl").read_text().splitlines()]
     assert [j["kind"] for j in journal] == ["fstab"]
-    # applying again changes nothing
-    assert run_mnic("--root", str(root), "fstab").code == 0
+    # applying again changes nothing; the automatic set still proposes /
+    assert run_mnic("--root", str(root), "fstab", "--mount-point", "/mnt/ssd").code == 0
+    r = run_mnic("--root", str(root), "fstab")
+    assert r.code == 3 and "+UUID=0a1b2c3d-0000-4000-8000-000000000001 /  " in r.out, r.out
     r = run_mnic("--root", str(root), "undo", "--last")
     assert r.code == 0, r.err
     assert fst.read_bytes() == original
@@ -606,3 +609,66 @@ def test_kill_9_during_apply_leaves_old_or_new_and_a_rerun_finishes(fake_root: P
     assert r.code == 0, r.out + r.err
     assert fst.read_bytes() == new
     assert not [x for x in (root / "etc").iterdir() if ".mnic-ops-tmp" in x.name]
+
+
+def test_explicit_mount_points_are_the_whole_set(fake_root: Path) -> None:
+    """`--mount-point /mnt/ssd --apply` also added noatime to / (where the install
+    lives): the automatic set now applies only without --mount-point."""
+    root = host(fake_root)
+    r = run_mnic("--root", str(root), "--json", "fstab", "--mount-point", "/mnt/ssd")
+    data = json.loads(r.out)
+    assert [d["mount_point"] for d in data["mount_points"]] == ["/mnt/ssd"]
+    # what it holds is still said
+    assert "/home/alice/p/project_archive/sessions -> /mnt/ssd/mnic/sessions" in \
+        data["mount_points"][0]["holds"]
+    assert run_mnic("--root", str(root), "fstab", "--apply", "--mount-point",
+                    "/mnt/ssd").code == 0
+    text = (root / "etc/fstab").read_text()
+    assert "/mnt/ssd       ext4    defaults,noatime " in text
+    assert "/              ext4    errors=remount-ro  0" in text  # untouched
+
+
+AMBIGUOUS = FSTAB + "/dev/vdc1 /mnt/ssd ext4 defaults 0 2\n"
+
+
+def test_an_ambiguous_entry_asked_for_fails_with_the_reason(fake_root: Path) -> None:
+    root = host(fake_root, AMBIGUOUS)
+    before = sha(root / "etc/fstab")
+    r = run_mnic("--root", str(root), "fstab", "--mount-point", "/mnt/ssd", "--apply")
+    assert r.code == 1, r.out + r.err
+    assert "failed: [fstab:/mnt/ssd]" in r.out, r.out
+    assert "2 entries for /mnt/ssd (lines 4, 6): ambiguous" in r.out
+    assert sha(root / "etc/fstab") == before
+    r = run_mnic("--root", str(root), "--json", "fstab", "--mount-point", "/mnt/ssd")
+    doc = json.loads(r.out)
+    assert r.code == 1 and doc["ok"] is False
+    assert any("ambiguous" in e["message"] for e in doc["errors"]), doc["errors"]
+    assert doc["mount_points"][0]["ambiguous"] is True
+
+
+def test_an_ambiguous_data_mount_fails_its_item_and_the_rest_applies(fake_root: Path
+                                                                      ) -> None:
+    root = host(fake_root, AMBIGUOUS)
+    r = run_mnic("--root", str(root), "fstab", "--apply")
+    assert r.code == 1, r.out + r.err
+    assert "failed: [fstab:/mnt/ssd]" in r.out
+    text = (root / "etc/fstab").read_text()
+    assert "errors=remount-ro,noatime" in text  # / still got its change
+    assert "/mnt/ssd       ext4    defaults           0" in text
+
+
+def test_provision_an_ambiguous_entry_is_a_failed_item(fake_root: Path) -> None:
+    root = host(fake_root, AMBIGUOUS)
+    (root / "etc/mnic-ops").mkdir(parents=True)
+    (root / "etc/mnic-ops/config.toml").write_text(
+        'host_class = "server"\n[provision]\nrelocate = false\ncron = false\n'
+        "watcher = false\nlogrotate = false\n")
+    r = run_mnic("--root", str(root), "--json", "provision", "--check")
+    doc = json.loads(r.out)
+    assert r.code == 1, r.out + r.err
+    items = {i["id"]: i for i in doc["items"]}
+    assert items["fstab:/mnt/ssd"]["state"] == "failed", items
+    assert "ambiguous" in items["fstab:/mnt/ssd"]["error"]
+    # ... and it does not stop the rest of the plan (a planning failure would)
+    assert not [i for i in doc["items"] if "planning failed elsewhere" in
+                i.get("reason", "")], doc["items"]

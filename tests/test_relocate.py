@@ -117,6 +117,11 @@ def test_move_verify_and_undo_roundtrip(env: Env) -> None:
     paths = [p.sessions, p.root / ".claude/checkpoints", p.root / ".ai-tools/checkpoint/storage"]
     before = [snapshot(x) for x in paths]
     target = env.target()
+    # the folders the links go into, and the SSD's top: their times come back on undo
+    parents = [x.parent for x in paths] + [env.ssd.mnt]
+    for n, d in enumerate(parents):
+        os.utime(d, ns=(1_500_000_000_000_000_000 + n, 1_500_000_000_000_000_000 + n))
+    times = [(os.stat(d).st_atime_ns, os.stat(d).st_mtime_ns) for d in parents]
 
     r = mnic(p, "relocate", "--check", "--diff", "--to", str(target))
     assert r.code == 3, r.err
@@ -157,6 +162,7 @@ def test_move_verify_and_undo_roundtrip(env: Env) -> None:
         assert diff_snapshots(b, snapshot(x)) == []
     assert not proj_dir.exists()  # emptied and removed
     assert not target.exists()  # the move created it: undo takes it away again
+    assert [(os.stat(d).st_atime_ns, os.stat(d).st_mtime_ns) for d in parents] == times
 
 
 def test_undo_removes_only_the_target_folders_the_move_created(env: Env) -> None:
@@ -529,12 +535,33 @@ def test_progress_bar_on_a_terminal(env: Env) -> None:
            f"--to {env.target()}")
     e = {k: v for k, v in os.environ.items() if not k.startswith("MNIC_OPS_")}
     e["PYTHONPATH"] = str(REPO)
-    out = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True,
-                         text=True, env=e, timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "sessions of mona" in out.stdout, out.stdout
-    assert "200/200 copied, 200 verified" in out.stdout, out.stdout
+    t0 = time.monotonic()
+    run = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True,
+                         env=e, timeout=120)
+    took = time.monotonic() - t0
+    raw = run.stdout  # bytes: a text stream would turn every "\r" into a newline
+    out = raw.decode(errors="replace")
+    assert run.returncode == 0, out + run.stderr.decode(errors="replace")
+    assert "sessions of mona" in out, out
+    assert "200/200 copied, 200 verified" in out, out
     assert p.sessions.is_symlink()
+    # At most about 10 redraws a second (one per file and stage before: 400 here), and
+    # the last state is drawn.
+    redraws = raw.count(b"\r") - raw.count(b"\r\n")
+    assert 1 <= redraws <= 10 * took + 2, (redraws, took)
+    assert len(raw) < 4000 + 300 * took, len(raw)
+
+
+def test_no_progress_bar_off_a_terminal_or_with_json(env: Env) -> None:
+    for n, args in enumerate((["relocate"], ["--json", "relocate"])):
+        p = env.project(f"nobar{n}", files=50)
+        e = {k: v for k, v in os.environ.items() if not k.startswith("MNIC_OPS_")}
+        e["PYTHONPATH"] = str(REPO)
+        r = subprocess.run([sys.executable, "-m", "mnic_ops", "--config", str(p.config),
+                            *args, "--to", str(env.target())], capture_output=True,
+                           env=e, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert b"\r" not in r.stdout + r.stderr and b"verified" not in r.stderr
 
 
 def test_nested_data_folders_move_with_their_parent(env: Env) -> None:

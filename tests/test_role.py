@@ -130,7 +130,8 @@ def test_config_template_with_defaults_only(tmp_path: Path) -> None:
     assert q.returncode == 0, q.stderr
     v = json.loads(q.stdout)["values"]
     assert v["provision"] == {"relocate": True, "apply_fstab": False, "cron": True,
-                              "watcher": True}
+                              "watcher": True, "logrotate": True, "missing_cron": "fail",
+                              "missing_systemd": "fail"}
     assert v["ssd_path"] == "/mnt/ssd/my-name-is-claude" and v["host_class"] is None
 
 

@@ -29,7 +29,8 @@ _CLONE_NEWNS = 0x00020000
 # mnic-ops's own files under /etc (relative): a test host starts without them.
 OWN_ETC_FILES = ("mnic-ops", "cron.d/mnic-ops", "systemd/system/mnic-ops-watch.service",
                  "systemd/system/multi-user.target.wants/mnic-ops-watch.service",
-                 "sysctl.d/60-mnic-ops.conf", "profile.d/mnic-ops.sh")
+                 "sysctl.d/60-mnic-ops.conf", "profile.d/mnic-ops.sh",
+                 "logrotate.d/mnic-ops")
 
 
 def _setns_fd(fd: int) -> None:
@@ -216,13 +217,14 @@ def write_project(p: Path) -> Path:
 def tree_hash(root: Path, rel: str, *, skip: Sequence[str] = ()
               ) -> dict[str, list[object]]:
     """{path below root: [sha256 | ->target | dir | other, mode, uid, gid, mtime_ns]} of
-    a tree, for byte-identity checks before and after: the same record per entry as the
-    VM tests take in their guests (tests/vm/guest_state.py), so a fifo or socket is
-    noted, never opened. Folders are compared without their mtime."""
+    a tree (the top folder included, as "."), for identity checks before and after: the
+    same record per entry as the VM tests take in their guests (tests/vm/guest_state.py),
+    so a fifo or socket is noted, never opened. Folders keep their mtime: undo puts the
+    times of every folder a change touched back."""
     from tests.vm.guest_state import entry
 
-    out: dict[str, list[object]] = {}
     top = root / rel.lstrip("/")
+    out: dict[str, list[object]] = {".": entry(str(top))}
     for dirpath, dirnames, filenames in os.walk(top):
         dirnames[:] = [d for d in dirnames
                        if os.path.relpath(os.path.join(dirpath, d), root) not in skip]
@@ -231,8 +233,5 @@ def tree_hash(root: Path, rel: str, *, skip: Sequence[str] = ()
             rel_p = os.path.relpath(p, root)
             if rel_p in skip:
                 continue
-            record = entry(p)
-            if record[0] == "dir":
-                record[4] = 0
-            out[rel_p] = record
+            out[rel_p] = entry(p)
     return out

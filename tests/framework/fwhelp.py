@@ -148,6 +148,12 @@ class Host:
                 self.binds.append(d)
         if os.path.islink("/etc/localtime"):
             (self.root / "etc/localtime").symlink_to(os.readlink("/etc/localtime"))
+        # What provision needs to find before it plans cron jobs and the watcher's unit,
+        # as on an installed host: a cron daemon, systemd running (hidden under the
+        # per-run bind of /usr, where the framework runs).
+        (self.root / "usr/sbin").mkdir(parents=True, exist_ok=True)
+        shutil.copy("/bin/true", self.root / "usr/sbin/cron")
+        (self.root / "run/systemd/system").mkdir(parents=True, exist_ok=True)
 
     def write_config(self, projects: list[str], extra: str = "") -> None:
         self.config.write_text(

@@ -97,6 +97,22 @@ def test_cron_jobs(host: Any, settings: dict[str, Any]) -> None:
         assert "clean" in fields[7:], line
 
 
+def test_logrotate_file(host: Any, settings: dict[str, Any]) -> None:
+    """The logs mnic-ops writes are rotated where logrotate is installed; where it is
+    not, provision ships nothing (and says how to install it)."""
+    f = host.file("/etc/logrotate.d/mnic-ops")
+    wanted = settings.get("provision", {}).get("logrotate", True)
+    if not host.file("/etc/logrotate.d").is_directory or not wanted:
+        assert not f.exists
+        return
+    assert f.exists and f.is_file
+    assert (f.user, f.group, f.mode) == ("root", "root", 0o644)
+    assert "/var/log/mnic-ops.log" in f.content_string
+    if host.exists("logrotate"):
+        r = host.run("logrotate -d -s /dev/null /etc/logrotate.d/mnic-ops")
+        assert r.rc == 0 and "error" not in (r.stdout + r.stderr).lower(), r.stderr
+
+
 def test_watcher_unit(host: Any, settings: dict[str, Any]) -> None:
     if not settings.get("provision", {}).get("watcher", True):
         pytest.skip("provision.watcher = false on this host")
