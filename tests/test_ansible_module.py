@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -108,8 +109,10 @@ def host(tmp_path: Path) -> Path:
         "etc/group": "root:x:0:\nalice:x:4242:\n",
     })
     for d in ("etc/profile.d", "etc/sysctl.d", "etc/cron.d", "etc/systemd/system",
-              "var/lib", "var/log", "run", "root"):
+              "var/lib", "var/log", "run/systemd/system", "root", "usr/sbin"):
         (root / d).mkdir(parents=True, exist_ok=True)
+    # a host with a cron daemon and systemd running, as provision requires by default
+    shutil.copy("/bin/true", root / "usr/sbin/cron")
     write_project(root / PROJECT.lstrip("/"))
     for dirpath, dirnames, filenames in os.walk(root / "home/alice"):
         for n in [*dirnames, *filenames]:
