@@ -482,8 +482,11 @@ class Daemon:
 
     def say(self, event: str, text: str, **data: Any) -> None:
         """One line on stdout (JSON with --json): what the admin wants in the log."""
-        if self.app.json:
-            line = json.dumps({"event": event, "time": round(time.time(), 3), **data},
+        if self.app.json:  # one object per line, versioned like every document
+            from mnic_ops.output import SCHEMA_VERSION
+
+            line = json.dumps({"schema_version": SCHEMA_VERSION, "command": "watch",
+                               "event": event, "time": round(time.time(), 3), **data},
                               default=str)
         else:
             line = (time.strftime("%Y-%m-%d %H:%M:%S ") if self.timestamps else "") + text
