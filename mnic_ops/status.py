@@ -168,7 +168,14 @@ class Status:
         self._needs_config()
         found = projects.find_projects(self.app.root, self.app.config)
         self.projects = installfail.usable(self.app, found)
-        rows = [self._install(p) for p in found]
+        rows = []
+        for p in found:
+            try:
+                rows.append(self._install(p))
+            except (OpsError, OSError) as exc:  # one install: that install's row only
+                rows.append({"root": p.host_path, "user": p.user, "group": p.group,
+                             "version": p.version, "layout": p.layout,
+                             "failure": f"cannot be read: {installfail.reason(exc)}"})
         health = OK
         problems = [f"{r['root']}: {r['failure']}" for r in rows if r.get("failure")]
         problems += [f"{d['path']}: {d['note']}" for r in rows
