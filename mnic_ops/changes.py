@@ -12,6 +12,7 @@ kind up in a registry of handlers, so old journals stay readable by new code.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import logging
 import os
@@ -62,16 +63,22 @@ class Item:
     data: dict[str, Any] = field(default_factory=dict)
     error: str = ""
     # (current bytes or None, wanted bytes) of a file change: lets `verify` name the
-    # mismatching values instead of only showing a diff. Not serialised.
+    # mismatching values instead of only showing a diff. Serialised only as the
+    # bounded ``before``/``after`` texts of ``to_json(texts=True)``.
     payload: tuple[bytes | None, bytes] | None = field(default=None, repr=False)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, texts: bool = False) -> dict[str, Any]:
+        """The item for ``--json``; ``texts`` (``--diff``) adds the whole file before and
+        after a file change, for tools that diff it themselves (Ansible's ``--diff``)."""
         out: dict[str, Any] = {"id": self.id, "description": self.description,
                                "state": self.state}
         if self.reason:
             out["reason"] = self.reason
         if self.diff:
             out["diff"] = self.diff
+            if texts and self.payload is not None:
+                out["before"] = shown_text(self.payload[0])
+                out["after"] = shown_text(self.payload[1])
         if self.error:
             out["error"] = self.error
         if self.data:
@@ -102,8 +109,9 @@ class Plan:
             c[i.state] = c.get(i.state, 0) + 1
         return c
 
-    def to_json(self) -> dict[str, Any]:
-        return {"items": [i.to_json() for i in self.items], "counts": self.counts()}
+    def to_json(self, *, texts: bool = False) -> dict[str, Any]:
+        return {"items": [i.to_json(texts=texts) for i in self.items],
+                "counts": self.counts()}
 
 
 @dataclass
@@ -135,6 +143,26 @@ def unified_diff(old: str, new: str, path: str) -> str:
     for line in lines:
         out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
     return "".join(out)
+
+
+# Largest file content put whole into ``before``/``after`` (the diff is always there).
+TEXT_LIMIT = 64 * 1024
+
+
+def shown_text(data: bytes | None) -> str:
+    """File content for ``before``/``after``: the text itself ("" for an absent file),
+    or a one-line note for binary content and content over TEXT_LIMIT."""
+    if data is None:
+        return ""
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return f"(binary content, {len(data)} bytes, sha256 {digest}...)\n"
+    if len(data) > TEXT_LIMIT or "\0" in text:
+        kind = "binary content" if "\0" in text else "text too large to show"
+        return f"({kind}, {len(data)} bytes, sha256 {digest}...)\n"
+    return text
 
 
 # --- journal -----------------------------------------------------------------------

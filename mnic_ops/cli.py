@@ -84,6 +84,11 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix":
               help="Work on the host whose / is DIR (host paths resolve under it).")
 @click.option("--config", "config_path", default=None, envvar="MNIC_OPS_CONFIG",
               metavar="FILE", help="Config file [default: <root>/etc/mnic-ops/config.toml].")
+@click.option("--config-from", "config_from", default=None, metavar="FILE",
+              allow_from_autoenv=False,
+              help="Read the settings from FILE instead, as if it were the config file "
+                   "(preview a config before it is installed, with --check); what is "
+                   "written, such as cron jobs, still names the config file.")
 @click.option("--json", "as_json", is_flag=True, envvar="MNIC_OPS_JSON",
               help="Print one JSON document for scripts.")
 @click.option("-v", "--verbose", count=True, help="More detail; -vv for debug logging.")
@@ -93,8 +98,8 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix":
                    "NO_COLOR set or TERM=dumb.")
 @click.version_option(__version__, "--version", prog_name="mnic-ops")
 @click.pass_context
-def cli(ctx: click.Context, root: str, config_path: str | None, as_json: bool,
-        verbose: int, color: str) -> None:
+def cli(ctx: click.Context, root: str, config_path: str | None, config_from: str | None,
+        as_json: bool, verbose: int, color: str) -> None:
     """Provision and maintain hosts that run the My Name Is Claude framework.
 
     Every change can be previewed with --check (and --diff), is logged, and is recorded
@@ -114,7 +119,7 @@ def cli(ctx: click.Context, root: str, config_path: str | None, as_json: bool,
     # --root is checked before any command runs: an error here is still reported as a
     # JSON document when --json was asked for (see main()).
     ctx.obj = AppContext(root=HostRoot.open(root), config_path=config_path, json=as_json,
-                         verbose=verbose, color_mode=color)
+                         verbose=verbose, color_mode=color, config_from=config_from)
 
 
 @cli.result_callback()
@@ -146,7 +151,7 @@ def _finish(ctx: click.Context, /, rv: Any, **_: Any) -> Any:
 
 
 # Global options that take a value: skipped when finding the command name in argv.
-_VALUE_OPTIONS = frozenset({"--root", "--config", "--color"})
+_VALUE_OPTIONS = frozenset({"--root", "--config", "--config-from", "--color"})
 
 
 def _command_name(argv: list[str]) -> str:

@@ -3,7 +3,6 @@ and ``man`` need, generated from the click commands themselves so they never dri
 
 from __future__ import annotations
 
-import datetime
 import inspect
 import re
 
@@ -79,8 +78,9 @@ def _options(cmd: click.Command, ctx: click.Context) -> list[str]:
 
 def render(top: click.Group, ctx: click.Context) -> str:
     """The man page (section 1) of ``top`` and every subcommand, in roff."""
-    date = datetime.date.today().isoformat()
-    lines = [f'.TH MNIC-OPS 1 "{date}" "mnic-ops {__version__}" "System Administration"',
+    # No date: the page depends only on the installed version, so reinstalling it (the
+    # role does, on every run) changes nothing until mnic-ops itself changes.
+    lines = [f'.TH MNIC-OPS 1 "" "mnic-ops {__version__}" "System Administration"',
              ".SH NAME", f"{PROG} \\- {_roff((top.help or '').splitlines()[0])}",
              ".SH SYNOPSIS", f"\\fB{PROG}\\fR [\\fIOPTIONS\\fR] \\fICOMMAND\\fR [\\fIARGS\\fR]",
              ".SH DESCRIPTION", _help_text(top), ".SH OPTIONS", *_options(top, ctx),

@@ -40,6 +40,10 @@ class AppContext:
     json: bool = False
     verbose: int = 0
     color_mode: str = "auto"  # --color: auto | always | never
+    # --config-from: read the settings from this file instead of config_path's, which
+    # is still the path written into cron jobs and the watcher unit (a preview of a
+    # config about to be installed there).
+    config_from: str | None = None
     _config: Config | None = field(default=None, repr=False)
     # The command's JSON data, printed by the CLI once its exit code is known.
     result: dict[str, Any] | None = field(default=None, repr=False)
@@ -59,7 +63,7 @@ class AppContext:
         if self._config is None:
             from mnic_ops import config
 
-            self._config = config.load(self.root, self.config_path)
+            self._config = config.load(self.root, self.config_from or self.config_path)
         return self._config
 
 
@@ -187,7 +191,7 @@ def run_plan(app: AppContext, plan: Plan, *, check: bool, diff: bool, command: s
                 logging.getLogger().removeHandler(handler)
                 handler.close()
     counts = plan.counts()
-    data = {"check": check, **plan.to_json(), **(extra or {}),
+    data = {"check": check, **plan.to_json(texts=diff), **(extra or {}),
             "errors": [{"message": f"{i.id}: {i.error}"} for i in plan.items
                        if i.state == "failed" and i.error]}
     emit(app, data, lambda: plan_text(plan, diff=diff or (check and app.verbose > 0),

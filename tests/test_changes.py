@@ -145,3 +145,53 @@ def test_undo_keeps_the_times_of_a_folder_someone_else_changed(fake_root: Path) 
     changes.undo_entries(root, changes.read_journal(root))
     assert not (folder / "f").exists()
     assert _mtime(folder) != 2_000_000_000_000  # not passed off as untouched
+
+
+def test_json_texts_whole_before_and_after_only_with_diff_and_bounded(
+        fake_root: Path) -> None:
+    """``--diff`` JSON carries the whole file before and after a change (for Ansible's
+    own diff); binary and oversized content become a one-line note, never raw bytes."""
+    root = HostRoot.open(fake_root)
+    (fake_root / "etc/x.conf").write_text("a\nb\n")
+    it = file_item(root, "/etc/x.conf", "a\nc\n")
+    assert "before" not in it.to_json()
+    j = it.to_json(texts=True)
+    assert (j["before"], j["after"]) == ("a\nb\n", "a\nc\n")
+    new = file_item(root, "/etc/new.conf", "x\n").to_json(texts=True)
+    assert (new["before"], new["after"]) == ("", "x\n")
+    (fake_root / "etc/bin").write_bytes(b"\xff\x00\x01")
+    b = file_item(root, "/etc/bin", b"\xfe\x00").to_json(texts=True)
+    assert b["before"].startswith("(binary content, 3 bytes, sha256 ")
+    assert b["after"].startswith("(binary content, 2 bytes, sha256 ")
+    big = "y" * (changes.TEXT_LIMIT + 1)
+    g = file_item(root, "/etc/big", big).to_json(texts=True)
+    assert g["after"].startswith(f"(text too large to show, {len(big)} bytes")
+    assert Plan([it]).to_json(texts=True)["items"][0]["after"] == "a\nc\n"
+
+
+def test_config_from_reads_the_settings_but_written_files_name_the_config(
+        fake_root: Path, tmp_path: Path) -> None:
+    """--config-from previews a config before it is installed: its settings are used,
+    and what would be written (the cron jobs) names --config's file, not the preview."""
+    (fake_root / "etc/cron.d").mkdir()
+    (fake_root / "etc/mnic-ops").mkdir()
+    (fake_root / "etc/mnic-ops/config.toml").write_text(
+        '[cron]\ncompress_schedule = "1 1 * * *"\n')
+    preview = tmp_path / "new.toml"
+    preview.write_text('[cron]\ncompress_schedule = "17 4 * * *"\n')
+    r = run_mnic("--root", str(fake_root), "--config-from", str(preview), "--json",
+                 "cron", "install", "--check", "--diff")
+    assert r.code == 3, r.err
+    after = json.loads(r.out)["items"][0]["after"]
+    assert "17 4 * * * root " in after and "1 1 * * *" not in after
+    assert "--config" not in after and str(preview) not in after
+    named = fake_root / "etc/mnic-ops/config.toml"
+    r = run_mnic("--root", str(fake_root), "--config", str(named), "--config-from",
+                 str(preview), "--json", "cron", "install", "--check", "--diff")
+    after = json.loads(r.out)["items"][0]["after"]
+    assert f"--config {named}" in after and "17 4 * * * root " in after
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[cron]\nbogus = 1\n")
+    r = run_mnic("--root", str(fake_root), "--config-from", str(bad), "cron", "install",
+                 "--check")
+    assert r.code == 2 and f"{bad}:2" in r.err and "bogus" in r.err

@@ -54,7 +54,7 @@ def host(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> Iterator
         th.stop()
 
 
-def _playbook(th: TestHost, **extra: object) -> subprocess.CompletedProcess[str]:
+def _playbook(th: TestHost, *flags: str, **extra: object) -> subprocess.CompletedProcess[str]:
     wheel = next(p.name for p in (th.root / "tmp/wheels").iterdir()
                  if p.name.startswith("mnic_ops-"))
     ev = {"mnic_ops_install_source": f"/tmp/wheels/{wheel}",
@@ -65,7 +65,7 @@ def _playbook(th: TestHost, **extra: object) -> subprocess.CompletedProcess[str]
            "ANSIBLE_ROLES_PATH": f"{REPO}/roles", "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_LOCAL_TEMP": "/tmp/ansible-local"}
     return th.chroot([str(BIN / "ansible-playbook"), "-c", "local", "-i", "localhost,",
-                      "-e", json.dumps(ev), f"{REPO}/playbooks/site.yml"], env=env,
+                      "-e", json.dumps(ev), *flags, f"{REPO}/playbooks/site.yml"], env=env,
                      check=False)
 
 
@@ -75,8 +75,16 @@ def _recap(out: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
 
 
+# The test host's /etc is an overlay over this machine's live /etc: when something else
+# on the machine adds or removes a user, the shadow tools' backup files change under
+# the overlay. Neither mnic-ops nor the role touches them.
+SHADOW_BACKUPS = tuple(f"etc/{n}-" for n in ("passwd", "group", "shadow", "gshadow",
+                                             "subuid", "subgid"))
+
+
 def _hashes(th: TestHost) -> dict[str, object]:
-    return {"etc": tree_hash(th.root, "/etc"), "project": tree_hash(th.root, PROJECT)}
+    return {"etc": tree_hash(th.root, "/etc", skip=SHADOW_BACKUPS),
+            "project": tree_hash(th.root, PROJECT)}
 
 
 def test_end_to_end(host: TestHost) -> None:
@@ -96,6 +104,18 @@ def test_end_to_end(host: TestHost) -> None:
     c = th.chroot([MNIC, "--json", "provision", "--check"], check=False)
     assert c.returncode == 3, c.stdout + c.stderr
     assert json.loads(c.stdout)["counts"]["pending"] > 0
+    assert _hashes(th) == before
+
+    # 2b. The role in check mode with --diff: the module plans against the config the
+    # role would write (a changed setting shows up in the diff of the cron file it
+    # would write), shows each file's diff, and nothing changes.
+    r = _playbook(th, "--check", "--diff",
+                  mnic_ops_settings={"cron": {"compress_schedule": "17 4 * * *"}})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _recap(r.stdout)["changed"] >= 1
+    assert "+++ after: /etc/cron.d/mnic-ops" in r.stdout, r.stdout
+    assert "+17 4 * * * root " in r.stdout, r.stdout
+    assert f"+++ after: {PROJECT}/.claude/config/parallel-agents-config.json" in r.stdout
     assert _hashes(th) == before
 
     # 3. The role provisions; the testinfra suite checks what it promises.

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import REPO
 
@@ -31,9 +34,9 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 def test_ansible_lint_production_profile(tmp_path: Path) -> None:
     lint = _tool("ansible-lint")
-    p = subprocess.run([lint, "--profile", "production", "--offline", "roles/mnic_ops",
-                        "playbooks/site.yml"], cwd=REPO, capture_output=True, text=True,
-                       env=_env(tmp_path), timeout=600)
+    p = subprocess.run([lint, "--profile", "production", "--offline", "roles/",
+                        "playbooks/", "requirements.yml"], cwd=REPO, capture_output=True,
+                       text=True, env=_env(tmp_path), timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
 
 
@@ -129,3 +132,81 @@ def test_config_template_with_defaults_only(tmp_path: Path) -> None:
     assert v["provision"] == {"relocate": True, "apply_fstab": False, "cron": True,
                               "watcher": True}
     assert v["ssd_path"] == "/mnt/ssd/my-name-is-claude" and v["host_class"] is None
+
+
+ROLE = REPO / "roles" / "mnic_ops"
+
+
+def test_argument_specs_cover_every_default_with_the_same_value() -> None:
+    """Every variable in defaults/main.yml is documented and validated in
+    meta/argument_specs.yml with the same default, and nothing more; every mnic_ops_*
+    variable the role uses is one of them or an internal one of vars/main.yml."""
+    defaults = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
+    internal = yaml.safe_load((ROLE / "vars/main.yml").read_text())
+    spec = yaml.safe_load((ROLE / "meta/argument_specs.yml").read_text())
+    options = spec["argument_specs"]["main"]["options"]
+    assert set(options) == set(defaults)
+    for name, opt in options.items():
+        assert opt.get("default") == defaults[name], name
+        assert opt.get("description"), name
+    used: set[str] = set()
+    for f in [*(ROLE / "tasks").glob("*.yml"), *(ROLE / "handlers").glob("*.yml"),
+              *(ROLE / "templates").iterdir()]:
+        used |= set(re.findall(r"\bmnic_ops_[a-z_]+\b", f.read_text()))
+    registered = {"mnic_ops_installed", "mnic_ops_wheel_dir", "mnic_ops_wheel",
+                  "mnic_ops_pip", "mnic_ops_docs"}
+    assert used - registered <= set(defaults) | set(internal), used - set(defaults)
+
+
+def test_meta_platforms_can_run_the_package() -> None:
+    """The platforms meta/main.yml lists ship a Python that requires-python accepts."""
+    python_of = {("Debian", "bookworm"): (3, 11), ("Debian", "trixie"): (3, 13),
+                 ("Ubuntu", "jammy"): (3, 10), ("Ubuntu", "noble"): (3, 12)}
+    req = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    m = re.fullmatch(r">=(\d+)\.(\d+)", req)
+    assert m, req
+    minimum = (int(m.group(1)), int(m.group(2)))
+    meta = yaml.safe_load((ROLE / "meta/main.yml").read_text())
+    listed = [(p["name"], v) for p in meta["galaxy_info"]["platforms"] for v in p["versions"]]
+    assert listed
+    for platform in listed:
+        assert platform in python_of, f"{platform}: which Python does it ship?"
+        assert python_of[platform] >= minimum, f"{platform} cannot run {req}"
+
+
+def test_requirements_pin_every_collection_used_at_the_tested_version() -> None:
+    """requirements.yml names every collection the playbook and role use (by FQCN),
+    pinned to exactly the version CI runs with."""
+    used = set()
+    for f in [*REPO.glob("playbooks/**/*.yml"), *ROLE.glob("**/*.yml")]:
+        for ns, coll in re.findall(r"^\s*-?\s*([a-z_]+)\.([a-z_]+)\.[a-z_]+:\s*$",
+                                   f.read_text(), re.M):
+            if ns != "ansible" or coll != "builtin":
+                used.add(f"{ns}.{coll}")
+    req = yaml.safe_load((REPO / "requirements.yml").read_text())
+    pins = {c["name"]: c["version"] for c in req["collections"]}
+    assert used and used == set(pins), (used, pins)
+    collections = Path(yaml.__file__).parent.parent / "ansible_collections"
+    if not collections.is_dir():
+        pytest.skip("the ansible package (test extra) is not installed")
+    for name, version in pins.items():
+        manifest = collections / name.replace(".", "/") / "MANIFEST.json"
+        tested = json.loads(manifest.read_text())["collection_info"]["version"]
+        assert version == tested, f"{name}: pinned {version}, CI runs {tested}"
+
+
+def test_vagrant_and_qemu_harness_share_playbook_and_variables() -> None:
+    """The Vagrantfile passes tests/vm/site-vars.yml, which names the SSD as the
+    harness attaches it, and installs Ansible in a way bookworm accepts."""
+    from tests.vm.conftest import SITE_PLAYBOOK, site_vars
+    from tests.vm.machine import SSD_BY_ID
+
+    vagrantfile = (REPO / "Vagrantfile").read_text()
+    code = "\n".join(ln.split("#")[0] for ln in vagrantfile.splitlines())
+    assert 'File.join(__dir__, "tests", "vm", "site-vars.yml")' in code
+    assert "ansible.extra_vars = SITE_VARS" in code
+    assert f'ansible.playbook = "{SITE_PLAYBOOK.relative_to(REPO)}"' in code
+    assert re.search(r'install_mode\s*=\s*"default"', code)
+    assert "pip install" not in code and "pip_install_cmd" not in code
+    assert 'serial: "mnic-ssd"' in code and SSD_BY_ID.endswith("_mnic-ssd")
+    assert site_vars()["mnic_ops_ssd_device"] == SSD_BY_ID

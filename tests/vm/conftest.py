@@ -16,9 +16,9 @@ Fixtures (all session scope, per class where they depend on ``host_class``):
 - ``mnic_vm``: the same guest with mnic-ops installed in /opt/mnic-ops from the wheels
   (``vm.mnic(*args)`` runs it).
 - ``provisioned_vm``: the same guest with a framework install (user alice) after
-  ``playbooks/site.yml`` (the playbook the Vagrantfile uses) applied ``roles/mnic_ops``
-  over SSH, in two runs: tool and config only (the state "before provisioning" is
-  recorded then), then the full provision.
+  ``playbooks/site.yml`` (the playbook and variables the Vagrantfile uses) applied
+  ``roles/mnic_ops`` over SSH, in two runs: ``--check --diff`` (nothing may change),
+  then for real; the state "before provisioning" is recorded before both.
 
 All three are the same VM per class: what one test changes, later tests of the class see
 (test modules run in file order, tests in definition order).
@@ -26,9 +26,9 @@ All three are the same VM per class: what one test changes, later tests of the c
 Environment: ``MNIC_OPS_VM_CACHE`` (image cache folder), ``MNIC_OPS_VM_MIRROR``
 (Debian mirror; default: the one apt uses), ``MNIC_OPS_VM_BOOT_TIMEOUT`` (seconds),
 ``MNIC_OPS_VM_FULL`` (comma-separated classes that get the whole provisioning flow of
-test_vm_provisioned.py; default: all. The other classes get test_vm.py's checks only:
-boot, firmware chassis and detect, SSD, testinfra. CI sets one class per commit, since
-the whole flow takes about 8 minutes per class under emulation.)
+test_vm_provisioned.py; default: all, which is what CI runs. The other classes get
+test_vm.py's checks only: boot, firmware chassis and detect, SSD, testinfra; useful to
+try one class's flow, about 10 minutes under emulation, while working on it.)
 """
 
 from __future__ import annotations
@@ -50,12 +50,13 @@ import pytest
 from tests.conftest import REPO
 from tests.testhost import write_project
 from tests.vm.image import GUEST_SHARE, Image, ImageError, ensure_image
-from tests.vm.machine import SSD_BY_ID, VM, GuestResult, HostClass, Keys, VMError, load_classes
+from tests.vm.machine import VM, GuestResult, HostClass, Keys, VMError, load_classes
 
 HERE = Path(__file__).resolve().parent
 CLASSES = load_classes()
 BOOT_TIMEOUT = float(os.environ.get("MNIC_OPS_VM_BOOT_TIMEOUT", "600"))
 SITE_PLAYBOOK = REPO / "playbooks" / "site.yml"
+SITE_VARS = HERE / "site-vars.yml"
 PROJECT = "/home/alice/proj"
 SSD_MOUNT = "/mnt/ssd"
 # Files the tests write into the install start with this; the before/after comparison
@@ -65,6 +66,11 @@ TEST_PREFIX = "vmtest-"
 STATE_ROOTS = ("/etc", "/home/alice", SSD_MOUNT)
 # sshd's host key is installed anew by the image's seed unit at every boot.
 STATE_SKIP = (TEST_PREFIX, "ssh_host_")
+# What a check-mode run must leave as it was: the above, the tool's venv (bytecode
+# caches aside: Python writes them when mnic-ops runs), the wheel folder, mnic-ops's
+# journal and backups.
+CHECK_ROOTS = (*STATE_ROOTS, "/opt/mnic-ops", "/var/cache/mnic-ops", "/var/lib/mnic-ops")
+CHECK_SKIP = (*STATE_SKIP, "__pycache__")
 
 # Measurements shown at the end of the run (pytest -m vm prints them).
 TIMINGS: dict[str, str] = {}
@@ -207,22 +213,23 @@ def mnic_vm(vm: VM) -> VM:
     return vm
 
 
+def site_vars() -> dict[str, Any]:
+    """The variables the Vagrantfile passes too (tests/vm/site-vars.yml)."""
+    import yaml
+
+    data = yaml.safe_load(SITE_VARS.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
 def role_vars(vm: VM, **override: Any) -> list[str]:
-    """Extra vars for playbooks/site.yml on a test VM, as an admin of an offline host
-    would pass them: wheels from the share, the SSD by id for the pre-tasks, fstab
-    applied; the class is not set (the firmware decides). Cron runs the compress pass
-    every minute and the watcher settles checkpoints after 2 s, so both can be seen
-    working within a test."""
-    ev: dict[str, Any] = {
-        "mnic_ops_install_source": "mnic-ops",
-        "mnic_ops_pip_extra_args": f"--no-index --find-links {vm.guest_wheels}",
-        "mnic_ops_ssd_device": SSD_BY_ID,
-        "mnic_ops_ssd_mount": SSD_MOUNT,
-        "mnic_ops_apply_fstab": True,
-        "mnic_ops_settings": {"cron": {"compress_schedule": "* * * * *"},
-                              "watch": {"settle_seconds": {"checkpoints": 2}}},
-        **override,
-    }
+    """Extra vars for playbooks/site.yml on a test VM: those of site-vars.yml, the same
+    as the Vagrant VMs get (the SSD by id for the pre-tasks, fstab applied, cron every
+    minute, a 2 s settle time for checkpoints; no class: the firmware decides), plus the
+    one thing an offline host needs: mnic-ops's dependencies from a wheelhouse (the
+    share). mnic-ops itself is the role's default, a wheel of this checkout built on
+    the controller."""
+    ev: dict[str, Any] = {**site_vars(), "mnic_ops_wheelhouse": vm.guest_wheels, **override}
     return ["-e", json.dumps(ev)]
 
 
@@ -247,6 +254,9 @@ class Provisioned:
     vm: VM
     before: dict[str, list[object]]  # STATE_ROOTS just before the role run
     fstab_before: str
+    check: GuestResult  # the role run with --check --diff, first
+    checked: tuple[dict[str, list[object]], dict[str, list[object]]]  # CHECK_ROOTS
+    # before and after it
     first: GuestResult  # the role run
     aged: list[str]  # session files backdated 10 days, written right after provisioning
     aged_at: float  # guest clock (epoch seconds) when they were written
@@ -254,17 +264,27 @@ class Provisioned:
 
 @pytest.fixture(scope="session")
 def provisioned_vm(mnic_vm: VM) -> Provisioned:
-    """The guest after one run of playbooks/site.yml over SSH, as an admin would do it
-    (pre-tasks format and mount the SSD; the role writes its config and provisions).
-    ``before`` is the state just before that run. Right after it, session files 10 days
-    old are written for the cron test: the job runs every minute, so by the time that
-    test looks, cron has had its chance."""
+    """The guest after one run of playbooks/site.yml over SSH, as an admin would do it:
+    first with ``--check --diff`` (what would change, shown; nothing changed), then for
+    real (pre-tasks format and mount the SSD; the role writes its config and
+    provisions). ``before`` is the state just before those runs. Right after them,
+    session files 10 days old are written for the cron test: the job runs every minute,
+    so by the time that test looks, cron has had its chance."""
     vm = mnic_vm
     add_project(vm)
     before = vm.state(*STATE_ROOTS, skip=STATE_SKIP)
     fstab = vm.run("cat /etc/fstab", check=True).stdout
     t0 = time.monotonic()
-    first = vm.ansible_playbook(SITE_PLAYBOOK, *role_vars(vm))
+    checked_before = vm.state(*CHECK_ROOTS, skip=CHECK_SKIP)
+    t1 = time.monotonic()
+    check = vm.ansible_playbook(SITE_PLAYBOOK, *role_vars(vm), "--check", "--diff")
+    t2 = time.monotonic()
+    checked_after = vm.state(*CHECK_ROOTS, skip=CHECK_SKIP)
+    TIMINGS[f"{vm.cls.name} role run (--check --diff)"] = (
+        f"{t2 - t1:.0f} s (+ {time.monotonic() - t0 - (t2 - t1):.0f} s for the two "
+        "snapshots)")
+    t0 = time.monotonic()
+    first = vm.ansible_playbook(SITE_PLAYBOOK, *role_vars(vm), "--diff")
     assert first.rc == 0, f"role run failed:\n{first}"
     TIMINGS[f"{vm.cls.name} role run"] = f"{time.monotonic() - t0:.0f} s"
     sessions = f"{PROJECT}/project_archive/sessions"
@@ -272,4 +292,5 @@ def provisioned_vm(mnic_vm: VM) -> Provisioned:
     r = vm.run("set -e; " + "; ".join(
         f"runuser -u alice -- sh -c 'seq 1 5000 > {p} && touch -d \"10 days ago\" {p}'"
         for p in aged) + "; date +%s", check=True)
-    return Provisioned(vm, before, fstab, first, aged, float(r.stdout.split()[-1]))
+    return Provisioned(vm, before, fstab, check, (checked_before, checked_after), first,
+                       aged, float(r.stdout.split()[-1]))

@@ -1,5 +1,6 @@
 """Issue 10, the run for each class: playbooks/site.yml applies roles/mnic_ops to the VM
-over SSH (SSD formatted and mounted by the playbook's pre-tasks, fstab applied); the
+over SSH, first in check mode with diffs (issue 17: nothing changes), then for real (SSD
+formatted and mounted by the playbook's pre-tasks, fstab applied); the
 testinfra suite of tests/infra checks the host over SSH; then, on the real systemd, cron
 and disks of the guest: the watcher compresses a file written there, the cron job fires
 under the cron service, sessions and checkpoints live on the non-rotational disk with
@@ -68,12 +69,57 @@ def _watcher_compresses(vm: VM, path: str, timeout: float = 120) -> None:
     assert owner == "alice:alice"
 
 
+def _task_output(stdout: str, task: str) -> str:
+    """What ansible-playbook printed for one task (its banner to the next)."""
+    parts = stdout.split(f"TASK [{task}]")
+    assert len(parts) == 2, f"task {task!r} not run once in:\n{stdout}"
+    return parts[1].split("\nTASK [")[0].split("\nRUNNING HANDLER [")[0]
+
+
+def _same_entry(a: list[object] | None, b: list[object] | None) -> bool:
+    """Two state records of one path: equal, or both folders with the same type, mode
+    and owner (a folder's mtime records that entries came and went)."""
+    return a == b or (a is not None and b is not None and a[0] == b[0] == "dir"
+                      and a[:4] == b[:4])
+
+
+def test_check_run_first_shows_diffs_and_changes_nothing(provisioned_vm: Provisioned) -> None:
+    """``ansible-playbook --check --diff`` before anything is provisioned: the module's
+    task reports changed and shows each file mnic-ops would write as a diff, planned
+    against the config the role would write (cron every minute, from site-vars.yml);
+    nothing in the guest changes."""
+    p = provisioned_vm
+    c = p.check
+    assert c.rc == 0, str(c)
+    counts = recap(c)
+    assert counts["failed"] == 0 and counts["changed"] >= 1, c.stdout
+    task = _task_output(c.stdout, "mnic_ops : Provision the host with mnic-ops")
+    assert "changed: [" in task, task
+    assert "+++ after: /etc/cron.d/mnic-ops" in task, task
+    assert f"+* * * * * root {MNIC} clean >>" in task, task
+    assert f"+++ after: {PROJECT}/.claude/config/parallel-agents-config.json" in task
+    assert f"+++ after: /etc/systemd/system/{UNIT}" in task
+    # The config itself: the template task's own diff (a new file).
+    config = _task_output(c.stdout, "mnic_ops : Write the mnic-ops configuration")
+    assert "changed: [" in config and "+apply_fstab = true" in config, config
+    # Every entry as it was; folders by type, mode and owner: running mnic-ops writes
+    # Python's bytecode caches (left out), which moves their folders' mtimes.
+    before, after = p.checked
+    diff = sorted(k for k in before.keys() | after.keys() if not _same_entry(before.get(k),
+                                                                            after.get(k)))
+    assert not diff, "changed by a --check run:\n" + "\n".join(
+        f"{k}: {before.get(k)} -> {after.get(k)}" for k in diff[:30])
+
+
 def test_role_provisions_the_vm_over_ssh(provisioned_vm: Provisioned,
                                          host_class: HostClass) -> None:
     p = provisioned_vm
     counts = recap(p.first)
     assert counts["failed"] == 0 and counts["unreachable"] == 0, p.first.stdout
     assert counts["changed"] >= 1, p.first.stdout
+    # --diff: the module's task shows what it changed, file by file.
+    task = _task_output(p.first.stdout, "mnic_ops : Provision the host with mnic-ops")
+    assert "changed: [" in task and "+++ after: /etc/cron.d/mnic-ops" in task, task
     # The class came from the firmware: the role set no override.
     config = p.vm.run("cat /etc/mnic-ops/config.toml", check=True).stdout
     assert "host_class" not in config, config
@@ -165,6 +211,8 @@ def test_second_role_run_changes_nothing(provisioned_vm: Provisioned) -> None:
     TIMINGS[f"{vm.cls.name} role (again)"] = f"{time.monotonic() - t0:.0f} s"
     assert r.rc == 0, str(r)
     counts = recap(r)
+    assert "changed: [" not in _task_output(r.stdout, "mnic_ops : Provision the host "
+                                                      "with mnic-ops")
     assert counts["changed"] == 0 and counts["failed"] == 0, \
         r.stdout + "\n--- what mnic-ops journalled (newest last) ---\n" + \
         "\n".join(vm.mnic("undo", "--list").stdout.splitlines()[-15:])
@@ -193,12 +241,8 @@ def test_undo_all_restores_the_state_before_provisioning(
     # renamed over a config, a unit installed and removed), which undo cannot take back.
     ignore = admins | {"/etc/fstab"}
 
-    def same(k: str) -> bool:
-        a, b = p.before.get(k), after.get(k)
-        return a == b or (a is not None and b is not None and a[0] == b[0] == "dir"
-                          and a[:4] == b[:4])
-
-    diff = sorted(k for k in (p.before.keys() | after.keys()) - ignore if not same(k))
+    diff = sorted(k for k in (p.before.keys() | after.keys()) - ignore
+                  if not _same_entry(p.before.get(k), after.get(k)))
     assert not diff, "differs after undo --all:\n" + "\n".join(
         f"{k}: {p.before.get(k)} -> {after.get(k)}" for k in diff[:30])
     assert vm.run(f"systemctl is-active {UNIT}").stdout.strip() != "active"
