@@ -63,7 +63,9 @@ FRESH: list[tuple[list[str], int | tuple[int, ...]]] = [
     (["cron", "install", "--check"], 3), (["cron", "remove", "--check"], 0),
     (["cron", "show"], 0), (["watch", "--check"], 0),
     (["watch", "--install-unit", "--check"], 3), (["watch", "--remove-unit", "--check"], 0),
-    (["provision", "--check"], 3), (["verify"], 1), (["doctor"], (0, 1)), (["status"], 1),
+    (["provision", "--check"], 3), (["provision", "--check", "--diff"], 3),
+    (["render", "--check", "--diff"], 3), (["verify"], 1), (["doctor"], (0, 1)),
+    (["status"], 1),
     (["completion", "bash"], 0), (["completion", "zsh"], 0), (["completion", "fish"], 0),
     (["manpage"], 0)]
 PROVISIONED: list[tuple[list[str], int | tuple[int, ...]]] = [
@@ -98,6 +100,12 @@ def test_fresh_host(fresh: Path, args: list[str], code: int) -> None:
                          ids=[" ".join(a) for a, _ in PROVISIONED])
 def test_provisioned_host(provisioned: Path, args: list[str], code: int) -> None:
     run_json(provisioned, args, code)
+
+
+def test_diff_adds_the_whole_texts(fresh: Path) -> None:
+    doc = run_json(fresh, ["cron", "install", "--check", "--diff"], 3)
+    [item] = doc["items"]
+    assert item["before"] == "" and "mnic-ops:compress" in item["after"]
 
 
 def test_changes_and_their_undo(tmp_path: Path) -> None:
