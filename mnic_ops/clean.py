@@ -612,6 +612,32 @@ def _totals(reports: list[ProjectReport], check: bool = False) -> dict[str, Any]
     return out
 
 
+def _counts(reports: list[ProjectReport], check: bool, failed_installs: int
+            ) -> dict[str, int]:
+    """Installs by outcome, in the words of every plan's ``counts`` (a script reads
+    ``counts.pending``/``counts.failed`` the same way for clean as for provision):
+    locked -> skipped; a file or class that failed -> failed; --check with work to do
+    -> pending; something compressed, expired or restored -> changed; else ok.
+    ``failed_installs``: those that failed before their pass (data map)."""
+    c = {"ok": 0, "changed": 0, "failed": failed_installs, "skipped": 0, "pending": 0}
+    for r in reports:
+        t = _totals([r], check)
+        if r.status == "locked":
+            state = "skipped"
+        elif t["failed"] or t["retention_failed"]:
+            state = "failed"
+        elif check:
+            state = "pending" if (t["would_compress"] or t["would_expire"]
+                                  or t["retention_would_expire"]
+                                  or t["retention_would_restore"]) else "ok"
+        else:
+            state = "changed" if (t["compressed"] + t["finished"] + t["expired"]
+                                  + t["recovered"] + t["retention_expired"]
+                                  + t["retention_restored"]) else "ok"
+        c[state] += 1
+    return c
+
+
 def _retention_lines(k: KindReport, check: bool, verbose: int) -> list[str]:
     r = k.retention
     if r is None or (r.status == "off" and not verbose and not r.restored):
@@ -846,7 +872,9 @@ def clean_cmd(app: AppContext, check: bool, as_json: bool, only: str | None, wai
             "duration_seconds": round(duration, 3), "textfile": textfile,
             "projects": [{"project": r.project, "status": r.status,
                           "kinds": {k: v.to_json(check) for k, v in r.kinds.items()}}
-                         for r in reports], "totals": totals}
+                         for r in reports], "totals": totals,
+            "counts": _counts(reports, check, len({f.install for f in app.failures}
+                                                  - {r.project for r in reports}))}
     if wait > 0:  # asked to wait, and the lock never came: the work was not done
         data["errors"] = [{"message": f"{printable(r.project)}: another pass held its lock "
                                       f"for the {wait:g} s waited; not cleaned"}

@@ -34,6 +34,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "provision": "mnic_ops.provision:provision_cmd",
     "verify": "mnic_ops.provision:verify_cmd",
     "doctor": "mnic_ops.doctor:doctor_cmd",
+    "status": "mnic_ops.status:status_cmd",
     "completion": "mnic_ops.completion:completion_cmd",
     "manpage": "mnic_ops.completion:manpage_cmd",
 }

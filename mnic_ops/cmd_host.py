@@ -145,12 +145,35 @@ def undo_cmd(app: AppContext, which: str | None, list_only: bool, check: bool,
         if not chosen:
             raise InputError(f"{change_id}: no such recorded change (see `mnic-ops undo "
                              "--list`)")
+    order = sorted(chosen, key=lambda e: e["time"], reverse=True)  # as undo reverts
     if check:
-        emit(app, {"would_revert": chosen}, lambda: "\n".join(
-            f"would revert: {e['entry']} {e['change']} {e['description']}"
-            for e in reversed(chosen)) or "nothing to revert")
+        items = [_undo_item(e, "pending") for e in order]
+        emit(app, {"check": True, "items": items, "counts": _counts(items)},
+             lambda: "\n".join(f"would revert: {e['entry']} {e['change']} "
+                               f"{e['description']}" for e in order)
+             or "nothing to revert")
         return EXIT_PENDING if chosen else EXIT_OK
     results = changes.undo_entries(app.root, chosen)
-    emit(app, {"reverted": results}, lambda: "\n".join(
+    done = {r["entry"]: r["result"] for r in results}
+    items = [_undo_item(e, "changed", done[e["entry"]]) if e["entry"] in done
+             else _undo_item(e, "failed") for e in order]
+    emit(app, {"check": False, "items": items, "counts": _counts(items)}, lambda: "\n".join(
         f"reverted: {r['change']}: {r['result']}" for r in results) or "nothing to revert")
     return EXIT_OK if len(results) == len(chosen) else EXIT_FAILURE
+
+
+def _undo_item(e: dict[str, Any], state: str, result: str | None = None) -> dict[str, Any]:
+    """A journal entry as a plan item (the shape of every --check): id is the entry id
+    (what ``undo CHANGE-ID`` takes), ``data`` names the change it reverts."""
+    data = {k: e.get(k) for k in ("entry", "change", "command", "time", "kind")}
+    if result is not None:
+        data["result"] = result
+    return {"id": e["entry"], "description": f"revert {e['change']}: {e['description']}",
+            "state": state, "data": data}
+
+
+def _counts(items: list[dict[str, Any]]) -> dict[str, int]:
+    c = {"ok": 0, "changed": 0, "failed": 0, "skipped": 0, "pending": 0}
+    for i in items:
+        c[i["state"]] += 1
+    return c

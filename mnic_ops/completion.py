@@ -31,8 +31,21 @@ def completion_cmd(ctx: click.Context, shell: str) -> int:
     cls = get_completion_class(shell)
     assert cls is not None  # the Choice above admits only shells click knows
     top = ctx.find_root().command
-    click.echo(cls(top, {}, PROG, COMPLETE_VAR).source(), nl=False)
+    _print(ctx, {"shell": shell, "script": cls(top, {}, PROG, COMPLETE_VAR).source()},
+           "script")
     return EXIT_OK
+
+
+def _print(ctx: click.Context, data: dict[str, str], key: str) -> None:
+    """The text as it is (no colour, no change of its last newline); with --json the
+    one document, the text under ``key``."""
+    from mnic_ops.output import AppContext, emit
+
+    app = ctx.find_object(AppContext)
+    if app is not None and app.json:
+        emit(app, data, "")
+    else:
+        click.echo(data[key], nl=False)
 
 
 def _roff(text: str) -> str:
@@ -113,5 +126,5 @@ def manpage_cmd(ctx: click.Context) -> int:
     """
     root = ctx.find_root()
     assert isinstance(root.command, click.Group)
-    click.echo(render(root.command, root), nl=False)
+    _print(ctx, {"manpage": render(root.command, root)}, "manpage")
     return EXIT_OK

@@ -124,7 +124,8 @@ def document(command: str, exit_code: int, data: dict[str, Any] | None = None,
     the command's own keys, then every error."""
     data = dict(data or {})
     errs = [*data.pop("errors", []), *(errors or [])]
-    ok = exit_code in (EXIT_OK, EXIT_PENDING) and bool(data.pop("ok", True))
+    own_ok = bool(data.pop("ok", True))  # popped first: the key must not survive below
+    ok = exit_code in (EXIT_OK, EXIT_PENDING) and own_ok
     data.pop("command", None)
     data.pop("schema_version", None)
     return {"schema_version": SCHEMA_VERSION, "command": command, "ok": ok, **data,

@@ -493,31 +493,110 @@ def find_projects(root: HostRoot, cfg: Config) -> list[Project]:
     return [load_project_or_failure(root, h, lay, names) for h, lay in found]
 
 
+def is_path_arg(name: str) -> bool:
+    """A PROJECT argument that is a path (absolute, ``.``, ``..``, or with a ``/``),
+    not an install's folder name."""
+    return name in (".", "..") or "/" in name
+
+
+def host_path_of(root: HostRoot, name: str, cwd: str | None = None) -> str:
+    """The host path a PROJECT path stands for: absolute ones as given (normalised);
+    relative ones resolved against the current directory, which under ``--root`` must
+    lie inside the root (its real path is mapped back to the host path)."""
+    if name.startswith("/"):
+        return os.path.normpath(name)
+    here = cwd if cwd is not None else os.getcwd()
+    real = os.path.normpath(os.path.join(here, name))
+    if root.root == Path("/"):
+        return real
+    for base in dict.fromkeys((str(root.root), os.path.realpath(root.root))):
+        if real == base or real.startswith(base.rstrip("/") + "/"):
+            rel = os.path.relpath(real, base)
+            return "/" if rel == "." else "/" + rel
+    raise InputError(f"{name}: resolves to {real}, which is outside --root {root.root}; "
+                     "give the install's host path (absolute) instead")
+
+
+def resolve_args(app: AppContext, names: Sequence[str], cwd: str | None = None
+                 ) -> list[str]:
+    """PROJECT arguments as :func:`select_projects` reads them: a path becomes the host
+    path it stands for; a bare name stays a name unless ``./NAME`` is itself a framework
+    install, which then wins (the folder in front of the admin). For a unit or cron line
+    that runs elsewhere, whose working directory is not the admin's."""
+    out: list[str] = []
+    for name in names:
+        if is_path_arg(name):
+            out.append(host_path_of(app.root, name, cwd))
+            continue
+        try:
+            here = host_path_of(app.root, name, cwd)
+        except InputError:
+            out.append(name)  # the cwd is outside --root: the name is an install name
+            continue
+        real = app.root.path(here)
+        out.append(here if not os.path.islink(real) and layout_of(app.root, here)
+                   else name)
+    return out
+
+
+def _enclosing_install(root: HostRoot, host_path: str) -> str | None:
+    """The install a path lies inside (for a hint when a subfolder is named)."""
+    p = os.path.dirname(host_path)
+    while p not in ("/", ""):
+        if layout_of(root, p):
+            return p
+        p = os.path.dirname(p)
+    return None
+
+
+def _folder_hint(root: HostRoot, name: str) -> str:
+    """For a bare name that is also a folder here: say why it was not taken."""
+    try:
+        here = host_path_of(root, name)
+    except InputError:
+        return ""
+    if not _is_dir_nofollow(root.path(here)):
+        return ""
+    inside = _enclosing_install(root, here)
+    return (f"; ./{name} is a folder inside the install {inside}, not an install"
+            if inside else f"; ./{name} is a folder but not a framework install")
+
+
 def select_projects(app: AppContext, names: Sequence[str]) -> list[Project]:
-    """The installs named on the command line (host path or unique folder name); all
-    found ones when none is named. An unknown or ambiguous name is an input error. An
-    install whose data map failed is recorded on ``app.failures`` and left out."""
+    """The installs named on the command line; all found ones when none is named.
+
+    A PROJECT is a host path (absolute), a path relative to the current directory
+    (``.``, ``..`` or anything with a ``/``; under ``--root`` it must lie inside the
+    root), or a bare name: when ``./NAME`` is a framework install, that install,
+    else the found install whose folder is named NAME (unique). An unknown or
+    ambiguous name is an input error. An install whose data map failed is recorded
+    on ``app.failures`` and left out."""
     found = find_projects(app.root, app.config)
     if not names:
         return usable(app, found)
     out: list[Project] = []
-    for name in names:
+    for given, name in zip(names, resolve_args(app, names), strict=True):
         if name.startswith("/"):
             norm = os.path.normpath(name)
+            shown = given if given == norm else f"{given} ({norm})"
             match = [p for p in found if p.host_path == norm]
             if not match:
                 if os.path.islink(app.root.path(norm)):
-                    raise InputError(f"{name}: is a symlink; name the install folder itself")
+                    raise InputError(f"{shown}: is a symlink; name the install folder "
+                                     "itself")
                 lay = layout_of(app.root, norm)
                 if lay is None:
-                    raise InputError(f"{name}: not a framework install (expected "
-                                     ".claude/agents/ and .ai-tools/ in it)")
+                    inside = _enclosing_install(app.root, norm)
+                    hint = f"; it is inside the install {inside}" if inside else ""
+                    raise InputError(f"{shown}: not a framework install (expected "
+                                     f".claude/agents/ and .ai-tools/ in it){hint}")
                 match = [load_project_or_failure(app.root, norm, lay)]
         else:
             match = [p for p in found if p.name == name]
             if not match:
                 known = ", ".join(p.host_path for p in found) or "none found"
-                raise InputError(f"{name}: no such framework install (known: {known})")
+                raise InputError(f"{name}: no such framework install (known: {known})"
+                                 + _folder_hint(app.root, name))
             if len(match) > 1:
                 raise InputError(f"{name}: ambiguous, matches "
                                  + ", ".join(p.host_path for p in match)

@@ -281,15 +281,14 @@ def mismatches(item: Item) -> list[dict[str, Any]]:
     return [{"what": item.description, "expected": "as provisioned", "actual": "differs"}]
 
 
-@click.command("verify", epilog=EXIT_CODES_HELP)
-@click.option("--host-class", type=click.Choice(HOST_CLASSES), default=None,
-              help="Verify against this class instead of the detected one.")
-@click.pass_obj
-def verify_cmd(app: AppContext, host_class: str | None) -> int:
-    """Check that the host still matches what provision set; exit 1 on drift."""
+def verify_report(app: AppContext, host_class: str | None = None) -> dict[str, Any]:
+    """What ``verify`` reports, for ``verify`` and ``status``: provision's plan built
+    without applying it, each item ``ok``, ``skipped``, ``failed`` or ``drift`` (with
+    expected and actual), ``drift`` the number of items that are not as provisioned
+    (drift or failed), and ``counts`` per state."""
     plan, ctx = build(app, host_class, None, verifying=True)
     rows: list[dict[str, Any]] = []
-    drift = 0
+    counts = {"ok": 0, "drift": 0, "failed": 0, "skipped": 0}
     for item in plan.items:
         row: dict[str, Any] = {"id": item.id, "description": item.description}
         if item.state == OK:
@@ -298,16 +297,26 @@ def verify_cmd(app: AppContext, host_class: str | None) -> int:
             row["state"], row["reason"] = "skipped", item.reason
         elif item.state == FAILED:
             row["state"], row["error"] = "failed", item.error
-            drift += 1
         else:
             row["state"] = "drift"
             row["mismatches"] = mismatches(item)
-            drift += 1
+        counts[row["state"]] += 1
         rows.append(row)
-    data = {"class": ctx.host_class, "source": ctx.source, "drift": drift, "items": rows}
+    return {"class": ctx.host_class, "source": ctx.source, "check": True,
+            "drift": counts["drift"] + counts["failed"], "items": rows, "counts": counts}
+
+
+@click.command("verify", epilog=EXIT_CODES_HELP)
+@click.option("--host-class", type=click.Choice(HOST_CLASSES), default=None,
+              help="Verify against this class instead of the detected one.")
+@click.pass_obj
+def verify_cmd(app: AppContext, host_class: str | None) -> int:
+    """Check that the host still matches what provision set; exit 1 on drift."""
+    data = verify_report(app, host_class)
+    drift, rows = data["drift"], data["items"]
 
     def text() -> str:
-        lines = [f"host class {ctx.host_class} ({ctx.source})"]
+        lines = [f"host class {data['class']} ({data['source']})"]
         for r in rows:
             extra = f" ({r['reason']})" if r.get("reason") else ""
             extra += f": {r['error']}" if r.get("error") else ""

@@ -482,8 +482,11 @@ class Daemon:
 
     def say(self, event: str, text: str, **data: Any) -> None:
         """One line on stdout (JSON with --json): what the admin wants in the log."""
-        if self.app.json:
-            line = json.dumps({"event": event, "time": round(time.time(), 3), **data},
+        if self.app.json:  # one object per line, versioned like every document
+            from mnic_ops.output import SCHEMA_VERSION
+
+            line = json.dumps({"schema_version": SCHEMA_VERSION, "command": "watch",
+                               "event": event, "time": round(time.time(), 3), **data},
                               default=str)
         else:
             line = (time.strftime("%Y-%m-%d %H:%M:%S ") if self.timestamps else "") + text
@@ -1874,7 +1877,7 @@ def watch_cmd(app: AppContext, poll: bool, once_settled: bool, install_unit: boo
     """
     from mnic_ops.changes import Plan
     from mnic_ops.output import run_plan
-    from mnic_ops.projects import select_projects
+    from mnic_ops.projects import resolve_args, select_projects
 
     if install_unit and remove_unit:
         raise InputError("give --install-unit or --remove-unit, not both")
@@ -1883,7 +1886,9 @@ def watch_cmd(app: AppContext, poll: bool, once_settled: bool, install_unit: boo
             raise InputError("--once-settled and --service apply to the watcher itself, "
                              "not to --install-unit/--remove-unit")
         if install_unit:
-            extra = [*(["--poll"] if poll else []), *(["--", *names] if names else [])]
+            # the unit runs from /, not from here: relative paths become host paths
+            args = resolve_args(app, names)
+            extra = [*(["--poll"] if poll else []), *(["--", *args] if args else [])]
             items = plan_unit(app, select_projects(app, names), extra)
             cmd = "watch --install-unit"
         else:
