@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -23,9 +24,11 @@ CONFIG = ('host_class = "server"\nsearch_paths = ["/home"]\nssd_path = "/mnt/ssd
 
 
 def build_host(root: Path, *, config: str = CONFIG, files: int = 20) -> Path:
-    for d in ("etc/cron.d", "etc/systemd/system", "proc", "sys", "run", "var/lib", "home",
-              "opt", "srv", "root", "mnt/ssd"):
+    for d in ("etc/cron.d", "etc/systemd/system", "proc", "sys", "run/systemd/system",
+              "var/lib", "home", "opt", "srv", "root", "mnt/ssd", "usr/sbin"):
         (root / d).mkdir(parents=True, exist_ok=True)
+    # a cron daemon and a running systemd, as provision requires by default
+    shutil.copy("/bin/true", root / "usr/sbin/cron")
     disks: dict[str, str | bytes] = {}
     for disk, major_minor, rot in (("sda", 0, "1"), ("sdb", 16, "0")):
         disks.update({f"sys/block/{disk}/dev": f"8:{major_minor}\n",
