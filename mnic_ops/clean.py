@@ -11,6 +11,7 @@ does not grow with the tree. One pass per project at a time (a lock shared with
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
 import os
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mnic_ops import compress as cz
-from mnic_ops import installfail, linkrecords, policy, retention
+from mnic_ops import installfail, installroot, linkrecords, policy, retention
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, EXIT_PENDING, InputError
 from mnic_ops.hostroot import HostRoot
 from mnic_ops.policy import DAY, DEFAULTS, Policy, resolve_policy
@@ -85,7 +86,7 @@ class Job:
     component at a time without following links, and checked to be the same folder."""
 
     root: HostRoot
-    prefix: str  # host path opened normally (configured, admin-trusted)
+    prefix: str  # host path opened as given (the install root, or a recorded target base)
     parts: tuple[str, ...]  # components below it, opened with O_NOFOLLOW
     ident: tuple[int, int]
     compress: list[str]
@@ -93,15 +94,20 @@ class Job:
     stale: list[str]
     copts: cz.Options
     eopts: cz.Options
+    base_ident: installroot.Ident | None = None  # what ``prefix`` must be (install root)
 
 
 _worker_dir: dict[tuple[str, tuple[str, ...], tuple[int, int]], int] = {}
 
 
-def open_tree(root: HostRoot, prefix: str, parts: tuple[str, ...] = ()) -> int:
+def open_tree(root: HostRoot, prefix: str, parts: tuple[str, ...] = (),
+              base_ident: installroot.Ident | None = None) -> int:
+    """Open ``prefix`` (a final symlink refused; with ``base_ident``, checked to be the
+    install root the data map found) and each of ``parts`` with ``O_NOFOLLOW``."""
     fd = os.open(root.path(prefix), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
                  | os.O_CLOEXEC)
     try:
+        installroot.check(fd, base_ident, prefix)
         return cz.open_dir_nofollow(fd, parts)
     finally:
         os.close(fd)
@@ -115,7 +121,7 @@ def _job_dir(job: Job) -> int:
     for old in _worker_dir.values():
         os.close(old)
     _worker_dir.clear()
-    fd = open_tree(job.root, job.prefix, job.parts)
+    fd = open_tree(job.root, job.prefix, job.parts, job.base_ident)
     st = os.fstat(fd)
     if (st.st_dev, st.st_ino) != job.ident:
         os.close(fd)
@@ -129,7 +135,7 @@ def run_job(job: Job) -> list[cz.Outcome]:
     try:
         dfd = _job_dir(job)
     except OSError as exc:
-        reason = "changed" if exc.errno in (2, 20, 40) else "unreadable_dir"
+        reason = "changed" if exc.errno in (2, 20, 40, errno.ESTALE) else "unreadable_dir"
         return [cz.Outcome(n, cz.SKIPPED, reason, exc.strerror or "")
                 for n in [*job.stale, *job.compress, *job.expire]]
     out = [cz.recover_stale(dfd, n, job.copts) for n in job.stale]
@@ -376,6 +382,8 @@ class Pass:
         prefix, parts = where.prefix or "/", where.parts
         try:
             top = linkrecords.open_location(self.root, where)
+        except installroot.Replaced:
+            raise  # the install's path leads elsewhere now: the install fails, reported
         except OSError as exc:
             if exc.errno in (40, 20):  # ELOOP, ENOTDIR: a link in the way
                 rep.note = "a symlink is in the way: not followed"
@@ -406,7 +414,8 @@ class Pass:
                                max_mtime=cut_c)
             eopts = cz.Options(dev=dev, max_mtime=cut_e)
             for reldir, dparts, ident, entries in self._walk(top, dev, rep):
-                batch = Job(self.root, prefix, parts + dparts, ident, [], [], [], copts, eopts)
+                batch = Job(self.root, prefix, parts + dparts, ident, [], [], [], copts, eopts,
+                            where.base_ident)
                 for name, st in entries:
                     rel = f"{reldir}/{name}" if reldir else name
                     if cz.is_ours(name):

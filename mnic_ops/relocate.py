@@ -252,7 +252,10 @@ class _Move:
                 "project": self.project.host_path, "public": self.data.host_path,
                 "public_rel": self.rel, "dest_base": self.dest_base,
                 "dest_rel": self.dest_rel, "link_text": self.dest_host,
-                "owner": [self.project.uid, self.project.gid]}
+                "owner": [self.project.uid, self.project.gid],
+                # the install root as found: every open of it checks it (a user may
+                # rename a folder above it and put a link to someone else's there)
+                "root_ident": list(self.project.ident) if self.project.ident else None}
 
 
 def _rel_in_project(p: Project, d: DataDir) -> str:
@@ -438,7 +441,10 @@ def _progress_for(app: AppContext, mv: _Move) -> Any:
 
 
 def _places(root: HostRoot, rec: dict[str, Any]) -> tuple[treemove.Place, treemove.Place]:
-    return (treemove.Place(str(root.path(rec["project"])), rec["public_rel"]),
+    """The data folder (below the install root, checked to be the one found) and its
+    place on the target (below the admin's target base)."""
+    return (treemove.Place(str(root.path(rec["project"])), rec["public_rel"],
+                           rec.get("root_ident")),
             treemove.Place(str(root.path(rec["dest_base"])), rec["dest_rel"]))
 
 
@@ -506,13 +512,13 @@ def _do_out(app: AppContext, mv: _Move, jdir: Path, bar: Any) -> treemove.MoveRe
 def _out(root: HostRoot, rec: dict[str, Any], jdir: Path, bar: Any,
          from_disk: bool = True) -> treemove.MoveResult | None:
     pub, dst = _places(root, rec)
-    kind, text = _lkind(pub.path)
+    kind, text, uid = pub.state()
     if kind == "link" and text == rec["link_text"]:
         sync_record(root, rec)
         return None  # already there (an interrupted run was completed by recovery)
-    if kind == "dir" and os.lstat(pub.path).st_uid != rec["owner"][0]:
-        raise OpsError(f"{rec['public']}: now owned by uid {os.lstat(pub.path).st_uid}, "
-                       f"not by the install's owner (uid {rec['owner'][0]}); not moved")
+    if kind == "dir" and uid != rec["owner"][0]:
+        raise OpsError(f"{rec['public']}: now owned by uid {uid}, not by the install's "
+                       f"owner (uid {rec['owner'][0]}); not moved")
     _ensure_project_dir(root, rec)
     # The record first: a link of mnic-ops's own making never exists without it.
     linkrecords.add(root, linkrecords.LinkRecord.from_move(rec))
@@ -520,10 +526,11 @@ def _out(root: HostRoot, rec: dict[str, Any], jdir: Path, bar: Any,
         with bar or _null() as progress:
             res = treemove.link_out(pub, dst, rec["link_text"], jdir,
                                     owner=(rec["owner"][0], rec["owner"][1]),
-                                    progress=progress, verify_from_disk=from_disk, meta=rec)
+                                    progress=progress, verify_from_disk=from_disk, meta=rec,
+                                    source_owner=rec["owner"][0])
     finally:
         sync_record(root, rec)
-    kind, text = _lkind(pub.path)
+    kind, text, _uid = pub.state()
     if kind != "link" or text != rec["link_text"] or not dst.path.is_dir():
         raise OpsError(f"{rec['public']}: after the move it is not the link to "
                        f"{rec['link_text']}")
@@ -538,7 +545,7 @@ def _do_back(app: AppContext, mv: _Move, jdir: Path, bar: Any) -> treemove.MoveR
 def _back(root: HostRoot, rec: dict[str, Any], jdir: Path, bar: Any,
           from_disk: bool = True) -> treemove.MoveResult | None:
     pub, dst = _places(root, rec)
-    kind, _ = _lkind(pub.path)
+    kind = pub.state()[0]
     if kind == "dir":
         sync_record(root, rec)
         return None
@@ -548,7 +555,7 @@ def _back(root: HostRoot, rec: dict[str, Any], jdir: Path, bar: Any,
                                      verify_from_disk=from_disk, meta=rec)
     finally:
         sync_record(root, rec)
-    if _lkind(pub.path)[0] != "dir":
+    if pub.state()[0] != "dir":
         raise OpsError(f"{rec['public']}: after moving back it is not a folder")
     if rec.get("dest_rel", "").count("/") == 1:
         _remove_project_dir_if_empty(root, rec)
@@ -560,18 +567,6 @@ def _null() -> Iterator[None]:
     yield None
 
 
-def _lkind(p: Path) -> tuple[str, str | None]:
-    try:
-        return "link", os.readlink(p)  # a link at this instant (no lstat-then-readlink race)
-    except OSError:
-        pass
-    try:
-        st = os.lstat(p)
-    except FileNotFoundError:
-        return "absent", None
-    return ("dir" if stat.S_ISDIR(st.st_mode) else "other"), None
-
-
 def sync_record(root: HostRoot, rec: dict[str, Any]) -> None:
     """Keep the link record (:mod:`mnic_ops.linkrecords`) in step with the disk after a
     move, its recovery or its undo: the data folder is the link this move makes ->
@@ -581,7 +576,12 @@ def sync_record(root: HostRoot, rec: dict[str, Any]) -> None:
     except (ValueError, KeyError, TypeError, IndexError):
         return  # not a relocate record (a bare treemove journal): nothing to keep
     pub, _dst = _places(root, rec)
-    kind, text = _lkind(pub.path)
+    try:
+        kind, text, _uid = pub.state()
+    except (OSError, OpsError) as exc:  # cannot tell (the install replaced): left as is
+        log.warning("%s: link record left as it is: %s", rec.get("public"),
+                    exc.strerror if isinstance(exc, OSError) else exc.message)
+        return
     if kind == "link" and text == lr.link_text:
         linkrecords.add(root, lr)
     else:
@@ -847,7 +847,7 @@ def _undo_relocate(root: HostRoot, rec: dict[str, Any]) -> str:
         if hs:
             raise OpsError(f"{rec['public']}: in use by PIDs "
                            f"{', '.join(str(h.pid) for h in hs)}; stop them and run again")
-    kind, text = _lkind(pub.path)
+    kind, text, _uid = pub.state()
     if rec["direction"] == "out":
         if kind == "dir":
             return f"{rec['public']} is already a folder"

@@ -699,7 +699,8 @@ class Retention:
         state_dir, _, state_name = state_rel.rpartition("/")
         try:
             sfd: int | None = safefs.open_beneath(self.project.path, state_dir or ".",
-                                                  os.O_RDONLY | os.O_DIRECTORY)
+                                                  os.O_RDONLY | os.O_DIRECTORY,
+                                                  base_ident=self.project.ident)
         except FileNotFoundError:
             sfd = None
         try:
