@@ -448,38 +448,124 @@ def _places(root: HostRoot, rec: dict[str, Any]) -> tuple[treemove.Place, treemo
             treemove.Place(str(root.path(rec["dest_base"])), rec["dest_rel"]))
 
 
+def _make_base(root: HostRoot, host_dir: str) -> None:
+    """Create the missing folders of the target base, root's and 0755 whatever root's
+    umask (``mkdir`` alone gives 0700 under ``umask 077``, and the install's owner could
+    not reach her own data)."""
+    for d in _missing_dirs(root, host_dir):
+        real = root.path(d)
+        try:
+            os.mkdir(real, 0o755)
+        except FileExistsError:
+            continue
+        fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, 0o755)
+        finally:
+            os.close(fd)
+        safefs.fsync_dir(real.parent)
+
+
+def _install_mode(root: HostRoot, rec: dict[str, Any]) -> int:
+    """The install root's permission bits, read from the folder the data map found."""
+    fd = os.open(root.path(rec["project"]), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                 | os.O_CLOEXEC)
+    try:
+        ident = rec.get("root_ident")
+        safefs.check_base(fd, tuple(ident) if ident else None,
+                          rec["project"], "the install's folder")
+        return stat.S_IMODE(os.fstat(fd).st_mode) & 0o777
+    finally:
+        os.close(fd)
+
+
+def _give(fd: int, rec: dict[str, Any], mode: int) -> None:
+    uid, gid = rec["owner"]
+    os.fchown(fd, uid, gid)
+    os.fchmod(fd, mode | 0o700)  # set, not masked by root's umask
+
+
 def _ensure_project_dir(root: HostRoot, rec: dict[str, Any]) -> None:
     """Create ``<target>`` (root's, 0755) and ``<target>/<install>-<hash>`` (owned by
-    the install's owner, with the install root's mode) when missing."""
+    the install's owner, with the install root's mode) when missing.
+
+    The install's folder is made under a temporary name, given its owner and mode, and
+    only then renamed into place: a ``kill -9`` never leaves it root's and out of the
+    owner's reach. One left so by an older mnic-ops (root's, with that exact name, in
+    a root-owned target where no user can make one) is repaired; one of another user is
+    refused."""
+    _make_base(root, rec["dest_base"])
     base = root.path(rec["dest_base"])
-    base.mkdir(parents=True, exist_ok=True, mode=0o755)
     slug = rec["dest_rel"].split("/")[0]
+    where = f"{rec['dest_base']}/{slug}"
+    mode = _install_mode(root, rec)
     bfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        try:
-            mode = stat.S_IMODE(os.lstat(root.path(rec["project"])).st_mode) & 0o777
-            os.mkdir(slug, 0o700, dir_fd=bfd)
-        except FileExistsError:
-            st = os.stat(slug, dir_fd=bfd, follow_symlinks=False)
-            if not stat.S_ISDIR(st.st_mode):
-                raise OpsError(f"{rec['dest_base']}/{slug}: exists and is not a folder; "
-                               "refusing to use it") from None
-            if st.st_uid not in (0, rec["owner"][0]):
-                raise OpsError(f"{rec['dest_base']}/{slug}: exists and belongs to uid "
-                               f"{st.st_uid}, not to the install's owner (uid "
-                               f"{rec['owner'][0]}); refusing to put its data there") from None
+        _drop_stale_tmp(bfd, slug)
+        if _lstat_at(bfd, slug) is None:
+            tmp = safefs.tmp_name(slug)
+            os.mkdir(tmp, 0o700, dir_fd=bfd)
+            try:
+                fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=bfd)
+                try:
+                    _give(fd, rec, mode)
+                finally:
+                    os.close(fd)
+                safefs.renameat2(bfd, tmp, bfd, slug, safefs.RENAME_NOREPLACE)
+                tmp = ""
+            except FileExistsError:
+                pass  # made meanwhile (another mnic-ops): checked below like any other
+            finally:
+                if tmp:
+                    with suppress(OSError):
+                        os.rmdir(tmp, dir_fd=bfd)
+            os.fsync(bfd)
+        st = _lstat_at(bfd, slug)
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            raise OpsError(f"{where}: exists and is not a folder; refusing to use it")
+        if st.st_uid == rec["owner"][0]:
             return
+        if st.st_uid != 0:
+            raise OpsError(f"{where}: exists and belongs to uid {st.st_uid}, not to the "
+                           f"install's owner (uid {rec['owner'][0]}); refusing to put its "
+                           "data there")
         fd = os.open(slug, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                      dir_fd=bfd)
         try:
-            uid, gid = rec["owner"]
-            os.fchown(fd, uid, gid)
-            os.fchmod(fd, mode | 0o700)
+            if (os.fstat(fd).st_dev, os.fstat(fd).st_ino) != (st.st_dev, st.st_ino):
+                raise OpsError(f"{where}: changed while being checked; run again")
+            _give(fd, rec, mode)
         finally:
             os.close(fd)
         os.fsync(bfd)
+        log.warning("%s: was root's (left by an interrupted relocate); given to the "
+                    "install's owner (uid %d), mode %04o", where, rec["owner"][0],
+                    mode | 0o700)
     finally:
         os.close(bfd)
+
+
+def _drop_stale_tmp(bfd: int, slug: str) -> None:
+    """Empty temporaries of the install's folder that a killed relocate left (its
+    process is gone): removed."""
+    prefix = f".{slug}{safefs.TMP_MARK}."
+    with suppress(OSError):
+        for name in os.listdir(bfd):
+            if not name.startswith(prefix):
+                continue
+            pid = name[len(prefix):].split(".", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and \
+                    not os.path.exists(f"/proc/{pid}"):
+                with suppress(OSError):
+                    os.rmdir(name, dir_fd=bfd)  # only when empty
+
+
+def _lstat_at(dfd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
 
 
 def _missing_dirs(root: HostRoot, host_dir: str) -> list[str]:
