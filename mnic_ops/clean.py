@@ -341,7 +341,9 @@ class Pass:
         rep = ProjectReport(project.host_path)
         decl = policy.declared(project)
         policies = resolve_policy(self.app.config, project, tier, decl=decl)
-        keep = retention.Retention(self.root, project, decl, check=self.check, now=self.now) \
+        keep = retention.Retention(
+            self.root, project, decl, check=self.check, now=self.now,
+            restore_max_bytes=int(self.app.config.get("clean.restore_max_mib", 256)) << 20) \
             if self.only != "compress" else None
         with cz.project_lock(self.root, project.host_path) as got:
             if not got:
@@ -532,7 +534,7 @@ def _totals(reports: list[ProjectReport], check: bool = False) -> dict[str, Any]
     t["projects_locked"] = 0
     t["collisions"] = 0
     t["retention_failed"] = 0
-    ret, ret_bytes, restored = 0, 0, 0
+    ret, ret_bytes, restored, kept = 0, 0, 0, 0
     skipped: Counter[str] = Counter()
     for r in reports:
         t["projects_locked"] += r.status == "locked"
@@ -545,10 +547,12 @@ def _totals(reports: list[ProjectReport], check: bool = False) -> dict[str, Any]
             ret += k.retention_count
             ret_bytes += k.retention_bytes
             restored += len(k.retention.restored) if k.retention is not None else 0
+            kept += len(k.retention.kept) if k.retention is not None else 0
     out: dict[str, Any] = dict(t)
     key = "retention_would_expire" if check else "retention_expired"
     out[key], out[key + "_bytes"] = ret, ret_bytes
     out["retention_would_restore" if check else "retention_restored"] = restored
+    out["retention_would_keep" if check else "retention_kept"] = kept
     out["bytes_saved"] = t["bytes_before"] - t["bytes_after"] + t["expired_bytes"] + (
         0 if check else ret_bytes)
     out["skipped"] = dict(sorted(skipped.items()))
@@ -557,7 +561,7 @@ def _totals(reports: list[ProjectReport], check: bool = False) -> dict[str, Any]
 
 def _retention_lines(k: KindReport, check: bool, verbose: int) -> list[str]:
     r = k.retention
-    if r is None or (r.status == "off" and not verbose and not r.restored):
+    if r is None or (r.status == "off" and not verbose and not r.restored and not r.kept):
         return []
     if r.status in ("skipped", "failed") or (r.status == "off" and verbose):
         return [f"    retention: {r.status}: {r.reason}"]
@@ -582,6 +586,10 @@ def _retention_lines(k: KindReport, check: bool, verbose: int) -> list[str]:
         lines.append(f"      {'would restore' if check else 'restored'} {len(r.restored)} "
                      f"files the framework reads by name from the .gz an earlier pass "
                      f"made: {shown_r}{more}")
+    for kp in r.kept[: (len(r.kept) if verbose else 3)]:
+        lines.append(f"      {printable(kp['file'])}: an older archive beside the current "
+                     f"file (other content): {'would be kept' if check else 'kept'} as "
+                     f"{printable(kp['kept_as'])}, once; nothing reads it")
     ix = r.index
     if ix.get("dangling_removed") or ix.get("references_removed") or \
             ix.get("entries_removed"):
@@ -790,7 +798,8 @@ def clean_cmd(app: AppContext, check: bool, as_json: bool, only: str | None,
     elif check:
         rc = EXIT_PENDING if (totals["would_compress"] or totals["would_expire"]
                               or totals["retention_would_expire"]
-                              or totals["retention_would_restore"]) else EXIT_OK
+                              or totals["retention_would_restore"]
+                              or totals["retention_would_keep"]) else EXIT_OK
     else:
         rc = EXIT_FAILURE if totals["failed"] else EXIT_OK
     if not check:  # when it last ran and how it ended, for status and the admin
