@@ -836,7 +836,19 @@ def _prune_refs(doc: Any, refs: set[str]) -> tuple[Any, int]:
     removed = 0
 
     def refers(s: Any) -> bool:
-        return isinstance(s, str) and any(s == r or s.endswith("/" + r) for r in refs)
+        # s is one of refs, or ends with "/" + one of them: a set lookup per "/" in s
+        # (an index of 200,000 strings against 2,000 expired logs was 41 s when every
+        # string was compared with every ref)
+        if not isinstance(s, str):
+            return False
+        if s in refs:
+            return True
+        i = s.find("/")
+        while i >= 0:
+            if s[i + 1:] in refs:
+                return True
+            i = s.find("/", i + 1)
+        return False
 
     def names_one(x: Any) -> bool:
         return refers(x) or (isinstance(x, dict) and any(refers(v) for v in x.values()))

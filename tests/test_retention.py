@@ -207,6 +207,9 @@ def test_owner_and_mode_of_the_index_are_kept(fake_root: Path) -> None:
     ({"entries": {"id1": {"file": "core/a/x.json"}, "id2": {"file": "core/b/z.json"}}},
      {"core/a/x.json"}, {"entries": {"id2": {"file": "core/b/z.json"}}}, 1),
     ({"logs": []}, {"core/a/x.json"}, {"logs": []}, 0),
+    # a suffix counts only after a "/": xcore/a/x.json is another file
+    (["xcore/a/x.json", "/abs/p/core/a/x.json", "core/a/x.json/"], {"core/a/x.json"},
+     ["xcore/a/x.json", "core/a/x.json/"], 1),
 ])
 def test_thinking_index_references_are_removed(index: Any, refs: set[str], want: Any,
                                                removed: int) -> None:
