@@ -265,15 +265,21 @@ def _dump(doc: Any) -> bytes:
 
 # --- who is working in the install ----------------------------------------------------
 
-def framework_holders(paths: list[str]) -> list[str]:
+def framework_holders(paths: list[str], owner: int | None = None) -> list[str]:
     """Processes working in these folders (cwd, open file, mapping), except mnic-ops's
-    own: "pid N (name): path" each."""
+    own: "pid N (name): path" each. With ``owner``, only processes of that uid (real or
+    effective) or root's (real uid 0) count: the framework runs as the install's owner
+    (or root), and another user's shell sitting in the folder must not stop the owner's
+    retention (a user's setuid-root program keeps her real uid: it does not count)."""
     from mnic_ops import treemove
 
     me = os.getpid()
     out: list[str] = []
     for h in treemove.holders(paths):
         if h.pid == me or _ours(h.pid, me):
+            continue
+        if owner is not None and h.uids != (-1, -1) and owner not in h.uids \
+                and h.uids[0] != 0:
             continue
         out.append(f"pid {h.pid} ({h.name}): {h.path}")
     return out
@@ -357,10 +363,11 @@ class Retention:
 
     def busy(self, store: Store) -> list[str]:
         """Framework processes working in the install or in the (relocated) folder."""
+        owner = self.project.uid
         if self._holders is None:
-            self._holders = framework_holders([str(self.project.path)])
+            self._holders = framework_holders([str(self.project.path)], owner)
         extra = [] if store.real.startswith(str(self.project.path).rstrip("/") + "/") \
-            else framework_holders([store.real])
+            else framework_holders([store.real], owner)
         return self._holders + extra
 
     def run(self, kind: str, store: Store | None) -> Report:

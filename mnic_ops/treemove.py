@@ -275,6 +275,20 @@ class Holder:
     pid: int
     name: str
     path: str
+    uids: tuple[int, int] = (-1, -1)  # real and effective uid (-1: unknown)
+
+
+def _uids(base: str) -> tuple[int, int]:
+    """(real, effective) uid of a process from its ``status`` (-1 each when unknown)."""
+    try:
+        with open(f"{base}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Uid:"):
+                    f = line.split()
+                    return int(f[1]), int(f[2])
+    except (OSError, ValueError, IndexError):
+        pass
+    return -1, -1
 
 
 def holders(paths: list[str], proc: str = "/proc") -> list[Holder]:
@@ -319,7 +333,8 @@ def holders(paths: list[str], proc: str = "/proc") -> list[Holder]:
                     name = comm.read().strip()
             except OSError:
                 name = "?"
-            out.extend(Holder(pid, name, t) for t in found)
+            uids = _uids(base)
+            out.extend(Holder(pid, name, t, uids) for t in found)
     return out
 
 
