@@ -345,7 +345,7 @@ class Pass:
             self.root, project, decl, check=self.check, now=self.now,
             restore_max_bytes=int(self.app.config.get("clean.restore_max_mib", 256)) << 20) \
             if self.only != "compress" else None
-        with cz.project_lock(self.root, project.host_path) as got:
+        with cz.project_lock(self.root, project.host_path, probe=self.check) as got:
             if not got:
                 rep.status = "locked"
                 return rep

@@ -979,8 +979,17 @@ def lock_path(root: HostRoot, project_host_path: str) -> str:
 
 
 @contextmanager
-def project_lock(root: HostRoot, project_host_path: str) -> Iterator[bool]:
+def project_lock(root: HostRoot, project_host_path: str, *, probe: bool = False
+                 ) -> Iterator[bool]:
     """The lock that ``clean`` and ``watch`` share for one project: yields False at once
-    when another pass holds it. Hold it per pass (watch: per batch), not for life."""
-    with safefs.locked(lock_path(root, project_host_path), blocking=False) as got:
+    when another pass holds it. Hold it per pass (watch: per batch), not for life.
+
+    ``probe`` (``clean --check``) writes nothing: no lock file or folder is created, and
+    the lock is not kept (a check must not make a real pass skip); it only tells
+    whether another pass holds it now."""
+    path = lock_path(root, project_host_path)
+    if probe:
+        yield not safefs.lock_held(path)
+        return
+    with safefs.locked(path, blocking=False) as got:
         yield got

@@ -492,6 +492,26 @@ def locked(path: str | os.PathLike[str], *, blocking: bool = True) -> Iterator[b
         os.close(fd)
 
 
+def lock_held(path: str | os.PathLike[str]) -> bool:
+    """Does someone hold the ``flock`` on ``path`` right now? Creates nothing (a missing
+    file is a lock nobody holds) and keeps nothing."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def open_beneath_at(dirfd: int, relpath: str, flags: int = os.O_RDONLY) -> int:
     """Like :func:`open_beneath`, but starting from an open directory descriptor (an
     ``O_PATH`` one works): every component below it is opened with ``O_NOFOLLOW``.
