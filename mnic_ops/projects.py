@@ -607,8 +607,14 @@ def measure(d: DataDir, project: Project | None = None) -> tuple[int, int]:
         if not stat.S_ISDIR(st.st_mode):
             return 0, 0
         try:
-            fd = os.open(d.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
+            if project is not None:  # below the install root it found, checked to be it
+                rel = os.path.relpath(d.host_path, project.host_path)
+                fd = safefs.open_beneath(project.path, rel, os.O_RDONLY | os.O_DIRECTORY,
+                                         base_ident=project.ident)
+            else:
+                fd = os.open(d.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                             | os.O_CLOEXEC)
+        except (OSError, OpsError):
             return 0, 0
     try:
         return _count_files(fd)

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from mnic_ops.hostroot import HostRoot
     from mnic_ops.retention import Report
 
-SINCE_FILE = "/var/lib/mnic-ops/retention/restore-since.json"
+SINCE_FILE = "/var/lib/mnic-ops/restore-since.json"
 DEFAULT_MAX_MIB = 256
 RESERVE = 64 << 20  # left free on the filesystem for its unprivileged writers
 
