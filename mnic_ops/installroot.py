@@ -5,9 +5,13 @@ install's root folder when it finds it: device, inode and owner (``Project.ident
 Root's passes then reach the install again and again by its path, and a path can lead
 elsewhere by then: the folders above the root are often the user's own (``~/work``),
 and she may rename one and put a link to another user's folder in its place. So every
-open of the install root, and of anything below it, goes through :func:`open_root`
-(or passes the identity to :mod:`mnic_ops.safefs`), which checks the descriptor it
-opened (``fstat``) against the recorded identity. A different folder is a refusal,
+open of the install root, and of anything below it, checks the descriptor it opened
+(``fstat``) against the recorded identity: :func:`check` where a folder is opened from
+its prefix (:func:`mnic_ops.linkrecords.open_folder`, :func:`mnic_ops.clean.open_tree`:
+clean, its workers, the watcher, doctor, fstab, projects), ``base_ident`` where
+:mod:`mnic_ops.safefs` opens below it (framework configs, retention's task index,
+render's reads and writes through :mod:`mnic_ops.filechange`, relocate's
+:class:`mnic_ops.treemove.Place`, doctor's measuring child). A different folder is a refusal,
 :class:`Replaced` (an ``OSError``, ``ESTALE``): the pass does nothing more for that
 install and reports it (``failed_installs``, exit 1). Below the root every component is
 opened with ``O_NOFOLLOW`` from that descriptor.
@@ -24,41 +28,17 @@ refusal: the identity no longer matches.
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING
-
 from mnic_ops import safefs
 from mnic_ops.safefs import Ident
 
-if TYPE_CHECKING:
-    from mnic_ops.projects import Project
-
-__all__ = ["Ident", "Replaced", "check", "ident_of", "open_root", "verify"]
+__all__ = ["Ident", "Replaced", "check", "ident_of"]
 
 Replaced = safefs.BaseReplaced
 ident_of = safefs.ident_of
 WHAT = "the install's folder"
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def check(fd: int, ident: Ident | None, host_path: str) -> None:
     """:class:`Replaced` when the folder open at ``fd`` is not the install root found as
     ``ident`` (the message names ``host_path``, the install)."""
     safefs.check_base(fd, ident, host_path, WHAT)
-
-
-def open_root(project: Project) -> int:
-    """A descriptor of ``project``'s root folder, verified to be the folder the data map
-    found (a final symlink refused: ELOOP)."""
-    fd = os.open(project.path, _O_DIR)
-    try:
-        check(fd, project.ident, project.host_path)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def verify(project: Project) -> None:
-    """Raise :class:`Replaced` when the install's path no longer leads to its folder."""
-    os.close(open_root(project))

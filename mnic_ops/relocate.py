@@ -28,7 +28,7 @@ from typing import Any
 
 import click
 
-from mnic_ops import facts, linkrecords, pendingmoves, safefs, treemove
+from mnic_ops import facts, installroot, linkrecords, pendingmoves, safefs, treemove
 from mnic_ops.changes import OK, SKIPPED, ApplyContext, Item, Plan, Undo, undo_handler
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_OK, InputError, OpsError
 from mnic_ops.hostroot import HostRoot
@@ -472,8 +472,7 @@ def _install_mode(root: HostRoot, rec: dict[str, Any]) -> int:
                  | os.O_CLOEXEC)
     try:
         ident = rec.get("root_ident")
-        safefs.check_base(fd, tuple(ident) if ident else None,
-                          rec["project"], "the install's folder")
+        installroot.check(fd, tuple(ident) if ident else None, rec["project"])
         return stat.S_IMODE(os.fstat(fd).st_mode) & 0o777
     finally:
         os.close(fd)
