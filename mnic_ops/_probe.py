@@ -346,19 +346,35 @@ def _open_relocated(base: str, below: str) -> int:
     return fd
 
 
+def _ident(raw: Any) -> tuple[int, int, int] | None:
+    if isinstance(raw, list) and len(raw) == 3 and all(isinstance(x, int) for x in raw):
+        return raw[0], raw[1], raw[2]
+    return None
+
+
 def run(req: dict[str, Any]) -> dict[str, Any]:
     flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+    label = req.get("label", req["base"])
     try:
         base_fd = os.open(req["base"], flags | os.O_NOFOLLOW)
+        # the install root the data map found, not whatever its path leads to now
+        safefs.check_base(base_fd, _ident(req.get("ident")), label, "the install's folder")
     except OSError as exc:
-        return {"fatal": f"{req.get('label', req['base'])}: {_err(exc)}", "seconds": None}
+        return {"fatal": f"{label}: {_err(exc)}", "seconds": None}
     roots: dict[str, int] = {}
     for spec in (req.get("sessions"), req.get("checkpoint_store")):
         if spec and "abs" in spec and _key(spec) not in roots:
             try:
-                roots[_key(spec)] = _open_relocated(spec["abs"], spec.get("below", ""))
+                fd = _open_relocated(spec["abs"], spec.get("below", ""))
             except OSError as exc:
                 roots[_key(spec)] = -(exc.errno or errno.EIO)
+                continue
+            owner = spec.get("owner")
+            if isinstance(owner, int) and os.fstat(fd).st_uid != owner:
+                os.close(fd)  # relocated data that is no longer the owner's
+                roots[_key(spec)] = -errno.EPERM
+                continue
+            roots[_key(spec)] = fd
     _drop(req)
     if req["mode"] == "agents":
         return agents(base_fd, req.get("rel", ".claude/agents"), int(req.get("big", 1 << 62)))

@@ -11,6 +11,7 @@ does not grow with the tree. One pass per project at a time (a lock shared with
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
 import os
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mnic_ops import compress as cz
-from mnic_ops import installfail, linkrecords, metrics, policy, progress, retention
+from mnic_ops import installfail, installroot, linkrecords, metrics, policy, progress, retention
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, EXIT_PENDING, InputError
 from mnic_ops.hostroot import HostRoot
 from mnic_ops.policy import DAY, DEFAULTS, Policy, resolve_policy
@@ -87,7 +88,7 @@ class Job:
     component at a time without following links, and checked to be the same folder."""
 
     root: HostRoot
-    prefix: str  # host path opened normally (configured, admin-trusted)
+    prefix: str  # host path opened as given (the install root, or a recorded target base)
     parts: tuple[str, ...]  # components below it, opened with O_NOFOLLOW
     ident: tuple[int, int]
     compress: list[str]
@@ -95,15 +96,20 @@ class Job:
     stale: list[str]
     copts: cz.Options
     eopts: cz.Options
+    base_ident: installroot.Ident | None = None  # what ``prefix`` must be (install root)
 
 
 _worker_dir: dict[tuple[str, tuple[str, ...], tuple[int, int]], int] = {}
 
 
-def open_tree(root: HostRoot, prefix: str, parts: tuple[str, ...] = ()) -> int:
+def open_tree(root: HostRoot, prefix: str, parts: tuple[str, ...] = (),
+              base_ident: installroot.Ident | None = None) -> int:
+    """Open ``prefix`` (a final symlink refused; with ``base_ident``, checked to be the
+    install root the data map found) and each of ``parts`` with ``O_NOFOLLOW``."""
     fd = os.open(root.path(prefix), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
                  | os.O_CLOEXEC)
     try:
+        installroot.check(fd, base_ident, prefix)
         return cz.open_dir_nofollow(fd, parts)
     finally:
         os.close(fd)
@@ -117,7 +123,7 @@ def _job_dir(job: Job) -> int:
     for old in _worker_dir.values():
         os.close(old)
     _worker_dir.clear()
-    fd = open_tree(job.root, job.prefix, job.parts)
+    fd = open_tree(job.root, job.prefix, job.parts, job.base_ident)
     st = os.fstat(fd)
     if (st.st_dev, st.st_ino) != job.ident:
         os.close(fd)
@@ -131,7 +137,7 @@ def run_job(job: Job) -> list[cz.Outcome]:
     try:
         dfd = _job_dir(job)
     except OSError as exc:
-        reason = "changed" if exc.errno in (2, 20, 40) else "unreadable_dir"
+        reason = "changed" if exc.errno in (2, 20, 40, errno.ESTALE) else "unreadable_dir"
         return [cz.Outcome(n, cz.SKIPPED, reason, exc.strerror or "")
                 for n in [*job.stale, *job.compress, *job.expire]]
     out = [cz.recover_stale(dfd, n, job.copts) for n in job.stale]
@@ -386,9 +392,12 @@ class Pass:
         rep = ProjectReport(project.host_path)
         decl = policy.declared(project)
         policies = resolve_policy(self.app.config, project, tier, decl=decl)
-        keep = retention.Retention(self.root, project, decl, check=self.check, now=self.now) \
+        keep = retention.Retention(
+            self.root, project, decl, check=self.check, now=self.now,
+            restore_max_bytes=int(self.app.config.get("clean.restore_max_mib", 256)) << 20) \
             if self.only != "compress" else None
-        with cz.project_lock(self.root, project.host_path, self.wait) as got:
+        with cz.project_lock(self.root, project.host_path, self.wait,
+                             probe=self.check) as got:
             if not got:
                 rep.status = "locked"
                 return rep
@@ -427,6 +436,8 @@ class Pass:
         prefix, parts = where.prefix or "/", where.parts
         try:
             top = linkrecords.open_location(self.root, where)
+        except installroot.Replaced:
+            raise  # the install's path leads elsewhere now: the install fails, reported
         except OSError as exc:
             if exc.errno in (40, 20):  # ELOOP, ENOTDIR: a link in the way
                 rep.note = "a symlink is in the way: not followed"
@@ -457,7 +468,8 @@ class Pass:
                                max_mtime=cut_c)
             eopts = cz.Options(dev=dev, max_mtime=cut_e)
             for reldir, dparts, ident, entries in self._walk(top, dev, rep):
-                batch = Job(self.root, prefix, parts + dparts, ident, [], [], [], copts, eopts)
+                batch = Job(self.root, prefix, parts + dparts, ident, [], [], [], copts, eopts,
+                            where.base_ident)
                 for name, st in entries:
                     rel = f"{reldir}/{name}" if reldir else name
                     if cz.is_ours(name):
@@ -589,7 +601,7 @@ def _totals(reports: list[ProjectReport], check: bool = False) -> dict[str, Any]
     t["projects_locked"] = 0
     t["collisions"] = 0
     t["retention_failed"] = 0
-    ret, ret_bytes, restored = 0, 0, 0
+    ret, ret_bytes, restored, kept = 0, 0, 0, 0
     skipped: Counter[str] = Counter()
     for r in reports:
         t["projects_locked"] += r.status == "locked"
@@ -602,10 +614,12 @@ def _totals(reports: list[ProjectReport], check: bool = False) -> dict[str, Any]
             ret += k.retention_count
             ret_bytes += k.retention_bytes
             restored += len(k.retention.restored) if k.retention is not None else 0
+            kept += len(k.retention.kept) if k.retention is not None else 0
     out: dict[str, Any] = dict(t)
     key = "retention_would_expire" if check else "retention_expired"
     out[key], out[key + "_bytes"] = ret, ret_bytes
     out["retention_would_restore" if check else "retention_restored"] = restored
+    out["retention_would_keep" if check else "retention_kept"] = kept
     out["bytes_saved"] = t["bytes_before"] - t["bytes_after"] + t["expired_bytes"] + (
         0 if check else ret_bytes)
     out["skipped"] = dict(sorted(skipped.items()))
@@ -640,7 +654,7 @@ def _counts(reports: list[ProjectReport], check: bool, failed_installs: int
 
 def _retention_lines(k: KindReport, check: bool, verbose: int) -> list[str]:
     r = k.retention
-    if r is None or (r.status == "off" and not verbose and not r.restored):
+    if r is None or (r.status == "off" and not verbose and not r.restored and not r.kept):
         return []
     if r.status in ("skipped", "failed") or (r.status == "off" and verbose):
         return [f"    retention: {r.status}: {r.reason}"]
@@ -665,6 +679,10 @@ def _retention_lines(k: KindReport, check: bool, verbose: int) -> list[str]:
         lines.append(f"      {'would restore' if check else 'restored'} {len(r.restored)} "
                      f"files the framework reads by name from the .gz an earlier pass "
                      f"made: {shown_r}{more}")
+    for kp in r.kept[: (len(r.kept) if verbose else 3)]:
+        lines.append(f"      {printable(kp['file'])}: an older archive beside the current "
+                     f"file (other content): {'would be kept' if check else 'kept'} as "
+                     f"{printable(kp['kept_as'])}, once; nothing reads it")
     ix = r.index
     if ix.get("dangling_removed") or ix.get("references_removed") or \
             ix.get("entries_removed"):
@@ -884,7 +902,8 @@ def clean_cmd(app: AppContext, check: bool, as_json: bool, only: str | None, wai
     elif check:
         rc = EXIT_PENDING if (totals["would_compress"] or totals["would_expire"]
                               or totals["retention_would_expire"]
-                              or totals["retention_would_restore"]) else EXIT_OK
+                              or totals["retention_would_restore"]
+                              or totals["retention_would_keep"]) else EXIT_OK
     elif totals["failed"] or (wait > 0 and totals["projects_locked"]):
         rc = EXIT_FAILURE  # asked to wait for a lock and it never came: work not done
     else:

@@ -261,6 +261,23 @@ def _gzip_header(name: str, mtime: float) -> bytes:
             + _fsname(name).replace(b"\x00", b"") + b"\x00")
 
 
+def is_engine_archive(fd: int, name: str, st: os.stat_result) -> bool:
+    """Does the gzip file open at ``fd`` (stat ``st``) start exactly as this engine
+    starts its archive of ``name``: that name in the header, and the archive's own mtime
+    (the original's, which the engine gives both)? What every mnic-ops archive carries;
+    a file that does not is not one of ours."""
+    want = _gzip_header(name, st.st_mtime)
+    return os.pread(fd, len(want), 0) == want
+
+
+def gzip_size(fd: int, st: os.stat_result) -> int:
+    """The size the gzip file claims it decompresses to (its ISIZE trailer, modulo 2**32:
+    a claim that decompressing checks)."""
+    if st.st_size < 18:
+        return 0
+    return int(struct.unpack("<I", os.pread(fd, 4, st.st_size - 4))[0])
+
+
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -1008,12 +1025,19 @@ def lock_path(root: HostRoot, project_host_path: str) -> str:
 
 
 @contextmanager
-def project_lock(root: HostRoot, project_host_path: str, wait: float = 0.0
-                 ) -> Iterator[bool]:
+def project_lock(root: HostRoot, project_host_path: str, wait: float = 0.0, *,
+                 probe: bool = False) -> Iterator[bool]:
     """The lock that ``clean`` and ``watch`` share for one project: yields False when
     another pass holds it, at once or after trying for ``wait`` seconds (``clean
     --wait``, what the cron jobs use). Hold it per pass (watch: per batch), not for
-    life."""
-    with safefs.locked(lock_path(root, project_host_path), blocking=False,
-                       wait=wait) as got:
+    life.
+
+    ``probe`` (``clean --check``) writes nothing: no lock file or folder is created, and
+    the lock is not kept (a check must not make a real pass skip); it only tells
+    whether another pass holds it now."""
+    path = lock_path(root, project_host_path)
+    if probe:
+        yield not safefs.lock_held(path)
+        return
+    with safefs.locked(path, blocking=False, wait=wait) as got:
         yield got

@@ -254,6 +254,10 @@ SCHEMA: Schema = {
                                   "says so): a data folder's symlink is followed only when "
                                   "`relocate` made it (/var/lib/mnic-ops/links.json), never "
                                   "because of where it points.", rule=ABSOLUTE),
+        "restore_max_mib": Key("int", 256, "At most this many MiB of files an earlier "
+                               "mnic-ops gzipped and the framework reads by name are made "
+                               "again per install and run (the rest the next run); 0 = "
+                               "none.", minimum=0, maximum=1 << 20),
         "textfile": Key("str", "/var/lib/prometheus/node-exporter/mnic_ops_clean.prom",
                         "node_exporter textfile written after each pass (when its folder "
                         "exists); empty = none.", rule=ABSOLUTE_OR_EMPTY),

@@ -204,7 +204,7 @@ def _dir_spec(root: HostRoot, p: Project, kind: str) -> dict[str, Any] | None:
     if loc.state == linkrecords.RELOCATED or (
             loc.state == linkrecords.ABSENT and loc.record is not None):
         return {"abs": str(root.path(loc.prefix)), "below": "/".join(loc.parts),
-                "label": label}
+                "label": label, "owner": loc.owner}
     return {"rel": label, "label": label}
 
 
@@ -827,6 +827,7 @@ def tier_drift_check(app: AppContext, names: Sequence[str]) -> Check:
 def _probe_agents(app: AppContext, p: Project, limit: int, timeout: float
                   ) -> dict[str, Any]:
     req = {"mode": "agents", "base": str(p.path), "label": p.host_path,
+           "ident": list(p.ident) if p.ident else None,
            "rel": ".claude/agents", "big": limit, **_owner(app.root, p)}
     return run_probe(req, timeout)
 
@@ -834,6 +835,7 @@ def _probe_agents(app: AppContext, p: Project, limit: int, timeout: float
 def _probe_context(app: AppContext, p: Project, newest: int, timeout: float
                    ) -> dict[str, Any]:
     req: dict[str, Any] = {"mode": "context", "base": str(p.path), "label": p.host_path,
+                           "ident": list(p.ident) if p.ident else None,
                            "newest": newest, **_owner(app.root, p)}
     for kind in ("sessions", "checkpoint_store"):
         if p.data[kind].exists:

@@ -57,6 +57,8 @@ def file_item(
     item_id: str | None = None,
     beneath: str | None = None,
     make_parents: bool = False,
+    beneath_ident: safefs.Ident | None = None,
+    max_bytes: int = safefs.MAX_READ,
 ) -> Item:
     """Plan writing ``new`` to ``host_path``: ``ok`` when it already holds exactly that
     (and the requested mode/owner), else a pending item with a unified diff.
@@ -64,13 +66,18 @@ def file_item(
     ``mode``/``uid``/``gid`` apply to a new file; an existing file keeps its own unless
     given explicitly. ``beneath`` (a host path above ``host_path``, e.g. a user's
     project) makes every read and write go through folder descriptors that follow no
-    symlink below it, so the user who owns that tree cannot redirect root.
+    symlink below it, so the user who owns that tree cannot redirect root;
+    ``beneath_ident`` (the install root's identity as the data map found it) makes each
+    of them check that ``beneath`` is still that folder (its path may lead elsewhere
+    by then: :mod:`mnic_ops.installroot`), at planning, writing and undo. A file there of
+    more than ``max_bytes`` is refused, never read whole (its owner decides its size).
     ``make_parents`` creates missing folders above a host file (root's, 0755: a bare
     ``--root``); undo removes them again when they are empty.
     """
     if beneath is not None:
         return _file_item_beneath(root, host_path, new, beneath, description=description,
-                                  mode=mode, uid=uid, gid=gid, item_id=item_id)
+                                  mode=mode, uid=uid, gid=gid, item_id=item_id,
+                                  ident=beneath_ident, max_bytes=max_bytes)
     data = new.encode() if isinstance(new, str) else new
     real = root.path(host_path)
     try:
@@ -118,13 +125,15 @@ def file_item(
 
 def _file_item_beneath(root: HostRoot, host_path: str, new: bytes | str, beneath: str, *,
                        description: str | None, mode: int | None, uid: int | None,
-                       gid: int | None, item_id: str | None) -> Item:
+                       gid: int | None, item_id: str | None, ident: safefs.Ident | None,
+                       max_bytes: int) -> Item:
     data = new.encode() if isinstance(new, str) else new
     base = root.path(beneath)
     rel = os.path.relpath(os.path.normpath(host_path), os.path.normpath(beneath))
     if rel.startswith("..") or os.path.isabs(rel):
         raise ValueError(f"{host_path} is not below {beneath}")
-    got = safefs.read_beneath(base, rel)
+    got = safefs.read_beneath(base, rel, max_bytes=max_bytes, source=host_path,
+                              base_ident=ident)
     old, st = (b"", None) if got is None else got
     found = _compare(host_path, old, st, data, mode=mode, uid=uid, gid=gid,
                      item_id=item_id, description=description)
@@ -134,19 +143,23 @@ def _file_item_beneath(root: HostRoot, host_path: str, new: bytes | str, beneath
     before = _sha(old) if st is not None else None
 
     def action(ctx: ApplyContext) -> Undo:
-        cur = safefs.read_beneath(base, rel)
+        cur = safefs.read_beneath(base, rel, max_bytes=max_bytes, source=host_path,
+                                  base_ident=ident)
         if (None if cur is None else _sha(cur[0])) != before:
             raise OpsError(f"{host_path}: changed since the plan was made; run again")
         rec: dict[str, Any] = {"path": host_path, "real": str(root.path(host_path)),
                                "after": _sha(data), "beneath": str(base), "rel": rel}
+        if ident is not None:
+            rec["beneath_ident"] = list(ident)
         if cur is not None:
             bak = ctx.backup_dir() / os.path.basename(rel)
             safefs.backup_data(cur[0], cur[1], bak)
             rec["backup"] = str(bak)
         else:
             rec["created"] = True
-        with FolderTimes(rec, base, os.path.dirname(rel)):
-            safefs.atomic_write_beneath(base, rel, data, mode=mode, uid=uid, gid=gid)
+        with FolderTimes(rec, base, os.path.dirname(rel), ident=ident):
+            safefs.atomic_write_beneath(base, rel, data, mode=mode, uid=uid, gid=gid,
+                                        base_ident=ident)
         return Undo("file", rec)
 
     return Item(id=iid, description=desc, diff=diff, action=action,
@@ -171,16 +184,19 @@ class FolderTimes:
     ``<key>_after``) where one change moves several folders' times."""
 
     def __init__(self, rec: dict[str, Any], base: str | os.PathLike[str],
-                 rel: str = "", *, restore: bool = False, key: str = "folder") -> None:
+                 rel: str = "", *, restore: bool = False, key: str = "folder",
+                 ident: safefs.Ident | None = None) -> None:
         self.rec, self.base, self.rel, self.restore = rec, base, rel, restore
         self.before, self.after = f"{key}_before", f"{key}_after"
+        self.ident = ident
         self.fd = -1
         self.still_ours = False
 
     def __enter__(self) -> FolderTimes:
         try:
             self.fd = safefs.open_beneath(self.base, self.rel or ".",
-                                          os.O_RDONLY | os.O_DIRECTORY)
+                                          os.O_RDONLY | os.O_DIRECTORY,
+                                          base_ident=self.ident)
         except (OSError, OpsError):
             self.fd = -1
             return self
@@ -207,22 +223,32 @@ class FolderTimes:
 
 def _undo_beneath(rec: dict[str, Any]) -> str:
     base, rel = rec["beneath"], rec["rel"]
-    cur = safefs.read_beneath(base, rel)
+    raw = rec.get("beneath_ident")
+    ident: safefs.Ident | None = None
+    if isinstance(raw, list) and len(raw) == 3 and all(isinstance(x, int) for x in raw):
+        ident = (raw[0], raw[1], raw[2])
+    try:
+        cur = safefs.read_beneath(base, rel, source=rec["path"], base_ident=ident)
+    except safefs.BaseReplaced as exc:
+        raise OpsError(f"{rec['path']}: not reverting: {exc.strerror} (the install at "
+                       f"{base} is not the folder mnic-ops wrote into; backup: "
+                       f"{rec.get('backup', 'none')})") from None
     if cur is not None and _sha(cur[0]) != rec["after"]:
         raise OpsError(f"{rec['path']}: changed since mnic-ops wrote it; not reverting "
                        f"(backup: {rec.get('backup', 'none')})")
     if rec.get("created"):
-        with FolderTimes(rec, base, os.path.dirname(rel), restore=True):
-            safefs.unlink_beneath(base, rel)
+        with FolderTimes(rec, base, os.path.dirname(rel), restore=True, ident=ident):
+            safefs.unlink_beneath(base, rel, base_ident=ident)
         return f"removed {rec['path']}"
     bak = safefs.read_beneath(os.path.dirname(rec["backup"]), os.path.basename(rec["backup"]))
     if bak is None:
         raise OpsError(f"{rec['path']}: backup {rec['backup']} is gone; not reverting")
     data, st = bak
-    with FolderTimes(rec, base, os.path.dirname(rel), restore=True):
+    with FolderTimes(rec, base, os.path.dirname(rel), restore=True, ident=ident):
         safefs.atomic_write_beneath(base, rel, data, mode=stat.S_IMODE(st.st_mode),
                                     uid=st.st_uid, gid=st.st_gid,
-                                    times_ns=(st.st_atime_ns, st.st_mtime_ns))
+                                    times_ns=(st.st_atime_ns, st.st_mtime_ns),
+                                    base_ident=ident)
     return f"restored {rec['path']}"
 
 

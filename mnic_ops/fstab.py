@@ -995,6 +995,15 @@ def build(app: AppContext, mount_points: Sequence[str] = (), fstab_file: str | N
                           f"noatime for {shown(d.mount_point)}", state=FAILED,
                           error=f"{shown(d.reason)}; keep one entry for it in "
                                 f"{target.display}", contained=True))
+    # An explicit set is all or nothing: the admin asked for these mount points, and
+    # writing the others while one of them cannot be done would be a surprise.
+    ambiguous = [shown(d.mount_point) for d in decisions if d.ambiguous]
+    if mount_points and ambiguous:
+        for item in plan.items[:1]:  # the file's change comes first
+            if item.action is not None:
+                item.state, item.action = SKIPPED, None
+                item.reason = (f"not written: {', '.join(ambiguous)} asked for with "
+                               "--mount-point but ambiguous")
     if remount:
         for d in decisions:
             if d.state == "change" or (d.state == "ok" and d.live_noatime is False):

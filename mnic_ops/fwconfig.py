@@ -49,13 +49,15 @@ class FrameworkConfig:
         return f"{self.host_path}:{line}" if line else self.host_path
 
 
-def read(base: str | os.PathLike[str], host_install: str, rel: str) -> FrameworkConfig:
-    """Read ``rel`` below the install ``base`` (its real path); ``host_install`` names it."""
+def read(base: str | os.PathLike[str], host_install: str, rel: str, *,
+         base_ident: tuple[int, int, int] | None = None) -> FrameworkConfig:
+    """Read ``rel`` below the install ``base`` (its real path); ``host_install`` names it;
+    with ``base_ident`` the install root must still be the folder the data map found."""
     host = f"{host_install.rstrip('/')}/{rel}"
     cfg = FrameworkConfig(host)
     try:
         parent, _, name = rel.rpartition("/")
-        raw = _read_raw(base, parent, name, host)
+        raw = _read_raw(base, parent, name, host, base_ident)
     except userjson.UserDataError as exc:
         cfg.present, cfg.error = True, exc.message
         return cfg
@@ -72,15 +74,16 @@ def read(base: str | os.PathLike[str], host_install: str, rel: str) -> Framework
     return cfg
 
 
-def _read_raw(base: str | os.PathLike[str], parent: str, name: str, host: str
-              ) -> bytes | None:
+def _read_raw(base: str | os.PathLike[str], parent: str, name: str, host: str,
+              base_ident: tuple[int, int, int] | None = None) -> bytes | None:
     import stat
 
     from mnic_ops import safefs
     from mnic_ops.errors import OpsError
 
     try:
-        dfd = safefs.open_beneath(base, parent or ".", os.O_RDONLY | os.O_DIRECTORY)
+        dfd = safefs.open_beneath(base, parent or ".", os.O_RDONLY | os.O_DIRECTORY,
+                                  base_ident=base_ident)
     except FileNotFoundError:
         return None
     except (OpsError, NotADirectoryError):

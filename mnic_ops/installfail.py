@@ -35,8 +35,11 @@ if TYPE_CHECKING:
     from mnic_ops.changes import Item
     from mnic_ops.output import AppContext
 
-# What fails one install rather than the run: errors a user's files can cause.
-INSTALL_ERRORS: tuple[type[BaseException], ...] = (OpsError, OSError)
+# What fails one install rather than the run: errors a user's files can cause. ValueError
+# (UnicodeError among them) is the backstop: a value the bounded parsers let through that
+# a path or an encoder then refuses is still that install's failure, never an internal
+# error that stops every install.
+INSTALL_ERRORS: tuple[type[BaseException], ...] = (OpsError, OSError, ValueError)
 ITEM_PREFIX = "install:"
 
 
@@ -44,13 +47,18 @@ def reason(exc: BaseException | str) -> str:
     """The message of an install's failure: an OpsError's own text (it names the file,
     line and column), an OSError's file and strerror."""
     if isinstance(exc, str):
-        return exc
+        return _text(exc)
     if isinstance(exc, OpsError):
-        return exc.message
+        return _text(exc.message)
     if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""
-        return f"{where}{exc.strerror or exc}"
-    return f"{type(exc).__name__}: {exc}"
+        return _text(f"{where}{exc.strerror or exc}")
+    return _text(f"{type(exc).__name__}: {exc}")
+
+
+def _text(s: str) -> str:
+    """Text any output can carry: a lone surrogate (from a user's file) as an escape."""
+    return s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(frozen=True)

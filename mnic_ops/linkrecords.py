@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mnic_ops import safefs
+from mnic_ops import installroot, safefs
 from mnic_ops.changes import JOURNAL, STATE_DIR
 from mnic_ops.errors import OpsError
 from mnic_ops.hostroot import HostRoot
@@ -340,9 +340,10 @@ def discard(root: HostRoot, public: str, link_text: str | None = None) -> bool:
 @dataclass(frozen=True)
 class Location:
     """Where the files of one data folder are, and how to reach them: ``prefix`` is a
-    trusted host folder opened as given (the install root, or the base a record names),
-    ``parts`` the components below it, each opened with ``O_NOFOLLOW``; for relocated
-    data the folder must belong to ``owner``."""
+    host folder opened as given (the install root, checked to be the folder the data map
+    found, ``base_ident``; or the base a record names, the admin's target), ``parts`` the
+    components below it, each opened with ``O_NOFOLLOW``; the folder reached must belong
+    to ``owner`` (the install's owner; None for an install root owns: the admin's)."""
 
     kind: str
     host_path: str  # the data folder as the framework names it
@@ -352,6 +353,7 @@ class Location:
     owner: int | None = None
     note: str = ""  # why REFUSED (or what is ABSENT)
     record: LinkRecord | None = None
+    base_ident: installroot.Ident | None = None  # what ``prefix`` must be (install root)
 
     @property
     def target(self) -> str | None:
@@ -376,13 +378,17 @@ def _within(path: str, base: str) -> bool:
 
 
 def open_folder(root: HostRoot, prefix: str, parts: tuple[str, ...],
-                owner: int | None = None) -> int:
+                owner: int | None = None, base_ident: installroot.Ident | None = None
+                ) -> int:
     """Open ``prefix`` (as given, a final symlink refused) and then each of ``parts``
-    with ``O_NOFOLLOW``; with ``owner`` the folder reached must belong to that uid.
-    OSError: ELOOP/ENOTDIR for a link or file in the way, ENOENT, EPERM (with the
-    reason as strerror) for a folder of someone else."""
+    with ``O_NOFOLLOW``; with ``base_ident`` the opened ``prefix`` must be the install
+    root the data map found (its path may lead elsewhere by now); with ``owner`` the
+    folder reached must belong to that uid. OSError: ELOOP/ENOTDIR for a link or file in
+    the way, ENOENT, EPERM (with the reason as strerror) for a folder of someone else,
+    :class:`~mnic_ops.installroot.Replaced` (ESTALE) for an install root replaced."""
     fd = os.open(root.path(prefix), _O_DIR)
     try:
+        installroot.check(fd, base_ident, prefix)
         for part in parts:
             if part in ("", ".", "..") or "/" in part:
                 raise OSError(errno.EINVAL, "bad path component", part)
@@ -406,7 +412,7 @@ def open_location(root: HostRoot, loc: Location) -> int:
     a refused location raises OSError(EPERM) with its note."""
     if loc.prefix is None or loc.state == REFUSED:
         raise OSError(errno.EPERM, loc.note or "not followed")
-    return open_folder(root, loc.prefix, loc.parts, loc.owner)
+    return open_folder(root, loc.prefix, loc.parts, loc.owner, loc.base_ident)
 
 
 def _link_at(project: Project, public: str) -> tuple[str, str | None]:
@@ -415,7 +421,8 @@ def _link_at(project: Project, public: str) -> tuple[str, str | None]:
     rel = os.path.relpath(public, project.host_path)
     parent, name = os.path.split(rel)
     try:
-        pfd = safefs.open_beneath(project.path, parent or ".", os.O_RDONLY | os.O_DIRECTORY)
+        pfd = safefs.open_beneath(project.path, parent or ".", os.O_RDONLY | os.O_DIRECTORY,
+                                  base_ident=project.ident)
     except (OSError, OpsError):
         return "other", None
     try:
@@ -478,8 +485,13 @@ def locate(root: HostRoot, project: Project, kind: str, records: Records | None 
             return Location(kind, d.host_path, REFUSED, note=note, record=r)
         return loc
     rel_parts = _split(os.path.relpath(d.host_path, base))
+    # A folder inside the install: reached from the install root the data map found, and
+    # it must be the install owner's (a folder of someone else moved into the install is
+    # not acted on with this owner's policy); an install root owns is the admin's.
+    owner = None if project.uid == 0 else project.uid
     if not d.exists:
-        return Location(kind, d.host_path, ABSENT, base, rel_parts, note="absent")
+        return Location(kind, d.host_path, ABSENT, base, rel_parts, owner, note="absent",
+                        base_ident=project.ident)
     if d.is_link:
         note = (f"is a symlink to {d.link_target}, which mnic-ops did not make for this "
                 "install: not followed")
@@ -488,7 +500,8 @@ def locate(root: HostRoot, project: Project, kind: str, records: Records | None 
         elif recs.problem:
             note += f" (the link records cannot be trusted: {recs.problem})"
         return Location(kind, d.host_path, REFUSED, note=note)
-    return Location(kind, d.host_path, FOLDER, base, rel_parts)
+    return Location(kind, d.host_path, FOLDER, base, rel_parts, owner,
+                    base_ident=project.ident)
 
 
 def locate_all(root: HostRoot, project: Project) -> dict[str, Location]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mnic_ops import framework_map as fmap
-from mnic_ops import fwconfig
+from mnic_ops import fwconfig, globmeet
 
 if TYPE_CHECKING:
     import os
@@ -111,8 +111,17 @@ def match_expire(patterns: tuple[str, ...] | list[str], name: str, rel: str) -> 
 
 def protected(kind: str, name: str, rel: str) -> fmap.FileRule | None:
     """The data-map rule that keeps this file as it is, or None: a file the framework
-    reads back by exact name. (Glob-read files are decided by the policy.)"""
+    reads back by exact name. (Glob-read files: :func:`glob_read`.)"""
     return fmap.by_name(kind, name, rel)
+
+
+def glob_read(kind: str, name: str, rel: str) -> fmap.FileRule | None:
+    """The rule when the framework finds this file by a glob that a ``.gz`` drops out of
+    (thinking logs: ``*.json``), or None. Such a file is compressed only where the
+    framework's config declares compression for its class, and never expired by a
+    pattern: its expiry is the retention the framework declares."""
+    r = fmap.read_back(kind, name, rel)
+    return r if r is not None and r.read == fmap.BY_GLOB else None
 
 
 def compresses(pol: Policy) -> bool:
@@ -128,6 +137,8 @@ def compress_wanted(pol: Policy, name: str, rel: str) -> bool:
     if name.endswith(".gz") or not compresses(pol):
         return False
     if protected(pol.kind, name, rel) is not None:
+        return False
+    if glob_read(pol.kind, name, rel) is not None and pol.kind not in COMPRESSION_DECLARED:
         return False
     return match(pol.patterns, name, rel)
 
@@ -161,6 +172,15 @@ def due(pol: Policy, name: str, rel: str, st: os.stat_result, now: float,
         return None
     if protected(pol.kind, name, rel) is not None:
         return Due("protected", "read back by name by the framework")
+    glob = glob_read(pol.kind, name, rel)
+    if glob is not None:
+        # the same rule as the config's load-time refusal: compressed only where the
+        # framework's config declares it (the policy says so), never expired by a pattern
+        want_c = want_c and pol.kind in COMPRESSION_DECLARED
+        want_e = False
+        if not want_c:
+            return Due("protected", "read back by a glob by the framework; expired only by "
+                                    "the retention it declares")
     old_c = want_c and st.st_mtime < now - pol.compress_after_days * DAY
     old_e = not old_c and want_e and st.st_mtime < now - pol.delete_after_days * DAY
     if not (old_c or old_e):
@@ -393,11 +413,34 @@ def _family(rule: fmap.FileRule) -> bool:
     return any(c in rule.pattern for c in "*?[")
 
 
+def _covered(pattern: str, rule: fmap.FileRule) -> str | None:
+    """A path below the data folder that both the configured ``pattern`` and the
+    read-back ``rule`` cover (each matched as :func:`match` does: with a ``/`` against
+    the path, else against the name), or None when they share none: decided on the
+    patterns themselves, not on sample names."""
+    for sample in rule.samples:  # a real name reads best in the message
+        if match([pattern], sample.rsplit("/", 1)[-1], sample):
+            return sample
+    p, r = pattern, rule.pattern
+    if "/" in p and "/" not in r:
+        # the rule matches the file's name, at any depth
+        return globmeet.witness(p, r) or globmeet.witness(p, "*/" + r)
+    if "/" not in p and "/" in r:
+        last = r.rsplit("/", 1)[-1]
+        w = globmeet.witness(p, last)
+        return None if w is None else r.rsplit("/", 1)[0].replace("*", "x") + "/" + w
+    return globmeet.witness(p, r)
+
+
 def pattern_refusal(kind: str, key: str, pattern: str) -> str | None:
     """Why a configured pattern of ``[clean.<kind>]`` (``key``: patterns or
     expire_patterns) is refused, or None. Exact names the framework reads back are
-    skipped at run time whatever the pattern; a pattern over a whole family of them is
-    refused: compressing or expiring it would break the framework."""
+    skipped at run time whatever the pattern; a pattern that shares a match with a whole
+    family of them is refused (compressing or expiring it would break the framework),
+    and so is an expire pattern over a family read back by a glob (their expiry is the
+    retention the framework declares; :func:`due` refuses such a file at run time too).
+    A compress pattern over a glob-read family is allowed: it applies only where the
+    framework's own config declares compression for that class."""
     folder = fmap.FOLDERS.get(kind)
     if folder is None:
         return None
@@ -406,17 +449,19 @@ def pattern_refusal(kind: str, key: str, pattern: str) -> str | None:
             continue
         if key == "patterns" and rule.read == fmap.BY_GLOB and kind in COMPRESSION_DECLARED:
             continue  # applied only where the framework's config declares compression
-        for sample in rule.samples:
-            name = sample.rsplit("/", 1)[-1]
-            hit = match([pattern], name, sample) if key == "patterns" else \
-                match_expire([pattern], name, sample)
-            if hit:
-                how = "by exact name" if rule.read == fmap.BY_NAME else "by a glob"
-                verb = "compress" if key == "patterns" else "delete"
-                return (f"{pattern!r} would {verb} {folder.default}/{sample}, which the "
-                        f"framework reads back {how} ({rule.reader})"
-                        + ("; its expiry is the retention the framework declares"
-                           if key == "expire_patterns" and kind in RETENTION_KINDS else ""))
+        hit = _covered(pattern, rule)
+        if hit is None and key == "expire_patterns" and pattern.endswith(".gz"):
+            # NAME.N.gz (a kept older archive) expires like NAME.gz
+            hit = _covered(pattern[:-3] + ".[0-9]*.gz", rule)
+        if hit is not None:
+            how = "by exact name" if rule.read == fmap.BY_NAME else "by a glob"
+            verb = "compress" if key == "patterns" else "delete"
+            return (f"{pattern!r} would {verb} {folder.default}/{hit}, which the "
+                    f"framework reads back {how} ({rule.reader})"
+                    + ("; its expiry is the retention the framework declares"
+                       if key == "expire_patterns" and kind in RETENTION_KINDS else "")
+                    + ("; to expire archives mnic-ops made, use a pattern ending in .gz"
+                       if rule.read == fmap.BY_GLOB and key == "expire_patterns" else ""))
     return None
 
 

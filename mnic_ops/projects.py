@@ -86,6 +86,9 @@ class Project:
     version_sources: dict[str, str] = field(default_factory=dict)  # file -> version it says
     has_config: bool = True  # .claude/config/ is there (the copy script does not make it)
     notes: list[str] = field(default_factory=list)
+    # The install root as found: (device, inode, owner). Every later open of the install
+    # checks it (mnic_ops.installroot): its path may lead elsewhere by then.
+    ident: safefs.Ident | None = None
     _configs: dict[str, fwconfig.FrameworkConfig] = field(default_factory=dict, repr=False)
 
     @property
@@ -96,7 +99,8 @@ class Project:
         """A framework config file of this install, read once, bounded, never through a
         symlink below the install."""
         if rel not in self._configs:
-            self._configs[rel] = fwconfig.read(self.path, self.host_path, rel)
+            self._configs[rel] = fwconfig.read(self.path, self.host_path, rel,
+                                               base_ident=self.ident)
         return self._configs[rel]
 
     def to_json(self, sizes: bool = False) -> dict[str, Any]:
@@ -153,9 +157,10 @@ def layout_of(root: HostRoot, host_path: str) -> str | None:
 
 # --- reading small facts from an install (never through a symlink) ------------------
 
-def _read_beneath(base: Path, rel: str, limit: int = 1 << 20) -> bytes | None:
+def _read_beneath(base: Path, rel: str, limit: int = 1 << 20,
+                  ident: safefs.Ident | None = None) -> bytes | None:
     try:
-        fd = safefs.open_beneath(base, rel)
+        fd = safefs.open_beneath(base, rel, base_ident=ident)
     except (OSError, OpsError):
         return None
     with os.fdopen(fd, "rb") as fh:
@@ -185,7 +190,8 @@ def _newest(versions: list[str]) -> str | None:
     return max(keyed)[1] if keyed else None
 
 
-def read_versions(path: Path) -> tuple[str | None, dict[str, str]]:
+def read_versions(path: Path, ident: safefs.Ident | None = None
+                  ) -> tuple[str | None, dict[str, str]]:
     """The framework version of an install and what each source says.
 
     The framework ships a stale ``VERSION`` file (3.2.1 in 3.3.0 and 3.10.0), so the
@@ -196,13 +202,13 @@ def read_versions(path: Path) -> tuple[str | None, dict[str, str]]:
     for rel, rx in (("FRAMEWORK_README.md", _README_VERSION_RE),
                     ("FRAMEWORK_CHANGELOG.md", _CHANGELOG_RE),
                     ("CHANGELOG.md", _CHANGELOG_RE)):
-        raw = _read_beneath(path, rel, 64 * 1024)
+        raw = _read_beneath(path, rel, 64 * 1024, ident)
         if raw:
             m = rx.search(raw.decode(errors="replace"))
             if m:
                 sources[rel] = m.group(1)
     for rel in ("VERSION", ".claude/VERSION"):
-        raw = _read_beneath(path, rel, 256)
+        raw = _read_beneath(path, rel, 256, ident)
         if raw:
             m = _VERSION_RE.search(raw.decode(errors="replace"))
             if m:
@@ -213,7 +219,7 @@ def read_versions(path: Path) -> tuple[str | None, dict[str, str]]:
     found: list[str] = []
     for name, key in ([(n, "framework_version") for n in _VERSIONED_CONFIGS]
                       + [(n, "version") for n in _COMPONENT_CONFIGS]):
-        raw = _read_beneath(path, f"{fmap.CONFIG_DIR}/{name}", 256 * 1024)
+        raw = _read_beneath(path, f"{fmap.CONFIG_DIR}/{name}", 256 * 1024, ident)
         if not raw:
             continue
         m = re.search(rf'"{key}"\s*:\s*"v?(\d+\.\d+\.\d+)"', raw.decode(errors="replace"))
@@ -337,10 +343,13 @@ def load_project(root: HostRoot, host_path: str, layout: str,
     host_path = os.path.normpath(host_path)
     real = root.path(host_path)
     st = os.lstat(real)
-    version, sources = read_versions(real)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OpsError(f"{host_path}: not a folder (a symlink?) any more; not an install")
+    ident = safefs.ident_of(st)
+    version, sources = read_versions(real, ident)
     p = Project(host_path=host_path, path=real, uid=st.st_uid, gid=st.st_gid,
                 user=names.user(st.st_uid), group=names.group(st.st_gid),
-                version=version, layout=layout, version_sources=sources,
+                version=version, layout=layout, version_sources=sources, ident=ident,
                 has_config=_is_dir_nofollow(real / ".claude") and os.path.lexists(
                     real / fmap.CONFIG_DIR))  # a link there is there (and refused later)
     stale = sources.get("VERSION")
@@ -677,8 +686,14 @@ def measure(d: DataDir, project: Project | None = None) -> tuple[int, int]:
         if not stat.S_ISDIR(st.st_mode):
             return 0, 0
         try:
-            fd = os.open(d.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
+            if project is not None:  # below the install root it found, checked to be it
+                rel = os.path.relpath(d.host_path, project.host_path)
+                fd = safefs.open_beneath(project.path, rel, os.O_RDONLY | os.O_DIRECTORY,
+                                         base_ident=project.ident)
+            else:
+                fd = os.open(d.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                             | os.O_CLOEXEC)
+        except (OSError, OpsError):
             return 0, 0
     try:
         return _count_files(fd)

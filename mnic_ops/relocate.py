@@ -27,7 +27,7 @@ from typing import Any
 
 import click
 
-from mnic_ops import facts, linkrecords, pendingmoves, progress, safefs, treemove
+from mnic_ops import facts, installroot, linkrecords, pendingmoves, progress, safefs, treemove
 from mnic_ops.changes import OK, SKIPPED, ApplyContext, Item, Plan, Undo, undo_handler
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_OK, InputError, OpsError
 from mnic_ops.hostroot import HostRoot
@@ -257,7 +257,10 @@ class _Move:
                 "project": self.project.host_path, "public": self.data.host_path,
                 "public_rel": self.rel, "dest_base": self.dest_base,
                 "dest_rel": self.dest_rel, "link_text": self.dest_host,
-                "owner": [self.project.uid, self.project.gid]}
+                "owner": [self.project.uid, self.project.gid],
+                # the install root as found: every open of it checks it (a user may
+                # rename a folder above it and put a link to someone else's there)
+                "root_ident": list(self.project.ident) if self.project.ident else None}
 
 
 def _rel_in_project(p: Project, d: DataDir) -> str:
@@ -461,42 +464,130 @@ def _progress_for(app: AppContext, mv: _Move) -> Any:
 
 
 def _places(root: HostRoot, rec: dict[str, Any]) -> tuple[treemove.Place, treemove.Place]:
-    return (treemove.Place(str(root.path(rec["project"])), rec["public_rel"]),
+    """The data folder (below the install root, checked to be the one found) and its
+    place on the target (below the admin's target base)."""
+    return (treemove.Place(str(root.path(rec["project"])), rec["public_rel"],
+                           rec.get("root_ident")),
             treemove.Place(str(root.path(rec["dest_base"])), rec["dest_rel"]))
+
+
+def _make_base(root: HostRoot, host_dir: str) -> None:
+    """Create the missing folders of the target base, root's and 0755 whatever root's
+    umask (``mkdir`` alone gives 0700 under ``umask 077``, and the install's owner could
+    not reach her own data)."""
+    for d in _missing_dirs(root, host_dir):
+        real = root.path(d)
+        try:
+            os.mkdir(real, 0o755)
+        except FileExistsError:
+            continue
+        fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, 0o755)
+        finally:
+            os.close(fd)
+        safefs.fsync_dir(real.parent)
+
+
+def _install_mode(root: HostRoot, rec: dict[str, Any]) -> int:
+    """The install root's permission bits, read from the folder the data map found."""
+    fd = os.open(root.path(rec["project"]), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                 | os.O_CLOEXEC)
+    try:
+        ident = rec.get("root_ident")
+        installroot.check(fd, tuple(ident) if ident else None, rec["project"])
+        return stat.S_IMODE(os.fstat(fd).st_mode) & 0o777
+    finally:
+        os.close(fd)
+
+
+def _give(fd: int, rec: dict[str, Any], mode: int) -> None:
+    uid, gid = rec["owner"]
+    os.fchown(fd, uid, gid)
+    os.fchmod(fd, mode | 0o700)  # set, not masked by root's umask
 
 
 def _ensure_project_dir(root: HostRoot, rec: dict[str, Any]) -> None:
     """Create ``<target>`` (root's, 0755) and ``<target>/<install>-<hash>`` (owned by
-    the install's owner, with the install root's mode) when missing."""
+    the install's owner, with the install root's mode) when missing.
+
+    The install's folder is made under a temporary name, given its owner and mode, and
+    only then renamed into place: a ``kill -9`` never leaves it root's and out of the
+    owner's reach. One left so by an older mnic-ops (root's, with that exact name, in
+    a root-owned target where no user can make one) is repaired; one of another user is
+    refused."""
+    _make_base(root, rec["dest_base"])
     base = root.path(rec["dest_base"])
-    base.mkdir(parents=True, exist_ok=True, mode=0o755)
     slug = rec["dest_rel"].split("/")[0]
+    where = f"{rec['dest_base']}/{slug}"
+    mode = _install_mode(root, rec)
     bfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        try:
-            mode = stat.S_IMODE(os.lstat(root.path(rec["project"])).st_mode) & 0o777
-            os.mkdir(slug, 0o700, dir_fd=bfd)
-        except FileExistsError:
-            st = os.stat(slug, dir_fd=bfd, follow_symlinks=False)
-            if not stat.S_ISDIR(st.st_mode):
-                raise OpsError(f"{rec['dest_base']}/{slug}: exists and is not a folder; "
-                               "refusing to use it") from None
-            if st.st_uid not in (0, rec["owner"][0]):
-                raise OpsError(f"{rec['dest_base']}/{slug}: exists and belongs to uid "
-                               f"{st.st_uid}, not to the install's owner (uid "
-                               f"{rec['owner'][0]}); refusing to put its data there") from None
+        _drop_stale_tmp(bfd, slug)
+        if _lstat_at(bfd, slug) is None:
+            tmp = safefs.tmp_name(slug)
+            os.mkdir(tmp, 0o700, dir_fd=bfd)
+            try:
+                fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=bfd)
+                try:
+                    _give(fd, rec, mode)
+                finally:
+                    os.close(fd)
+                safefs.renameat2(bfd, tmp, bfd, slug, safefs.RENAME_NOREPLACE)
+                tmp = ""
+            except FileExistsError:
+                pass  # made meanwhile (another mnic-ops): checked below like any other
+            finally:
+                if tmp:
+                    with suppress(OSError):
+                        os.rmdir(tmp, dir_fd=bfd)
+            os.fsync(bfd)
+        st = _lstat_at(bfd, slug)
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            raise OpsError(f"{where}: exists and is not a folder; refusing to use it")
+        if st.st_uid == rec["owner"][0]:
             return
+        if st.st_uid != 0:
+            raise OpsError(f"{where}: exists and belongs to uid {st.st_uid}, not to the "
+                           f"install's owner (uid {rec['owner'][0]}); refusing to put its "
+                           "data there")
         fd = os.open(slug, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                      dir_fd=bfd)
         try:
-            uid, gid = rec["owner"]
-            os.fchown(fd, uid, gid)
-            os.fchmod(fd, mode | 0o700)
+            if (os.fstat(fd).st_dev, os.fstat(fd).st_ino) != (st.st_dev, st.st_ino):
+                raise OpsError(f"{where}: changed while being checked; run again")
+            _give(fd, rec, mode)
         finally:
             os.close(fd)
         os.fsync(bfd)
+        log.warning("%s: was root's (left by an interrupted relocate); given to the "
+                    "install's owner (uid %d), mode %04o", where, rec["owner"][0],
+                    mode | 0o700)
     finally:
         os.close(bfd)
+
+
+def _drop_stale_tmp(bfd: int, slug: str) -> None:
+    """Empty temporaries of the install's folder that a killed relocate left (its
+    process is gone): removed."""
+    prefix = f".{slug}{safefs.TMP_MARK}."
+    with suppress(OSError):
+        for name in os.listdir(bfd):
+            if not name.startswith(prefix):
+                continue
+            pid = name[len(prefix):].split(".", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and \
+                    not os.path.exists(f"/proc/{pid}"):
+                with suppress(OSError):
+                    os.rmdir(name, dir_fd=bfd)  # only when empty
+
+
+def _lstat_at(dfd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
 
 
 def _missing_dirs(root: HostRoot, host_dir: str) -> list[str]:
@@ -529,13 +620,13 @@ def _do_out(app: AppContext, mv: _Move, jdir: Path, bar: Any) -> treemove.MoveRe
 def _out(root: HostRoot, rec: dict[str, Any], jdir: Path, bar: Any,
          from_disk: bool = True) -> treemove.MoveResult | None:
     pub, dst = _places(root, rec)
-    kind, text = _lkind(pub.path)
+    kind, text, uid = pub.state()
     if kind == "link" and text == rec["link_text"]:
         sync_record(root, rec)
         return None  # already there (an interrupted run was completed by recovery)
-    if kind == "dir" and os.lstat(pub.path).st_uid != rec["owner"][0]:
-        raise OpsError(f"{rec['public']}: now owned by uid {os.lstat(pub.path).st_uid}, "
-                       f"not by the install's owner (uid {rec['owner'][0]}); not moved")
+    if kind == "dir" and uid != rec["owner"][0]:
+        raise OpsError(f"{rec['public']}: now owned by uid {uid}, not by the install's "
+                       f"owner (uid {rec['owner'][0]}); not moved")
     _ensure_project_dir(root, rec)
     # The record first: a link of mnic-ops's own making never exists without it.
     linkrecords.add(root, linkrecords.LinkRecord.from_move(rec))
@@ -543,10 +634,11 @@ def _out(root: HostRoot, rec: dict[str, Any], jdir: Path, bar: Any,
         with bar or _null() as progress:
             res = treemove.link_out(pub, dst, rec["link_text"], jdir,
                                     owner=(rec["owner"][0], rec["owner"][1]),
-                                    progress=progress, verify_from_disk=from_disk, meta=rec)
+                                    progress=progress, verify_from_disk=from_disk, meta=rec,
+                                    source_owner=rec["owner"][0])
     finally:
         sync_record(root, rec)
-    kind, text = _lkind(pub.path)
+    kind, text, _uid = pub.state()
     if kind != "link" or text != rec["link_text"] or not dst.path.is_dir():
         raise OpsError(f"{rec['public']}: after the move it is not the link to "
                        f"{rec['link_text']}")
@@ -561,7 +653,7 @@ def _do_back(app: AppContext, mv: _Move, jdir: Path, bar: Any) -> treemove.MoveR
 def _back(root: HostRoot, rec: dict[str, Any], jdir: Path, bar: Any,
           from_disk: bool = True) -> treemove.MoveResult | None:
     pub, dst = _places(root, rec)
-    kind, _ = _lkind(pub.path)
+    kind = pub.state()[0]
     if kind == "dir":
         sync_record(root, rec)
         return None
@@ -571,7 +663,7 @@ def _back(root: HostRoot, rec: dict[str, Any], jdir: Path, bar: Any,
                                      verify_from_disk=from_disk, meta=rec)
     finally:
         sync_record(root, rec)
-    if _lkind(pub.path)[0] != "dir":
+    if pub.state()[0] != "dir":
         raise OpsError(f"{rec['public']}: after moving back it is not a folder")
     if rec.get("dest_rel", "").count("/") == 1:
         _remove_project_dir_if_empty(root, rec)
@@ -583,18 +675,6 @@ def _null() -> Iterator[None]:
     yield None
 
 
-def _lkind(p: Path) -> tuple[str, str | None]:
-    try:
-        return "link", os.readlink(p)  # a link at this instant (no lstat-then-readlink race)
-    except OSError:
-        pass
-    try:
-        st = os.lstat(p)
-    except FileNotFoundError:
-        return "absent", None
-    return ("dir" if stat.S_ISDIR(st.st_mode) else "other"), None
-
-
 def sync_record(root: HostRoot, rec: dict[str, Any]) -> None:
     """Keep the link record (:mod:`mnic_ops.linkrecords`) in step with the disk after a
     move, its recovery or its undo: the data folder is the link this move makes ->
@@ -604,7 +684,12 @@ def sync_record(root: HostRoot, rec: dict[str, Any]) -> None:
     except (ValueError, KeyError, TypeError, IndexError):
         return  # not a relocate record (a bare treemove journal): nothing to keep
     pub, _dst = _places(root, rec)
-    kind, text = _lkind(pub.path)
+    try:
+        kind, text, _uid = pub.state()
+    except (OSError, OpsError) as exc:  # cannot tell (the install replaced): left as is
+        log.warning("%s: link record left as it is: %s", rec.get("public"),
+                    exc.strerror if isinstance(exc, OSError) else exc.message)
+        return
     if kind == "link" and text == lr.link_text:
         linkrecords.add(root, lr)
     else:
@@ -872,7 +957,7 @@ def _undo_relocate(root: HostRoot, rec: dict[str, Any]) -> str:
         if hs:
             raise OpsError(f"{rec['public']}: in use by PIDs "
                            f"{', '.join(str(h.pid) for h in hs)}; stop them and run again")
-    kind, text = _lkind(pub.path)
+    kind, text, _uid = pub.state()
     if rec["direction"] == "out":
         if kind == "dir":
             return f"{rec['public']} is already a folder"

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mnic_ops import installfail, jsonedit, projects, quoting, safefs, tiers
+from mnic_ops import installfail, jsonedit, projects, quoting, safefs, tiers, userjson
 from mnic_ops.changes import SKIPPED, Item, Plan
 from mnic_ops.config import HOST_CLASSES
 from mnic_ops.errors import EXIT_CODES_HELP, InputError, OpsError
@@ -195,7 +195,8 @@ def plan_project(app: AppContext, proj: projects.Project, tpl: Templates, ctx: C
     try:
         for template, rel in OVERLAYS:
             host = f"{proj.host_path}/{rel}"
-            got = safefs.read_beneath(proj.path, rel)
+            got = safefs.read_beneath(proj.path, rel, max_bytes=userjson.MAX_BYTES,
+                                      source=host, base_ident=proj.ident)
             if got is None:
                 items.append(Item(id=f"file:{host}", description=f"merge tier into {host}",
                                   state=SKIPPED, reason="not in this install"))
@@ -208,7 +209,8 @@ def plan_project(app: AppContext, proj: projects.Project, tpl: Templates, ctx: C
             new = jsonedit.merge(text, overlay, host)
             item = _file_item(root, host, new, proj, existing=True,
                               description=f"merge {ctx.tier} tier into {host}")
-            again = safefs.read_beneath(proj.path, rel)
+            again = safefs.read_beneath(proj.path, rel, max_bytes=userjson.MAX_BYTES,
+                                        source=host, base_ident=proj.ident)
             if again is None or again[0] != old:
                 raise OpsError(f"{host}: changed while planning; run again")
             items.append(item)
@@ -220,7 +222,8 @@ def plan_project(app: AppContext, proj: projects.Project, tpl: Templates, ctx: C
                                   "folder in this install"))
                 continue
             text, _ = tpl.render_json(template, pctx)
-            exists = safefs.read_beneath(proj.path, rel) is not None
+            exists = safefs.read_beneath(proj.path, rel, max_bytes=userjson.MAX_BYTES,
+                                         source=host, base_ident=proj.ident) is not None
             items.append(_file_item(root, host, text, proj, existing=exists))
     except TemplateError:
         raise  # a broken template is everyone's problem: stop before any write
@@ -236,9 +239,10 @@ def _file_item(root: Any, host: str, data: str, proj: projects.Project, *, exist
     from mnic_ops.filechange import file_item
 
     if existing:  # keep the file's own owner, group and mode
-        return file_item(root, host, data, beneath=proj.host_path, description=description)
+        return file_item(root, host, data, beneath=proj.host_path, description=description,
+                         beneath_ident=proj.ident)
     return file_item(root, host, data, beneath=proj.host_path, description=description,
-                     mode=0o644, uid=proj.uid, gid=proj.gid)
+                     mode=0o644, uid=proj.uid, gid=proj.gid, beneath_ident=proj.ident)
 
 
 def plan_system(root: Any, found: list[projects.Project], tpl: Templates, ctx: Context

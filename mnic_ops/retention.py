@@ -43,7 +43,7 @@ from typing import Any
 
 from mnic_ops import compress as cz
 from mnic_ops import framework_map as fmap
-from mnic_ops import safefs, userjson
+from mnic_ops import restore, safefs, userjson
 from mnic_ops.errors import OpsError
 from mnic_ops.hostroot import HostRoot
 from mnic_ops.policy import CHECKPOINT_LEVELS, DAY, Declared
@@ -94,6 +94,8 @@ class Report:
     recovered: int = 0  # files of an interrupted pass deleted
     # files the framework reads by name that an earlier pass had gzipped, made again
     restored: list[str] = field(default_factory=list)
+    # an older NAME.gz beside a current NAME (a collision), kept once as NAME.N.gz
+    kept: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -118,6 +120,8 @@ class Report:
             d["recovered"] = self.recovered
         if self.restored:
             d["would_restore" if check else "restored"] = self.restored
+        if self.kept:
+            d["would_keep_archives" if check else "kept_archives"] = self.kept
         d["errors"] = self.errors
         return d
 
@@ -236,25 +240,22 @@ def _delete(dirfd: int, name: str, dev: int) -> int:
     raise OSError(errno.EIO, f"{name}: {cz.REASONS.get(o.reason, o.reason)} {o.detail}".strip())
 
 
-def _restore(dirfd: int, name: str, rel: str, dev: int, rep: Report, check: bool) -> None:
-    """``name`` is read back by name and exists only as ``name.gz`` (an earlier mnic-ops
-    compressed it): make it again (:func:`mnic_ops.compress.gunzip_at`)."""
-    if _lstat(dirfd, name + ".gz") is None:
-        return
-    if _lstat(dirfd, name) is not None:
-        rep.errors.append(f"{rel}.gz: an older archive beside the current {rel} (an "
-                          "earlier pass made it before the framework wrote the file "
-                          "again); kept, nothing reads it")
-        return
-    if check:
-        rep.restored.append(rel)
-        return
-    o = cz.gunzip_at(dirfd, name, cz.Options(dev=dev))
-    if o.state == cz.RESTORED:
-        rep.restored.append(rel)
-    else:
-        rep.errors.append(f"{rel}.gz not restored: {cz.REASONS.get(o.reason, o.reason)}"
-                          + (f" ({o.detail})" if o.detail else ""))
+_NUMBERED_RE = re.compile(r"^(?P<base>.+)\.[1-9]\d{0,5}\.gz$", re.S)
+
+
+def _numbered(dirfd: int) -> dict[str, list[str]]:
+    """``NAME.N.gz`` archives in the folder (older archives a collision kept), by
+    ``NAME``: they go with their checkpoint. One listing for the whole pass."""
+    out: dict[str, list[str]] = {}
+    try:
+        names = os.listdir(dirfd)
+    except OSError:
+        return out
+    for n in sorted(names):
+        m = _NUMBERED_RE.match(n)
+        if m:
+            out.setdefault(m["base"], []).append(n)
+    return out
 
 
 def _dump(doc: Any) -> bytes:
@@ -264,15 +265,21 @@ def _dump(doc: Any) -> bytes:
 
 # --- who is working in the install ----------------------------------------------------
 
-def framework_holders(paths: list[str]) -> list[str]:
+def framework_holders(paths: list[str], owner: int | None = None) -> list[str]:
     """Processes working in these folders (cwd, open file, mapping), except mnic-ops's
-    own: "pid N (name): path" each."""
+    own: "pid N (name): path" each. With ``owner``, only processes of that uid (real or
+    effective) or root's (real uid 0) count: the framework runs as the install's owner
+    (or root), and another user's shell sitting in the folder must not stop the owner's
+    retention (a user's setuid-root program keeps her real uid: it does not count)."""
     from mnic_ops import treemove
 
     me = os.getpid()
     out: list[str] = []
     for h in treemove.holders(paths):
         if h.pid == me or _ours(h.pid, me):
+            continue
+        if owner is not None and h.uids != (-1, -1) and owner not in h.uids \
+                and h.uids[0] != 0:
             continue
         out.append(f"pid {h.pid} ({h.name}): {h.path}")
     return out
@@ -343,17 +350,24 @@ class Retention:
     """Retention for one install: ``run(kind, store)`` per class."""
 
     def __init__(self, root: HostRoot, project: Any, decl: Declared, *, check: bool,
-                 now: float | None = None) -> None:
+                 now: float | None = None,
+                 restore_max_bytes: int = restore.DEFAULT_MAX_MIB << 20) -> None:
         self.root, self.project, self.decl, self.check = root, project, decl, check
         self.now = time.time() if now is None else now
         self._holders: list[str] | None = None
+        self._kept: dict[str, list[str]] | None = None  # metadata NAME.N.gz, by NAME
+        # what an earlier pass gzipped and the framework reads by name, made again
+        # within bounds (mnic_ops.restore), shared by this install's classes
+        self.restorer = restore.Restorer(root, check=check, max_bytes=restore_max_bytes,
+                                         now=self.now)
 
     def busy(self, store: Store) -> list[str]:
         """Framework processes working in the install or in the (relocated) folder."""
+        owner = self.project.uid
         if self._holders is None:
-            self._holders = framework_holders([str(self.project.path)])
+            self._holders = framework_holders([str(self.project.path)], owner)
         extra = [] if store.real.startswith(str(self.project.path).rstrip("/") + "/") \
-            else framework_holders([store.real])
+            else framework_holders([store.real], owner)
         return self._holders + extra
 
     def run(self, kind: str, store: Store | None) -> Report:
@@ -411,7 +425,7 @@ class Retention:
             index_st = _lstat(store.fd, INDEX)
         for name in ("quality_gate_history.json", "trigger_history.json",
                      "agent_coordination.json"):
-            _restore(store.fd, name, name, store.dev, rep, self.check)
+            self.restorer.restore(store.fd, name, name, store.dev, rep)
         if index_st is None:
             rep.reason = "no checkpoint index"
             return
@@ -425,8 +439,8 @@ class Retention:
             try:
                 for cid in cps:
                     if cid not in expire and _ID_RE.fullmatch(cid):
-                        _restore(meta, f"{cid}.json", f"metadata/{cid}.json", store.dev,
-                                 rep, self.check)
+                        self.restorer.restore(meta, f"{cid}.json", f"metadata/{cid}.json",
+                                              store.dev, rep)
             finally:
                 os.close(meta)
         new, dangling = _prune_index(index, set(expire))
@@ -524,6 +538,10 @@ class Retention:
             if fd is None:
                 continue
             try:
+                if sub == "metadata":
+                    if self._kept is None:
+                        self._kept = _numbered(fd)
+                    names = (*names, *self._kept.get(f"{cid}.json", ()))
                 for n in names:
                     st = _lstat(fd, n)
                     if st is not None and stat.S_ISREG(st.st_mode):
@@ -551,10 +569,11 @@ class Retention:
             if fd is None:
                 continue
             try:
+                kept = _numbered(fd) if sub == "metadata" else {}
                 for cid in ids:
-                    for suf in suffixes:
-                        if _lstat(fd, cid + suf) is not None:
-                            _delete(fd, cid + suf, store.dev)
+                    for n in [cid + suf for suf in suffixes] + kept.get(f"{cid}.json", []):
+                        if _lstat(fd, n) is not None:
+                            _delete(fd, n, store.dev)
                             done += 1
                 os.fsync(fd)
             finally:
@@ -585,6 +604,20 @@ class Retention:
         n = self._delete_ids(store, [i for i in ids if i not in listed])
         _drop_journal(jpath)
         return n
+
+    def _listed_tasks(self, sfd: int | None, state_name: str,
+                      state_st: os.stat_result | None, state_rel: str) -> list[str]:
+        """The task ids ``state.json`` lists (none when it is absent or unreadable: its
+        refusal is reported where it is read for retention)."""
+        if sfd is None or state_st is None:
+            return []
+        try:
+            state = userjson.read_at(sfd, state_name,
+                                     f"{self.project.host_path}/{state_rel}")
+        except (userjson.UserDataError, OSError):
+            return []
+        results = state.get("task_results") if isinstance(state, dict) else None
+        return sorted(results) if isinstance(results, dict) else []
 
     # -- thinking logs -------------------------------------------------------------------
 
@@ -676,9 +709,9 @@ class Retention:
                     rep.items.append(Gone(f"daily/{name}", rule, age, bytes=st.st_size))
                     if not self.check:
                         _delete(fd, name, store.dev)
-                elif name.endswith(".json.gz") and name[:-3] not in names:
-                    _restore(fd, name[:-3], f"daily/{name[:-3]}", store.dev, rep,
-                             self.check)
+                elif name.endswith(".json.gz"):
+                    self.restorer.restore(fd, name[:-3], f"daily/{name[:-3]}", store.dev,
+                                          rep)
         finally:
             os.close(fd)
 
@@ -699,7 +732,8 @@ class Retention:
         state_dir, _, state_name = state_rel.rpartition("/")
         try:
             sfd: int | None = safefs.open_beneath(self.project.path, state_dir or ".",
-                                                  os.O_RDONLY | os.O_DIRECTORY)
+                                                  os.O_RDONLY | os.O_DIRECTORY,
+                                                  base_ident=self.project.ident)
         except FileNotFoundError:
             sfd = None
         try:
@@ -712,9 +746,12 @@ class Retention:
                 if sfd is not None:
                     rep.recovered += _recover_stale(sfd, os.fstat(sfd).st_dev)
                     state_st = _lstat(sfd, state_name)
-                for name in sorted(os.listdir(store.fd)):
-                    if name.endswith(".json.gz") and not name.startswith("."):
-                        _restore(store.fd, name[:-3], name[:-3], store.dev, rep, False)
+            # results/<id>.json is read by name for the ids state.json lists (and only
+            # those): an archive of one of them is made again, any other .gz is not ours
+            for tid in self._listed_tasks(sfd, state_name, state_st, state_rel):
+                if _ID_RE.fullmatch(tid):
+                    self.restorer.restore(store.fd, f"{tid}.json", f"{tid}.json",
+                                          store.dev, rep)
             expired: dict[str, Gone] = {}
             for name in sorted(os.listdir(store.fd)):
                 if not name.endswith(".json") or name.startswith("."):
@@ -806,7 +843,19 @@ def _prune_refs(doc: Any, refs: set[str]) -> tuple[Any, int]:
     removed = 0
 
     def refers(s: Any) -> bool:
-        return isinstance(s, str) and any(s == r or s.endswith("/" + r) for r in refs)
+        # s is one of refs, or ends with "/" + one of them: a set lookup per "/" in s
+        # (an index of 200,000 strings against 2,000 expired logs was 41 s when every
+        # string was compared with every ref)
+        if not isinstance(s, str):
+            return False
+        if s in refs:
+            return True
+        i = s.find("/")
+        while i >= 0:
+            if s[i + 1:] in refs:
+                return True
+            i = s.find("/", i + 1)
+        return False
 
     def names_one(x: Any) -> bool:
         return refers(x) or (isinstance(x, dict) and any(refers(v) for v in x.values()))

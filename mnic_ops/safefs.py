@@ -20,6 +20,13 @@ from mnic_ops.errors import OpsError
 
 TMP_MARK = ".mnic-ops-tmp"
 _CHUNK = 1 << 20
+# What :func:`read_beneath` reads of a file below a user's tree unless told otherwise: the
+# framework's JSON files are kilobytes; a sparse 3 GB file must not become 3 GB of RAM.
+MAX_READ = 16 << 20
+
+
+class TooLarge(OpsError):
+    """A file larger than its reader's bound: refused, not read."""
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -204,17 +211,52 @@ def open_nofollow(path: str | os.PathLike[str], flags: int = os.O_RDONLY) -> int
         raise
 
 
-def open_beneath(base: str | os.PathLike[str], relpath: str, flags: int = os.O_RDONLY) -> int:
+# A folder's identity as found: (st_dev, st_ino, st_uid). A walk that starts again from
+# the folder's path later checks the descriptor it opened against it: a path can lead
+# elsewhere by then (a user renamed a folder above it and put a link there).
+Ident = tuple[int, int, int]
+
+
+def ident_of(st: os.stat_result) -> Ident:
+    return st.st_dev, st.st_ino, st.st_uid
+
+
+class BaseReplaced(OSError):
+    """The folder a walk starts from is no longer the one found earlier (ESTALE): nothing
+    below it is opened."""
+
+    def __init__(self, path: str | os.PathLike[str], why: str) -> None:
+        super().__init__(errno.ESTALE, why, os.fspath(path))
+
+
+def check_base(fd: int, ident: Ident | None, path: str | os.PathLike[str],
+               what: str = "the folder") -> None:
+    """Raise :class:`BaseReplaced` when the folder open at ``fd`` is not the one whose
+    identity is ``ident`` (device, inode, owner); nothing to check for None."""
+    if ident is None:
+        return
+    now = ident_of(os.fstat(fd))
+    want = tuple(ident)
+    if now != want:
+        raise BaseReplaced(path, f"{what} was replaced since mnic-ops found it (then "
+                           f"device {want[0]} inode {want[1]} uid {want[2]}, now device "
+                           f"{now[0]} inode {now[1]} uid {now[2]}): not entered")
+
+
+def open_beneath(base: str | os.PathLike[str], relpath: str, flags: int = os.O_RDONLY, *,
+                 base_ident: Ident | None = None) -> int:
     """Open ``base/relpath`` following no symlink in any component below ``base``.
 
     Each folder is opened relative to the previous one's descriptor with
-    ``O_NOFOLLOW``, so a link swapped in by a user cannot lead outside ``base``.
+    ``O_NOFOLLOW``, so a link swapped in by a user cannot lead outside ``base``; with
+    ``base_ident`` the opened ``base`` must still be that folder (:func:`check_base`).
     """
     parts = [p for p in relpath.split("/") if p and p != "."]
     if any(p == ".." for p in parts):
         raise OpsError(f"{relpath}: '..' is not allowed")
     fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
+        check_base(fd, base_ident, base)
         for part in parts[:-1]:
             nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                           dir_fd=fd)
@@ -223,6 +265,8 @@ def open_beneath(base: str | os.PathLike[str], relpath: str, flags: int = os.O_R
         if not parts:
             return os.dup(fd)
         return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    except BaseReplaced:
+        raise
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise OpsError(f"{base}/{relpath}: a symlink is in the way; refusing to follow it") \
@@ -232,9 +276,11 @@ def open_beneath(base: str | os.PathLike[str], relpath: str, flags: int = os.O_R
         os.close(fd)
 
 
-def _open_dir_beneath(base: str | os.PathLike[str], reldir: str) -> int:
+def _open_dir_beneath(base: str | os.PathLike[str], reldir: str,
+                      base_ident: Ident | None = None) -> int:
     """A descriptor of folder ``base/reldir``, reached without following any symlink,
-    ``base`` itself included (a user may own the folder that holds it)."""
+    ``base`` itself included (a user may own the folder that holds it); with
+    ``base_ident``, ``base`` must still be the folder found earlier."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(base, flags)
@@ -244,6 +290,7 @@ def _open_dir_beneath(base: str | os.PathLike[str], reldir: str) -> int:
                 from exc
         raise
     try:
+        check_base(fd, base_ident, base)
         for part in [p for p in reldir.split("/") if p and p != "."]:
             if part == "..":
                 raise OpsError(f"{reldir}: '..' is not allowed")
@@ -269,14 +316,19 @@ def _split_rel(relpath: str) -> tuple[str, str]:
     return "/".join(parts[:-1]), parts[-1]
 
 
-def read_beneath(base: str | os.PathLike[str], relpath: str
+def read_beneath(base: str | os.PathLike[str], relpath: str, *, max_bytes: int = MAX_READ,
+                 source: str | None = None, base_ident: Ident | None = None
                  ) -> tuple[bytes, os.stat_result] | None:
     """Content and stat of the regular file ``base/relpath`` (None when absent), following
     no symlink below ``base``: a user cannot swap a folder for a link to redirect a root
-    reader. Anything but a regular file is refused."""
+    reader. Anything but a regular file is refused, and so is a file of more than
+    ``max_bytes`` (:class:`TooLarge`, by its size before reading and by reading at most
+    one byte more): the user who owns the tree decides its size. ``source`` names the
+    file in messages (default: the path); ``base_ident`` as for :func:`open_beneath`."""
+    shown = source or f"{base}/{relpath}"
     reldir, name = _split_rel(relpath)
     try:
-        dfd = _open_dir_beneath(base, reldir)
+        dfd = _open_dir_beneath(base, reldir, base_ident)
     except FileNotFoundError:
         return None
     try:
@@ -293,8 +345,12 @@ def read_beneath(base: str | os.PathLike[str], relpath: str
         with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fh.fileno())
             if not stat.S_ISREG(st.st_mode):
-                raise OpsError(f"{base}/{relpath}: not a regular file")
-            return fh.read(), st
+                raise OpsError(f"{shown}: not a regular file")
+            data = b"" if st.st_size > max_bytes else fh.read(max_bytes + 1)
+            if st.st_size > max_bytes or len(data) > max_bytes:
+                raise TooLarge(f"{shown}: {max(st.st_size, len(data))} bytes, more than the "
+                               f"{max_bytes} mnic-ops reads of a file there; not read")
+            return data, st
     finally:
         os.close(dfd)
 
@@ -308,15 +364,17 @@ def atomic_write_beneath(
     uid: int | None = None,
     gid: int | None = None,
     times_ns: tuple[int, int] | None = None,
+    base_ident: Ident | None = None,
 ) -> None:
     """:func:`atomic_write` for ``base/relpath`` through folder descriptors: no symlink
     below ``base`` is followed, so a user-owned tree cannot steer where root writes.
     Keeps the replaced file's owner, group and mode unless given (new: 0644);
-    ``times_ns`` (atime, mtime) restores a file's times, as an undo must."""
+    ``times_ns`` (atime, mtime) restores a file's times, as an undo must; with
+    ``base_ident`` the opened ``base`` must still be the folder found earlier."""
     if isinstance(data, str):
         data = data.encode()
     reldir, name = _split_rel(relpath)
-    dfd = _open_dir_beneath(base, reldir)
+    dfd = _open_dir_beneath(base, reldir, base_ident)
     try:
         try:
             st: os.stat_result | None = os.stat(name, dir_fd=dfd, follow_symlinks=False)
@@ -336,11 +394,12 @@ def folder_times(dfd: int) -> tuple[int, int]:
     return st.st_atime_ns, st.st_mtime_ns
 
 
-def unlink_beneath(base: str | os.PathLike[str], relpath: str) -> bool:
+def unlink_beneath(base: str | os.PathLike[str], relpath: str, *,
+                   base_ident: Ident | None = None) -> bool:
     """Remove the file ``base/relpath`` without following symlinks below ``base``;
     False when it was already gone."""
     reldir, name = _split_rel(relpath)
-    dfd = _open_dir_beneath(base, reldir)
+    dfd = _open_dir_beneath(base, reldir, base_ident)
     try:
         try:
             os.unlink(name, dir_fd=dfd)
@@ -437,6 +496,26 @@ def locked(path: str | os.PathLike[str], *, blocking: bool = True,
                     return
                 time.sleep(min(0.25, left))
         yield True
+    finally:
+        os.close(fd)
+
+
+def lock_held(path: str | os.PathLike[str]) -> bool:
+    """Does someone hold the ``flock`` on ``path`` right now? Creates nothing (a missing
+    file is a lock nobody holds) and keeps nothing."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
     finally:
         os.close(fd)
 

@@ -95,16 +95,24 @@ def _crashpoint(name: str) -> None:
 
 @dataclass(frozen=True)
 class Place:
-    """A path as a trusted ``base`` folder (followed as given) and a ``rel`` path below
-    it that is walked without following any symlink."""
+    """A path as a ``base`` folder (followed as given) and a ``rel`` path below it that
+    is walked without following any symlink. With ``ident`` (device, inode, owner: an
+    install root as the data map found it) the opened ``base`` must still be that folder:
+    its path may lead elsewhere by now (a user renamed a folder above it)."""
 
     base: str
     rel: str
+    ident: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         parts = self.rel.split("/")
         if not self.rel or self.rel.startswith("/") or ".." in parts or "" in parts:
             raise ValueError(f"bad relative path {self.rel!r}")
+        if self.ident is not None:  # a list when read back from a journal
+            v = tuple(self.ident)
+            if len(v) != 3 or not all(type(x) is int for x in v):
+                raise ValueError(f"bad folder identity {self.ident!r}")
+            object.__setattr__(self, "ident", v)
 
     @property
     def path(self) -> Path:
@@ -115,9 +123,28 @@ class Place:
         return posixpath.basename(self.rel)
 
     def open_parent(self) -> int:
-        """A descriptor of the parent folder, reached without following symlinks."""
+        """A descriptor of the parent folder, reached without following symlinks from
+        the base (checked against ``ident``: :class:`~mnic_ops.safefs.BaseReplaced`)."""
         return safefs.open_beneath(self.base, posixpath.dirname(self.rel),
-                                   os.O_RDONLY | os.O_DIRECTORY)
+                                   os.O_RDONLY | os.O_DIRECTORY, base_ident=self.ident)
+
+    def state(self) -> tuple[str, str | None, int | None]:
+        """(``absent`` | ``dir`` | ``link`` | ``other``, link text, owner uid) of the
+        place as it is now, reached like :meth:`open_parent` (a missing parent folder:
+        absent)."""
+        try:
+            pdir = self.open_parent()
+        except FileNotFoundError:
+            return "absent", None, None
+        try:
+            try:
+                st = os.stat(self.name, dir_fd=pdir, follow_symlinks=False)
+            except FileNotFoundError:
+                return "absent", None, None
+            kind, text = _what(pdir, self.name)
+            return kind, text, st.st_uid
+        finally:
+            os.close(pdir)
 
 
 def _what(dfd: int, name: str) -> tuple[str, str | None]:
@@ -248,6 +275,20 @@ class Holder:
     pid: int
     name: str
     path: str
+    uids: tuple[int, int] = (-1, -1)  # real and effective uid (-1: unknown)
+
+
+def _uids(base: str) -> tuple[int, int]:
+    """(real, effective) uid of a process from its ``status`` (-1 each when unknown)."""
+    try:
+        with open(f"{base}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Uid:"):
+                    f = line.split()
+                    return int(f[1]), int(f[2])
+    except (OSError, ValueError, IndexError):
+        pass
+    return -1, -1
 
 
 def holders(paths: list[str], proc: str = "/proc") -> list[Holder]:
@@ -292,7 +333,8 @@ def holders(paths: list[str], proc: str = "/proc") -> list[Holder]:
                     name = comm.read().strip()
             except OSError:
                 name = "?"
-            out.extend(Holder(pid, name, t) for t in found)
+            uids = _uids(base)
+            out.extend(Holder(pid, name, t, uids) for t in found)
     return out
 
 
@@ -1079,12 +1121,14 @@ def _new_journal(path: Path, op: str, public: Place, dest: Place, link_text: str
 
 def link_out(public: Place, dest: Place, link_text: str, journal_dir: str | os.PathLike[str],
              *, owner: tuple[int, int] | None = None, progress: Progress | None = None,
-             verify_from_disk: bool = True, meta: dict[str, Any] | None = None
-             ) -> MoveResult:
+             verify_from_disk: bool = True, meta: dict[str, Any] | None = None,
+             source_owner: int | None = None) -> MoveResult:
     """Move the folder ``public`` to ``dest`` (whose parent must exist; ``dest`` must
     not) and leave at ``public`` a symlink whose text is ``link_text``, owned by
-    ``owner``. Resumable with :func:`recover` after a crash; ``meta`` is kept in the
-    journal for the caller (what to record once a recovery completes the move)."""
+    ``owner``. With ``source_owner`` the folder must belong to that uid, checked on its
+    own descriptor (and it must still be that folder when it moves). Resumable with
+    :func:`recover` after a crash; ``meta`` is kept in the journal for the caller (what
+    to record once a recovery completes the move)."""
     jpath = journal_path(journal_dir, public)
     with _locked_journal(jpath):
         if _load_journal(jpath) is not None:
@@ -1100,9 +1144,11 @@ def link_out(public: Place, dest: Place, link_text: str, journal_dir: str | os.P
             kind, _ = _what(pdir, public.name)
             if kind != "dir":
                 raise MoveError(f"{public.path}: not a folder ({kind})")
+            source = _source_ident(pdir, public, source_owner)
             if _what(ddir, dest.name)[0] != "absent":
                 raise MoveError(f"{dest.path}: already exists; refusing to overwrite it")
             j = _new_journal(jpath, "out", public, dest, link_text, owner, meta)
+            j.data["source"] = list(source)
             same = os.fstat(pdir).st_dev == os.fstat(ddir).st_dev
             t0 = time.monotonic()
             if same:
@@ -1125,6 +1171,34 @@ def link_out(public: Place, dest: Place, link_text: str, journal_dir: str | os.P
 
 class _CrossDevice(Exception):
     pass
+
+
+def _source_ident(pdir: int, public: Place, owner: int | None) -> tuple[int, int]:
+    """(device, inode) of the folder about to move, checked on its own descriptor to
+    belong to ``owner``: a folder of someone else is never moved into a place the
+    install's owner controls, whatever its path led to when the move was planned."""
+    sfd = _open_dir(public.name, pdir)
+    try:
+        st = os.fstat(sfd)
+    finally:
+        os.close(sfd)
+    if owner is not None and st.st_uid != owner:
+        raise MoveError(f"{public.path}: owned by uid {st.st_uid}, not by the install's "
+                        f"owner (uid {owner}); not moved")
+    return st.st_dev, st.st_ino
+
+
+def _check_moved(j: _Journal, dfd: int, name: str) -> bool:
+    """Is the folder now at ``name`` the one checked before the move (or was none
+    recorded)?"""
+    want = j.data.get("source")
+    if not want:
+        return True
+    try:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return [st.st_dev, st.st_ino] == list(want)
 
 
 def _make_link(dfd: int, name: str, text: str, owner: list[int] | None) -> None:
@@ -1150,10 +1224,21 @@ def _out_rename(j: _Journal, pdir: int, ddir: int) -> MoveResult:
         _crashpoint("out-rename-linked")
         try:
             _exchange(pdir, pub.name, ddir, dst.name)
+            if not _check_moved(j, ddir, dst.name):  # swapped for another folder meanwhile
+                _exchange(pdir, pub.name, ddir, dst.name)
+                _unlink_link(ddir, dst.name, text)
+                j.remove()
+                raise MoveError(f"{pub.path}: replaced by another folder while it was being "
+                                "moved; put back, nothing moved")
         except _NoExchange:
             _unlink_link(ddir, dst.name, text)
             os.rename(pub.name, dst.name, src_dir_fd=pdir, dst_dir_fd=ddir)
             _crashpoint("swap-gap")
+            if not _check_moved(j, ddir, dst.name):
+                os.rename(dst.name, pub.name, src_dir_fd=ddir, dst_dir_fd=pdir)
+                j.remove()
+                raise MoveError(f"{pub.path}: replaced by another folder while it was being "
+                                "moved; put back, nothing moved") from None
             _make_link(pdir, pub.name, text, j.data["owner"])
         except OSError as exc:
             if exc.errno != errno.EXDEV:
@@ -1193,6 +1278,10 @@ def _copy_to_staging(j: _Journal, src_dir: int, src_name: str, stg_dir: int,
     try:
         sfd = _open_dir(src_name, src_dir)
         try:
+            want = j.data.get("source")
+            sst = os.fstat(sfd)
+            if want and [sst.st_dev, sst.st_ino] != list(want):
+                raise _Changed(".", "replaced by another folder since it was checked")
             os.mkdir(stg, 0o700, dir_fd=stg_dir)
             dfd = _open_dir(stg, stg_dir)
             try:

@@ -4,7 +4,9 @@ A root pass reads every install's JSON; one user's file must not stop it. ``json
 alone recurses once per nesting level (``[`` x 100000 is a RecursionError), turns a
 5000-digit integer into a ValueError, accepts ``NaN``/``Infinity`` and lets a duplicate
 key silently win. :func:`parse` refuses all of that, and anything over the size limit,
-with one :class:`UserDataError` that names the file, line and column (an
+and a ``\\ud800`` escape that pairs with nothing (Python keeps it as a lone surrogate, which
+no path, encoder or terminal accepts: one such string crashed every command that touched
+the install), with one :class:`UserDataError` that names the file, line and column (an
 :class:`~mnic_ops.errors.InputError`, so the CLI prints it and exits 2, and a command
 that works per install reports it for that install and goes on).
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 from typing import Any
 
@@ -27,6 +30,9 @@ MAX_DEPTH = 64
 MAX_NUMBER_CHARS = 64  # "-1.2345678901234567e+308" is 24; ints up to 10**63
 _NUMBER_CHARS = frozenset(b"0123456789+-.eE")
 _LITERALS = (b"true", b"false", b"null")
+# a \\uD800-\\uDFFF escape somewhere: only then is the document scanned for pairing
+_SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
 class UserDataError(InputError):
@@ -94,6 +100,45 @@ def _scan(raw: bytes, source: str, max_depth: int, max_number: int) -> None:
             i = j
             continue
         i += 1
+
+
+def _escape_code(raw: bytes, i: int) -> int | None:
+    """The code unit of the ``\\uXXXX`` escape starting at ``raw[i]`` (the backslash),
+    None when there is none."""
+    if raw[i + 1:i + 2] != b"u" or len(raw) < i + 6 or not all(c in _HEX
+                                                              for c in raw[i + 2:i + 6]):
+        return None
+    return int(raw[i + 2:i + 6], 16)
+
+
+def _unpaired_surrogate(raw: bytes) -> int | None:
+    """Offset of the first ``\\uD800``-``\\uDFFF`` escape inside a string that is not
+    half of a high-low pair (JSON's way to write a character above U+FFFF), or None."""
+    i, n = 0, len(raw)
+    while i < n:
+        if raw[i] != 0x22:
+            i += 1
+            continue
+        i += 1
+        while i < n and raw[i] != 0x22:
+            if raw[i] != 0x5C:
+                i += 1
+                continue
+            code = _escape_code(raw, i)
+            if code is None:
+                i += 2
+                continue
+            if 0xD800 <= code <= 0xDBFF:
+                low = _escape_code(raw, i + 6) if raw[i + 6:i + 7] == b"\\" else None
+                if low is None or not 0xDC00 <= low <= 0xDFFF:
+                    return i
+                i += 12
+                continue
+            if 0xDC00 <= code <= 0xDFFF:
+                return i
+            i += 6
+        i += 1
+    return None
 
 
 def _locate(raw: bytes, problem: str) -> tuple[int, int] | None:
@@ -209,6 +254,11 @@ def parse(raw: bytes | str, source: str, *, max_bytes: int = MAX_BYTES,
     except UnicodeDecodeError as exc:
         raise UserDataError(source, f"not UTF-8 ({exc.reason})",
                             *_position(data, exc.start)) from None
+    if _SURROGATE_HINT.search(data) and (at := _unpaired_surrogate(data)) is not None:
+        shown = data[at:at + 6].decode("ascii")
+        raise UserDataError(source, f"{shown} is an unpaired surrogate escape, not a "
+                            "character (no path or text can hold it)",
+                            *_position(data, at))
     # Fast path: the C parser with cheap hooks (its own recursion check turns deep
     # nesting into RecursionError, never a crash), then the depth of what it built.
     # Only a refusal pays for the byte-by-byte scan that says where the problem is.

@@ -119,7 +119,8 @@ class WatchRoot:
     host_path: str  # the data folder as the framework names it
     prefix: str | None = None  # trusted host prefix (install, recorded relocation base) ...
     parts: tuple[str, ...] = ()  # ... and the components below it, opened with O_NOFOLLOW
-    owner: int | None = None  # uid a relocated folder must belong to
+    owner: int | None = None  # uid the folder must belong to (the install's owner)
+    base_ident: tuple[int, int, int] | None = None  # the install root, when that is prefix
     real: str = ""  # real path of the folder watched (under --root)
     state: str = READY
     note: str = ""
@@ -192,6 +193,7 @@ def build_roots(app: AppContext, projects: Sequence[Project], pass_: cl.Pass,
                 r.state, r.note = REFUSED, cl.printable(loc.note)
             else:
                 r.prefix, r.parts, r.owner = loc.prefix, loc.parts, loc.owner
+                r.base_ident = loc.base_ident
                 if loc.state == linkrecords.ABSENT:
                     r.state = ABSENT
             if r.prefix is not None:
@@ -216,7 +218,7 @@ def prepare_root(app: AppContext, r: WatchRoot, mounts: list[Mount], force_poll:
     if r.prefix is None or r.state == REFUSED:
         return
     try:
-        fd = linkrecords.open_folder(app.root, r.prefix, r.parts, r.owner)
+        fd = linkrecords.open_folder(app.root, r.prefix, r.parts, r.owner, r.base_ident)
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             r.state = ABSENT
@@ -249,7 +251,7 @@ def prepare_root(app: AppContext, r: WatchRoot, mounts: list[Mount], force_poll:
 def count_dirs(app: AppContext, r: WatchRoot, pass_: cl.Pass) -> int:
     """Folders below (and including) a data folder: one inotify watch each."""
     try:
-        top = cl.open_tree(app.root, r.prefix or "/", r.parts)
+        top = cl.open_tree(app.root, r.prefix or "/", r.parts, r.base_ident)
     except OSError:
         return 0
     n = 0
@@ -555,10 +557,10 @@ class Daemon:
 
     def _opener(self, r: WatchRoot) -> Any:
         """Opens a folder below a root from its trusted prefix, never following links."""
-        root, prefix, parts = self.app.root, r.prefix or "/", r.parts
+        root, prefix, parts, base = self.app.root, r.prefix or "/", r.parts, r.base_ident
 
         def opener(below: tuple[str, ...]) -> int:
-            return cl.open_tree(root, prefix, parts + below)
+            return cl.open_tree(root, prefix, parts + below, base)
 
         return opener
 
@@ -577,10 +579,12 @@ class Daemon:
             r = self.poll_roots.get(p)
         try:
             fd = cl.open_tree(self.app.root, r.prefix or "/",
-                              r.parts + (tuple(rel.split("/")) if rel else ()))
+                              r.parts + (tuple(rel.split("/")) if rel else ()), r.base_ident)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise NotADirectoryError(errno.ENOTDIR, "a symlink is in the way") from None
+            if exc.errno == errno.ESTALE:  # the install root was replaced: check_roots
+                raise NotADirectoryError(errno.ENOTDIR, "the install was replaced") from None
             raise
         try:
             if os.fstat(fd).st_dev != r.dev:
@@ -903,7 +907,7 @@ class Daemon:
         (--once-settled). ``recover`` also finishes temporaries a killed run left."""
         parts = r.parts + tuple(sub.split("/")) if sub else r.parts
         try:
-            top = cl.open_tree(self.app.root, r.prefix or "/", parts)
+            top = cl.open_tree(self.app.root, r.prefix or "/", parts, r.base_ident)
         except OSError:
             return
         stale: dict[str, list[str]] = {}
@@ -947,7 +951,7 @@ class Daemon:
             for rd, names in stale.items():
                 parts = r.parts + tuple(rd.split("/")) if rd else r.parts
                 try:
-                    dfd = cl.open_tree(self.app.root, r.prefix or "/", parts)
+                    dfd = cl.open_tree(self.app.root, r.prefix or "/", parts, r.base_ident)
                 except OSError:
                     continue
                 try:
@@ -1022,8 +1026,10 @@ class Daemon:
                 return
             parts = r.parts + tuple(reldir.split("/")) if reldir else r.parts
             try:
-                dfd = cl.open_tree(self.app.root, r.prefix or "/", parts)
+                dfd = cl.open_tree(self.app.root, r.prefix or "/", parts, r.base_ident)
             except OSError as exc:
+                if exc.errno == errno.ESTALE:
+                    self.next_root_check = 0.0  # the install was replaced: rebuild it
                 if exc.errno != errno.ENOENT:
                     log.info("%s: not entered: %s", cl.printable(f"{r.host_path}/{reldir}"),
                              "a symlink is in the way" if exc.errno in

@@ -212,6 +212,41 @@ def test_second_pass_skips_while_the_lock_is_held(fake_root: Path) -> None:
         os.close(fd)
 
 
+def _tree(top: Path) -> dict[str, tuple[int, int, bytes | None]]:
+    out: dict[str, tuple[int, int, bytes | None]] = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for n in [*dirnames, *filenames]:
+            p = Path(dirpath) / n
+            st = p.lstat()
+            out[str(p.relative_to(top))] = (st.st_mode, st.st_mtime_ns, p.read_bytes()
+                                            if stat.S_ISREG(st.st_mode) else None)
+    return out
+
+
+def test_check_writes_nothing(fake_root: Path) -> None:
+    """clean --check changes nothing anywhere: no lock file or folder in
+    /var/lib/mnic-ops (on main it created locks/<install>.lock), no state, no log; a lock
+    another pass holds is still reported."""
+    make_project(fake_root, files=5)
+    write_config(fake_root)
+    before = _tree(fake_root)
+    r = run_mnic("--root", str(fake_root), "--json", "clean", "--check")
+    assert r.code == 3, r.out + r.err
+    assert _tree(fake_root) == before
+    assert not (fake_root / "var/lib/mnic-ops").exists()
+    lock = cz.lock_path(HostRoot.open(fake_root), PROJECT)
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        r = run_mnic("--root", str(fake_root), "--json", "clean", "--check")
+        assert json.loads(r.out)["projects"][0]["status"] == "locked", r.out
+    finally:
+        os.close(fd)
+    r = run_mnic("--root", str(fake_root), "--json", "clean", "--check")
+    assert json.loads(r.out)["projects"][0]["status"] == "done", r.out
+
+
 @pytest.mark.slow
 def test_two_passes_at_once_one_works_one_skips(fake_root: Path) -> None:
     files = make_project(fake_root, files=3000)

@@ -672,3 +672,19 @@ def test_provision_an_ambiguous_entry_is_a_failed_item(fake_root: Path) -> None:
     # ... and it does not stop the rest of the plan (a planning failure would)
     assert not [i for i in doc["items"] if "planning failed elsewhere" in
                 i.get("reason", "")], doc["items"]
+
+
+def test_an_explicit_set_with_an_ambiguous_entry_writes_nothing(fake_root: Path) -> None:
+    """--mount-point names the whole set, all or nothing: one of it with two fstab
+    entries fails (exit 1) and the others are not written either."""
+    (fake_root / "etc/fstab").write_text(
+        "/dev/a /srv ext4 defaults 0 2\n/dev/b /data ext4 defaults 0 2\n"
+        "/dev/c /data ext4 defaults 0 2\n")
+    before = (fake_root / "etc/fstab").read_bytes()
+    r = run_mnic("--root", str(fake_root), "--json", "fstab", "--apply",
+                 "--mount-point", "/srv", "--mount-point", "/data")
+    assert r.code == 1, r.out + r.err
+    doc = json.loads(r.out)
+    states = {i["id"]: i["state"] for i in doc["items"]}
+    assert states["fstab:/data"] == "failed" and states["fstab:/etc/fstab"] == "skipped"
+    assert (fake_root / "etc/fstab").read_bytes() == before

@@ -66,9 +66,73 @@ def test_a_pattern_over_files_the_framework_reads_back_is_refused_at_load(
     ("thinking_logs", "patterns", "core/*/*.json", False),
     ("thinking_logs", "expire_patterns", "*.json", True),
     ("sessions", "patterns", "*", False),  # exact names are skipped at run time
+    # decided on the patterns, not on sample names (the reviewer's finding 7): a 2026
+    # log is a thinking log like the 2025 sample
+    ("thinking_logs", "expire_patterns", "core/*/2026*", True),
+    ("thinking_logs", "expire_patterns", "[a-z]*/*/*.js?n", True),
+    ("thinking_logs", "expire_patterns", "core/*/2026*.gz", False),
+    ("thinking_logs", "expire_patterns", "*.json.gz", False),
+    ("cost_records", "patterns", "daily/2026-*", True),
+    ("cost_records", "patterns", "daily/*.csv", False),
+    ("checkpoint_store", "expire_patterns", "metadata/cp_2026*", True),
+    ("checkpoint_store", "patterns", "*.md", False),
 ])
 def test_pattern_refusal(kind: str, key: str, pattern: str, refused: bool) -> None:
     assert (policy.pattern_refusal(kind, key, pattern) is not None) is refused
+
+
+def test_the_refusal_names_a_file_it_would_have_touched() -> None:
+    why = policy.pattern_refusal("thinking_logs", "expire_patterns", "core/*/2026*")
+    assert why is not None and "would delete .claude/thinking-logs/core/x/2026" in why, why
+    assert "by a glob" in why and "use a pattern ending in .gz" in why
+
+
+def test_glob_read_files_are_never_expired_by_a_pattern(tmp_path: Path) -> None:
+    """The run-time side of the same rule (a pattern could reach due() from a config
+    written before the load-time check knew it): a thinking log the framework globs is
+    compressed only where its config declares it, and never expired by a pattern."""
+    now = time.time()
+    p = tmp_path / "2026-01-01-000000-d.json"
+    p.write_text("{}")
+    os.utime(p, (now - 10 * DAY,) * 2)
+    st = os.stat(p)
+    rel = f"core/arch/{p.name}"
+    expire = policy.Policy("thinking_logs", (), 0, ("core/*/2026*",), 1)
+    d = policy.due(expire, p.name, rel, st, now)
+    assert d is not None and d.action == "protected" and "glob" in d.rule, d
+    both = policy.Policy("thinking_logs", ("*.json",), 7, ("*",), 1)
+    assert policy.due(both, p.name, rel, st, now).action == "compress"
+    assert policy.due(both, p.name, rel, st, now, only="expire").action == "protected"
+    gz = tmp_path / "2026-01-01-000000-d.json.gz"
+    gz.write_text("x")
+    os.utime(gz, (now - 10 * DAY,) * 2)
+    assert policy.due(expire, gz.name, rel + ".gz", os.stat(gz), now).action == "expire"
+    # a class the framework reads by a glob but whose config can declare no compression
+    other = policy.Policy("sessions", ("*.md",), 7, (), 0)
+    assert policy.compress_wanted(other, "a.md", "a.md")
+
+
+def test_glob_meet_agrees_with_fnmatch() -> None:
+    """globmeet's answer against brute force over every short string of an alphabet
+    that every pattern below can tell apart."""
+    import fnmatch
+    import itertools
+
+    from mnic_ops import globmeet
+
+    pats = ["*", "a*", "*b", "a?b", "[ab]*", "[!a]*", "*/*.j", "a/*", "?/?", "*.j",
+            "[a-b]/b*", "[!/]*", "a*b*a", "b", "", "[", "[]a]*", "*a*"]
+    alphabet = "ab/.j]["
+    strings = [""] + ["".join(t) for n in range(1, 5)
+                      for t in itertools.product(alphabet, repeat=n)]
+    for p, q in itertools.product(pats, repeat=2):
+        w = globmeet.witness(p, q)
+        brute = any(fnmatch.fnmatchcase(s, p) and fnmatch.fnmatchcase(s, q)
+                    for s in strings)
+        if w is not None:
+            assert fnmatch.fnmatchcase(w, p) and fnmatch.fnmatchcase(w, q), (p, q, w)
+        else:
+            assert not brute, (p, q)
 
 
 def test_numbered_archives_expire_like_the_archive() -> None:
@@ -191,3 +255,28 @@ def test_the_map_names_every_reader_it_protects() -> None:
     assert fmap.by_name("thinking_logs", "x.json", "core/a/x.json") is None  # a glob
     assert fmap.written_by("checkpoint_store", "3.3.0") is False
     assert fmap.written_by("checkpoint_store", "3.10.0") is True
+
+
+def test_an_admin_pattern_over_glob_read_logs_deletes_nothing(fake_root: Path) -> None:
+    """The reviewer's case: `[clean.thinking_logs] expire_patterns = ["core/*/2026*"]`
+    with delete_after_days = 1 passed `config` (its samples were 2025 names) and clean
+    deleted plain thinking logs the framework globs. Refused at load with file:line;
+    nothing is deleted."""
+    stamp = time.strftime("%Y-%m-%d-%H%M%S", time.localtime(time.time() - 5 * DAY))
+    log = f".claude/thinking-logs/core/arch/{stamp}-d.json"  # within its 90 days
+    project(fake_root, {log: "{}", ".claude/config/extended-thinking-config.json":
+                        json.dumps({"logging": {"retention_days": 90}})})
+    path = fake_root / PROJECT.lstrip("/") / log
+    os.utime(path, (time.time() - 10 * DAY,) * 2)
+    cfg = fake_root / "etc/mnic-ops/config.toml"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    month = stamp[:7]  # this month's logs: no sample name of the data map is one
+    cfg.write_text(f'projects = ["{PROJECT}"]\n[clean.thinking_logs]\n'
+                   f'expire_patterns = ["core/*/{month}*"]\ndelete_after_days = 1\n')
+    r = run_mnic("--root", str(fake_root), "clean")
+    assert r.code == 2, r.out + r.err
+    assert re.search(r"config\.toml:3: clean\.thinking_logs\.expire_patterns: "
+                     rf"'core/\*/{month}\*' would delete \.claude/thinking-logs/core/x/"
+                     rf"{month}",
+                     r.err), r.err
+    assert path.exists()

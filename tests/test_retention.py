@@ -207,6 +207,9 @@ def test_owner_and_mode_of_the_index_are_kept(fake_root: Path) -> None:
     ({"entries": {"id1": {"file": "core/a/x.json"}, "id2": {"file": "core/b/z.json"}}},
      {"core/a/x.json"}, {"entries": {"id2": {"file": "core/b/z.json"}}}, 1),
     ({"logs": []}, {"core/a/x.json"}, {"logs": []}, 0),
+    # a suffix counts only after a "/": xcore/a/x.json is another file
+    (["xcore/a/x.json", "/abs/p/core/a/x.json", "core/a/x.json/"], {"core/a/x.json"},
+     ["xcore/a/x.json", "core/a/x.json/"], 1),
 ])
 def test_thinking_index_references_are_removed(index: Any, refs: set[str], want: Any,
                                                removed: int) -> None:
@@ -259,3 +262,91 @@ def test_thinking_logs_cost_records_and_task_results(fake_root: Path) -> None:
     assert rep.index["entries_removed"] == 2
     assert sorted(os.listdir(base / "project_archive/background-tasks/results")) == [
         "t2.json", "t3.json"]
+
+
+def _engine_gzip(path: Path) -> None:
+    """NAME -> NAME.gz as mnic-ops's engine (an earlier pass) made it."""
+    from mnic_ops import compress as cz
+
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        o = cz.compress_at(dfd, path.name, cz.Options(dev=os.fstat(dfd).st_dev))
+    finally:
+        os.close(dfd)
+    assert o.state == "compressed", o
+
+
+def test_an_older_archive_beside_a_history_is_kept_once_as_numbered(fake_root: Path) -> None:
+    """Issue 14's own collision in the checkpoint store: an earlier pass gzipped
+    quality_gate_history.json, the framework wrote it again. The older archive is kept
+    once as NAME.1.gz and reported once; the next run says nothing (on main the same
+    line came back every run). The current file is the framework's and stays."""
+    cid = "cp_20250101_000000_aaaaaaaa"
+    p = make_store(fake_root, [(cid, "manual", 1)])
+    store = fake_root / PROJECT.lstrip("/") / STORE
+    hist = store / "quality_gate_history.json"
+    hist.write_text('[{"gate": "old"}]')
+    _engine_gzip(hist)
+    hist.write_text('[{"gate": "new"}]')
+    meta = store / "metadata" / f"{cid}.json"
+    current = meta.read_bytes()
+    meta.write_text('{"older": true}')
+    _engine_gzip(meta)
+    meta.write_bytes(current)
+    rep = run(fake_root, p, check=True)
+    assert [k["file"] for k in rep.kept] == ["quality_gate_history.json.gz",
+                                            f"metadata/{cid}.json.gz"], rep.kept
+    assert (store / "quality_gate_history.json.gz").exists()  # --check changes nothing
+    rep = run(fake_root, p)
+    assert rep.kept == [{"file": "quality_gate_history.json.gz",
+                         "kept_as": "quality_gate_history.json.1.gz"},
+                        {"file": f"metadata/{cid}.json.gz",
+                         "kept_as": f"metadata/{cid}.json.1.gz"}], rep.kept
+    assert not rep.errors, rep.errors
+    assert hist.read_text() == '[{"gate": "new"}]' and meta.read_bytes() == current
+    import gzip
+
+    assert gzip.decompress((store / "quality_gate_history.json.1.gz").read_bytes()) == \
+        b'[{"gate": "old"}]'
+    again = run(fake_root, p)
+    assert not again.kept and not again.errors, (again.kept, again.errors)
+    # the numbered archive of the metadata goes with its checkpoint
+    p = make_store(fake_root, [(cid, "manual", 100)],
+                   {"checkpointLevels": {"manual": {"retention_days": 90}}})
+    gone = run(fake_root, p)
+    assert [g.what for g in gone.items] == [cid]
+    assert not list((store / "metadata").iterdir())
+
+
+def test_a_pass_restores_only_archives_it_made_before(fake_root: Path) -> None:
+    """What an earlier pass gzipped is made again; an archive made after this host's
+    first restoring pass, or not shaped as the engine writes one, is not (a user's
+    gzip bomb must not become root's write)."""
+    import gzip
+
+    from mnic_ops import restore
+
+    cid = "cp_20250101_000000_aaaaaaaa"
+    p = make_store(fake_root, [(cid, "manual", 1)])
+    store = fake_root / PROJECT.lstrip("/") / STORE
+    meta = store / "metadata" / f"{cid}.json"
+    want = meta.read_bytes()
+    _engine_gzip(meta)
+    (store / "agent_coordination.json.gz").write_bytes(gzip.compress(b"{}"))  # not ours
+    rep = run(fake_root, p)  # the first pass: records since when, restores the old one
+    assert rep.restored == [f"metadata/{cid}.json"] and meta.read_bytes() == want
+    assert any("agent_coordination.json.gz not restored: its gzip header is not" in e
+               for e in rep.errors), rep.errors
+    since = json.loads((fake_root / restore.SINCE_FILE.lstrip("/")).read_text())["since"]
+    time.sleep(0.05)
+    (store / "trigger_history.json.gz").write_bytes(gzip.compress(b"[]" * 1000))
+    hist = store / "quality_gate_history.json"
+    hist.write_text("[]")
+    _engine_gzip(hist)  # engine-shaped, but made after the first pass
+    rep = run(fake_root, p)
+    assert rep.restored == [], rep.restored
+    why = "\n".join(rep.errors)
+    assert "trigger_history.json.gz not restored" in why and \
+        "quality_gate_history.json.gz not restored: made after mnic-ops stopped" in why, why
+    assert json.loads((fake_root / restore.SINCE_FILE.lstrip("/")).read_text()) == \
+        {"since": since}

@@ -240,7 +240,7 @@ def test_what_an_earlier_pass_gzipped_is_readable_again(fw_host: Host) -> None:
     """An earlier mnic-ops gzipped files the framework reads by name (metadata/<id>.json,
     quality_gate_history.json, daily/<date>.json, results/<id>.json): the checkpoints
     were unreadable and the histories empty. clean makes them again from the archives."""
-    import gzip
+    from mnic_ops import compress as cz
 
     h = fw_host
     with plain_user("healed") as user:
@@ -255,13 +255,13 @@ def test_what_an_earlier_pass_gzipped_is_readable_again(fw_host: Host) -> None:
                    inst.store / "quality_gate_history.json",
                    *(inst.path / ".ai-tools/model-config/data/daily").glob("*.json"),
                    *(inst.path / "project_archive/background-tasks/results").glob("*.json")]
-        for v in victims:  # what the old pass did: NAME.gz with NAME's owner, mode, mtime
-            st = v.stat()
-            gz = v.with_name(v.name + ".gz")
-            gz.write_bytes(gzip.compress(v.read_bytes()))
-            os.chown(gz, st.st_uid, st.st_gid)
-            os.utime(gz, ns=(st.st_atime_ns, st.st_mtime_ns))
-            v.unlink()
+        for v in victims:  # what the old pass did: its own engine made NAME.gz
+            dfd = os.open(v.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                o = cz.compress_at(dfd, v.name, cz.Options(dev=os.fstat(dfd).st_dev))
+            finally:
+                os.close(dfd)
+            assert o.state == cz.COMPRESSED and not v.exists(), o
         broken = inst.inspect()
         assert not all(c["readable"] for c in broken["checkpoints"].values())
         r = h.mnic("clean", "--check")

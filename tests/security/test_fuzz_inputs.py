@@ -220,3 +220,51 @@ def test_framework_json_fails_that_install_only(rel: str, doc: bytes) -> None:
             err = failed["/home/alice/app"]
             assert re.search(re.escape(f"/home/alice/app/{rel}:") + r"\d+", err), err
             assert snapshot(alice) == before
+
+
+# Path-valued keys of the framework's configs: where the data map puts a data folder
+# (or the task index). Any string a user can write there, escapes included: an unpaired
+# surrogate (``\ud800``, valid JSON that no path can hold) crashed every command on main.
+PATH_KEYS = [(".claude/config/checkpoint-config.json", ("storage", "base_path")),
+             (".claude/config/extended-thinking-config.json", ("logging", "storage_path")),
+             (".claude/config/background-tasks.json", ("storage", "task_results_dir")),
+             (".claude/config/background-tasks.json", ("storage", "task_state_file"))]
+ESCAPES = ["\\ud800", "\\udfff", "\\udc80", "\\ud83d\\ude00", "\\u0000", "\\n", "\\\\",
+           "\\u002e\\u002e/", "/", "..", "\\ud83d", "\\ud800\\ud800"]
+
+
+@st.composite
+def path_values(draw: st.DrawFn) -> str:
+    """The JSON text of a string value: plain characters and escapes, surrogates (paired,
+    unpaired, reversed) among them."""
+    pieces = draw(st.lists(st.one_of(
+        st.sampled_from(ESCAPES),
+        st.text(st.characters(exclude_categories=["Cs"], exclude_characters='"\\'),
+                max_size=4)), min_size=1, max_size=5))
+    return '"' + "".join(pieces) + '"'
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(st.sampled_from(PATH_KEYS), path_values())
+def test_path_valued_keys_fail_that_install_only(key: tuple[str, tuple[str, str]],
+                                                 value: str) -> None:
+    """Any string (as JSON text) in a path-valued key of one install: projects and clean
+    exit 0 or 1, never an internal error; a refusal names that file and a line; the other
+    install is processed."""
+    rel, (section, name) = key
+    with _host() as root:
+        (root / "etc/mnic-ops/config.toml").write_text(
+            'search_paths = ["/home/*"]\nhost_class = "server"\n')
+        alice = root / "home/alice/app"
+        (alice / rel).write_text(f'{{"{section}": {{"{name}": {value}}}}}\n')
+        for argv in (["projects"], ["clean", "--check"], ["clean"]):
+            r = mnic_inprocess("--root", str(root), "--json", *argv)
+            assert "internal error" not in r.err and "Traceback" not in r.err, (value, r.err)
+            assert r.code in (0, 1, 3), (argv, value, r.code, r.err)
+            out = json.loads(r.out)
+            failed = {f["install"]: f["error"] for f in out["failed_installs"]}
+            assert "/home/bob/app" not in failed, (argv, value, failed)
+            assert "/home/bob/app" in r.out
+            if "/home/alice/app" in failed:
+                err = failed["/home/alice/app"]
+                assert re.search(re.escape(f"/home/alice/app/{rel}:") + r"\d+", err), err

@@ -28,6 +28,7 @@ CONFIG = ".claude/config"
 CHECKPOINT = f"{CONFIG}/checkpoint-config.json"
 THINKING = f"{CONFIG}/extended-thinking-config.json"
 AGENTS = f"{CONFIG}/parallel-agents-config.json"
+BACKGROUND = f"{CONFIG}/background-tasks.json"
 
 # The user writes the file herself: root only ever reads it.
 WRITE = """
@@ -37,6 +38,8 @@ if kind == "brackets":
     data = "[" * 100000
 elif kind == "deep":
     data = '{"logging": ' * 500 + "1" + "}" * 500
+elif kind == "surrogate":  # valid JSON; the escape decodes to a lone surrogate
+    data = '{"storage": {"base_path": "x\\\\ud800y", "task_state_file": "s\\\\udc00.json"}}'
 else:
     value = "NaN" if kind == "nan" else "9" * 5000
     text = open(path).read()
@@ -58,6 +61,10 @@ CASES = {
                                                      "provision --check", "verify")),
     "agents-bigint": ([(AGENTS, "bigint")], AGENTS + ":", ("render", "doctor",
                                                            "provision --check", "verify")),
+    # a lone surrogate in a path-valued key (valid JSON, no path can hold it): on main
+    # os.readlink raised UnicodeEncodeError, an internal error for every install
+    "checkpoint-surrogate": ([(CHECKPOINT, "surrogate")], CHECKPOINT + ":1:29", ALL),
+    "background-surrogate": ([(BACKGROUND, "surrogate")], BACKGROUND + ":1:29", ALL),
     # the issue's own setup: all of them at once; the data map fails first
     "all-at-once": ([(AGENTS, "nan"), (THINKING, "deep"), (CHECKPOINT, "brackets")],
                     CHECKPOINT + ":1:65", ALL),
@@ -78,7 +85,8 @@ def test_one_users_json_fails_that_install_only(alice: User, case: str) -> None:
         for rel, kind in files:
             as_user(alice, WRITE, str(root / a.lstrip("/") / rel), kind)
         got = (root / a.lstrip("/") / files[0][0]).read_bytes()
-        assert b"NaN" in got or b"9" * 5000 in got or got.startswith((b"[[[", b'{"log'))
+        assert b"NaN" in got or b"9" * 5000 in got or got.startswith(
+            (b"[[[", b'{"log', b'{"stor'))
         alice_configs = snapshot(root / a.lstrip("/") / CONFIG)
         alice_data = snapshot(root / a.lstrip("/") / "project_archive")
         bob_sessions = root / b.lstrip("/") / "project_archive/sessions"
@@ -172,3 +180,25 @@ def test_bounded_parser_fast_path_keeps_every_refusal(doc: str, where: str) -> N
         userjson.parse(doc, "f")
     assert str(ei.value).startswith(where), str(ei.value)
     assert userjson.parse("[" * 64 + "]" * 64, "f") is not None
+
+
+def test_a_value_error_past_the_parsers_fails_that_install_only() -> None:
+    """The backstop: should a value the parsers let through still reach an encoder or a
+    path (UnicodeEncodeError, a ValueError), it is that install's failure, reported in
+    text any output can carry, never an internal error for everyone."""
+    import os
+    from types import SimpleNamespace
+
+    from mnic_ops import installfail
+
+    app = SimpleNamespace(failures=installfail.InstallFailures())
+    with installfail.guard(app, "/home/a/app", "clean"):  # type: ignore[arg-type]
+        os.readlink("/tmp/x\ud800y")
+    with installfail.guard(app, "/home/b/app", "clean"):  # type: ignore[arg-type]
+        int("not a number")
+    got = {f.install: f for f in app.failures}
+    assert set(got) == {"/home/a/app", "/home/b/app"}
+    err = got["/home/a/app"].error
+    assert err.startswith("UnicodeEncodeError: ") and "\\ud800" in err, err
+    err.encode("utf-8")  # printable anywhere: the surrogate is an escape
+    assert got["/home/b/app"].error.startswith("ValueError: ")
