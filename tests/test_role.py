@@ -155,7 +155,7 @@ def test_argument_specs_cover_every_default_with_the_same_value() -> None:
               *(ROLE / "templates").iterdir()]:
         used |= set(re.findall(r"\bmnic_ops_[a-z_]+\b", f.read_text()))
     registered = {"mnic_ops_installed", "mnic_ops_wheel_dir", "mnic_ops_wheel",
-                  "mnic_ops_pip", "mnic_ops_docs"}
+                  "mnic_ops_pip", "mnic_ops_docs", "mnic_ops_unit"}
     assert used - registered <= set(defaults) | set(internal), used - set(defaults)
 
 
@@ -211,3 +211,30 @@ def test_vagrant_and_qemu_harness_share_playbook_and_variables() -> None:
     assert "pip install" not in code and "pip_install_cmd" not in code
     assert 'serial: "mnic-ssd"' in code and SSD_BY_ID.endswith("_mnic-ssd")
     assert site_vars()["mnic_ops_ssd_device"] == SSD_BY_ID
+
+
+def _unit_tasks(tasks: list[dict]) -> list[dict]:
+    return [t for t in tasks
+            if (t.get("ansible.builtin.systemd_service") or {}).get("name")
+            == "mnic-ops-watch.service"]
+
+
+def test_watcher_unit_is_started_only_when_provision_wrote_it() -> None:
+    """Provision writes no watcher unit on a host with no framework install yet; the role
+    must then neither start nor restart it (systemd would fail the play: "Could not find
+    the requested service"). Both the task and the handler are gated on a stat of the
+    unit taken after provision ran."""
+    role = REPO / "roles" / "mnic_ops"
+    tasks = yaml.safe_load((role / "tasks" / "main.yml").read_text())
+    handlers = yaml.safe_load((role / "handlers" / "main.yml").read_text())
+    names = [t.get("name", "") for t in tasks]
+    stat_at = next(i for i, t in enumerate(tasks)
+                   if (t.get("ansible.builtin.stat") or {}).get("path")
+                   == "/etc/systemd/system/mnic-ops-watch.service")
+    assert tasks[stat_at].get("register") == "mnic_ops_unit"
+    assert stat_at > names.index("Provision the host with mnic-ops")
+    users = _unit_tasks(tasks) + _unit_tasks(handlers)
+    assert len(users) == 2, users
+    for t in users:
+        assert any("mnic_ops_unit.stat.exists" in str(w) for w in t.get("when", [])), t
+    assert all(tasks.index(t) > stat_at for t in _unit_tasks(tasks))
