@@ -337,7 +337,7 @@ class Pass:
                 self.bytes_out += o.after
             rep.add(o, f"{reldir}/{o.name}" if reldir else o.name)
         if self.bar is not None:
-            self.bar.advance(total=self.found)
+            self.bar.advance(done=self.done, total=self.found)
 
     def progress_text(self) -> str:
         if self.check:
@@ -511,7 +511,7 @@ class Pass:
                     rep.add(o, rel)
             self.done += len(batch.compress) + len(batch.expire)
             if self.bar is not None:
-                self.bar.advance(total=self.found)
+                self.bar.advance(done=self.done, total=self.found)
         elif batch.compress or batch.expire or batch.stale:
             job = Job(**{**batch.__dict__, "compress": batch.compress[:],
                          "expire": batch.expire[:], "stale": batch.stale[:]})

@@ -44,10 +44,12 @@ class Bar:
         self._lock = threading.Lock()
         self._closed = False
 
-    def advance(self, units: int = 0, *, total: int | None = None) -> None:
-        """Count ``units`` more done (and set a new total); redraw when it is time."""
+    def advance(self, units: int = 0, *, total: int | None = None,
+                done: int | None = None) -> None:
+        """Count ``units`` more done, or set ``done`` outright for a caller that keeps
+        its own count (and set a new total); redraw when it is time."""
         with self._lock:
-            self.done += units
+            self.done = done if done is not None else self.done + units
             if total is not None:
                 self.total = total
             now = self.clock()

@@ -238,6 +238,9 @@ def test_clean_shows_files_and_bytes_on_a_terminal(fake_root: Path) -> None:
     out = raw.decode(errors="replace")
     assert code == 0, out
     assert "clean  " in out and "400/400 files" in out and "MiB ->" in out, out
+    # the bar fills as files are done: its last state reads 100%, with the full count
+    last = [seg for seg in out.split("\r") if "files," in seg][-1]
+    assert "100%" in last and "400/400 files" in last and "#" in last, last
     redraws = raw.count(b"\r") - raw.count(b"\r\n")
     assert 1 <= redraws <= 10 * took + 2, (redraws, took)
     # off a terminal, or with --json: no bar
