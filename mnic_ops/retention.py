@@ -38,6 +38,7 @@ import re
 import stat
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -274,9 +275,10 @@ def framework_holders(paths: list[str], owner: int | None = None) -> list[str]:
     from mnic_ops import treemove
 
     me = os.getpid()
+    mine = _own_session()
     out: list[str] = []
     for h in treemove.holders(paths):
-        if h.pid == me or _ours(h.pid, me):
+        if h.pid == me or h.pid in mine or _ours(h.pid, me):
             continue
         if owner is not None and h.uids != (-1, -1) and owner not in h.uids \
                 and h.uids[0] != 0:
@@ -285,12 +287,43 @@ def framework_holders(paths: list[str], owner: int | None = None) -> list[str]:
     return out
 
 
+def _stat_fields(pid: int | str) -> list[bytes]:
+    """``/proc/PID/stat`` after the command name: [state, ppid, pgrp, ...]."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        raw = fh.read()
+    return raw[raw.rfind(b")") + 2:].split()
+
+
+def _own_session() -> set[int]:
+    """This pass's ancestors and its process group: the shell that ran ``mnic-ops clean
+    .`` from inside the install (and sudo, and a ``| less`` beside it in the pipeline)
+    sits there but is not the framework; without this, such a run never expires. A
+    framework started from another terminal, or in the background, has a group of its
+    own and still counts."""
+    out: set[int] = set()
+    pid = os.getppid()
+    for _ in range(64):  # bounded: a parent chain is short
+        if pid <= 1 or pid in out:
+            break
+        out.add(pid)
+        try:
+            pid = int(_stat_fields(pid)[1])
+        except (OSError, ValueError, IndexError):
+            break
+    group = os.getpgid(0)
+    with suppress(OSError):
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                with suppress(OSError, ValueError, IndexError):
+                    if int(_stat_fields(name)[2]) == group:
+                        out.add(int(name))
+    return out
+
+
 def _ours(pid: int, me: int) -> bool:
     """A child of this pass, or another mnic-ops process (a watcher)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            raw = fh.read()
-        ppid = int(raw[raw.rfind(b")") + 2:].split()[1])
+        ppid = int(_stat_fields(pid)[1])
         if ppid == me:
             return True
         with open(f"/proc/{pid}/cmdline", "rb") as fh:

@@ -116,8 +116,11 @@ def test_a_framework_process_in_the_install_skips_its_checkpoint_store(fw_host: 
                        "cost": [{"age_days": 100}, {"age_days": 0}]})
         before = listed(inst)
         index = (inst.store / "checkpoint_index.json").read_bytes()
+        # started apart, as a framework is (its own terminal or service): not in the
+        # process group of whoever runs mnic-ops
         holder = subprocess.Popen(inst.command("hold", "120"), stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, text=True)
+                                  stderr=subprocess.DEVNULL, text=True,
+                                  start_new_session=True)
         try:
             assert holder.stdout is not None
             assert "@@READY@@" in holder.stdout.readline()
@@ -134,6 +137,31 @@ def test_a_framework_process_in_the_install_skips_its_checkpoint_store(fw_host: 
             holder.wait()
         r = h.mnic_json("clean")
         assert r["projects"][0]["kinds"]["checkpoint_store"]["retention"]["expired"] == 1
+        assert len(listed(inst)) == 1 and not index_problems(inst.store)
+
+
+def test_clean_run_from_a_shell_inside_the_install_still_expires(fw_host: Host) -> None:
+    """The admin's own shell sitting in the install (``cd ~alice/proj && mnic-ops clean .
+    | cat``) is not a framework process: the shell, sudo-like parents and the pipeline
+    beside mnic-ops do not hold the checkpoint store's expiry back."""
+    h = fw_host
+    with plain_user("cwd") as user:
+        inst = install(h, "v3.10.0", user, with_config=True)
+        h.write_config([inst.host_path])
+        inst.populate({"checkpoints": [{"how": "engine", "level": "manual", "age_days": 95},
+                                       {"how": "engine", "level": "manual", "age_days": 1}]})
+        e = {k: v for k, v in os.environ.items() if not k.startswith("MNIC_OPS_")}
+        e["PYTHONPATH"] = str(REPO)
+        inner = " ".join([sys.executable, "-m", "mnic_ops", "--root", str(h.root),
+                          "--config", str(h.config), "--json", "clean"])
+        # a shell that stays alive (it waits for the pipeline), in the install, with a
+        # second pipeline member there too
+        r = subprocess.run(["sh", "-c", f"cd {inst.path} && {inner} | cat; exit $?"],
+                           env=e, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        ret = json.loads(r.stdout)["projects"][0]["kinds"]["checkpoint_store"]["retention"]
+        assert ret.get("status") != "skipped", ret
+        assert ret["expired"] == 1, ret
         assert len(listed(inst)) == 1 and not index_problems(inst.store)
 
 
