@@ -313,13 +313,17 @@ def dst_note(job: Any, when: dt.datetime) -> str | None:
 
 
 def host_timezone(root: HostRoot) -> tuple[dt.tzinfo, str]:
-    """The zone cron on that host runs in, and its name: ``TZ`` (the running system
-    only), else ``/etc/localtime`` (a link into the zoneinfo folder, or a copy of a
-    zone file) of the host tree, else ``/etc/timezone``, else UTC."""
+    """The zone cron on that host runs in, and its name: the running cron daemon's own
+    ``TZ`` (the running system only; never the caller's), else ``/etc/localtime`` (a
+    link into the zoneinfo folder, or a copy of a zone file) of the host tree, else
+    ``/etc/timezone``, else UTC."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    if root.live and os.environ.get("TZ"):
-        name = os.environ["TZ"].lstrip(":")
+    from mnic_ops import hostservices
+
+    daemon_tz = hostservices.cron_daemon_tz() if root.live else None
+    if daemon_tz:
+        name = daemon_tz.lstrip(":")
         try:
             return ZoneInfo(name), name
         except (ZoneInfoNotFoundError, ValueError):

@@ -25,6 +25,7 @@ from mnic_ops import safefs
 from mnic_ops.errors import OpsError
 from mnic_ops.hostroot import HostRoot
 
+CRON_NAMES = frozenset({"cron", "crond"})
 CRON_DAEMONS = ("/usr/sbin/cron", "/usr/sbin/crond", "/usr/bin/crond", "/sbin/crond")
 CRON_GENERATORS = ("/usr/lib/systemd/system-generators/systemd-crontab-generator",
                    "/lib/systemd/system-generators/systemd-crontab-generator")
@@ -69,3 +70,28 @@ def systemd(root: HostRoot) -> Presence:
         return Presence(True, f"/sbin/init -> {real}")
     how = f"/sbin/init is {real}" if real else "no /sbin/init"
     return Presence(False, f"no /run/systemd/system and {how}")
+
+
+def cron_daemon_tz(proc: str = "/proc") -> str | None:
+    """The ``TZ`` the running cron daemon was started with (its jobs' times follow it),
+    when exactly one cron daemon runs and it has one; else None (cron then runs in the
+    zone of ``/etc/localtime``). Whoever runs mnic-ops has a ``TZ`` of their own that
+    cron never sees: it does not count."""
+    found: list[str | None] = []
+    try:
+        pids = [n for n in os.listdir(proc) if n.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open(f"{proc}/{pid}/comm", "rb") as fh:
+                if fh.read(64).strip().decode(errors="replace") not in CRON_NAMES:
+                    continue
+            with open(f"{proc}/{pid}/environ", "rb") as fh:
+                env = fh.read(1 << 16).split(b"\0")
+        except OSError:
+            continue
+        tz = next((e[3:].decode(errors="replace") for e in env if e.startswith(b"TZ=")),
+                  None)
+        found.append(tz)
+    return found[0] if len(found) == 1 else None

@@ -5,9 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -197,19 +199,37 @@ def test_show_uses_the_host_trees_zone_with_a_fixed_now(fake_root: Path) -> None
     assert "(times in Europe/Berlin)" in out and ("CET" in out or "CEST" in out), out
 
 
-def test_show_uses_tz_on_the_running_system(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_show_uses_the_cron_daemons_tz_not_the_callers(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    """cron runs its jobs in its own zone: the TZ it was started with, else
+    /etc/localtime. The TZ of the shell running ``cron show`` is not cron's."""
     from mnic_ops.hostroot import HostRoot
 
-    if not Path("/usr/share/zoneinfo/Europe/Berlin").exists():
-        pytest.skip("no tzdata on this machine")
+    for zone in ("Europe/Berlin", "Asia/Tokyo"):
+        if not Path(f"/usr/share/zoneinfo/{zone}").exists():
+            pytest.skip("no tzdata on this machine")
+    if subprocess.run(["pgrep", "-x", "cron|crond"], capture_output=True).returncode == 0:
+        pytest.skip("a cron daemon runs on this machine: the fake one would be one of two")
+    live = HostRoot.open("/")
     monkeypatch.setenv("TZ", "Europe/Berlin")
-    tz, name = cron.host_timezone(HostRoot.open("/"))
-    assert name == "Europe/Berlin"
+    tz, name = cron.host_timezone(live)
+    assert name != "Europe/Berlin"  # the caller's zone is ignored
+    # a process named cron (a copy of sleep) started with TZ: the daemon's zone counts
+    fake = tmp_path / "cron"
+    shutil.copy("/bin/sleep", fake)
+    proc = subprocess.Popen([str(fake), "30"], env={"TZ": "Asia/Tokyo"})
+    try:
+        time.sleep(0.2)
+        tz, name = cron.host_timezone(live)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert name == "Asia/Tokyo"
     from crontab import CronTab
 
     job = next(iter(CronTab(tab="30 2 * * * /bin/true\n")))
     now = dt.datetime(2026, 3, 28, 12, 0, tzinfo=dt.UTC).astimezone(tz)
-    assert cron.next_run(job, now) == dt.datetime(2026, 3, 29, 1, 0, tzinfo=dt.UTC)
+    assert cron.next_run(job, now) == dt.datetime(2026, 3, 28, 17, 30, tzinfo=dt.UTC)
 
 
 @pytest.mark.parametrize("host_class", sorted(cron.TIER_SCHEDULES))
