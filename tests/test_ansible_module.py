@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -215,6 +216,8 @@ def test_bad_config_content_fails_with_mnic_ops_message_and_nothing_written(
     # the temporary file is named by the option that holds its text
     assert "config_content" in r.result["msg"]
     assert str(tmp_path / "mod-tmp") not in r.result["msg"]
+    # the file:line is said once, not once by the module and again by mnic-ops
+    assert not re.search(r"(\S+:\d+): \1", r.result["msg"]), r.result["msg"]
     assert snapshot(host) == before
 
 
@@ -259,6 +262,14 @@ def test_errors_list_gives_the_message_with_file_and_line(tmp_path: Path) -> Non
     assert r.kind == "fail"
     assert r.result["msg"] == ("/etc/mnic-ops/c.toml:4: cron.bogus: unknown key; "
                                "second problem")
+
+
+def test_a_message_that_names_its_place_is_not_prefixed_again(tmp_path: Path) -> None:
+    doc = {"schema_version": 1, "command": "config", "ok": False,
+           "errors": [{"message": "/etc/mnic-ops/c.toml:4: cron.bogus: unknown key",
+                       "file": "/etc/mnic-ops/c.toml", "line": 4}]}
+    r = run_module({"binary": str(fake_binary(tmp_path, doc, 2))})
+    assert r.result["msg"] == "/etc/mnic-ops/c.toml:4: cron.bogus: unknown key"
 
 
 def test_old_style_error_on_stderr_without_a_document(tmp_path: Path) -> None:

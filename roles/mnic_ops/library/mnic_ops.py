@@ -487,8 +487,10 @@ def error_message(doc: dict[str, Any] | None, items: list[dict[str, Any]], stder
             where = e.get("file")
             if where and e.get("line"):
                 where = f"{where}:{e['line']}"
-            msgs.append(f"{where}: {e.get('message', '')}" if where else
-                        str(e.get("message", "")))
+            text = str(e.get("message", ""))
+            # mnic-ops's message often names its file:line already: say it once
+            msgs.append(f"{where}: {text}" if where and not text.startswith(str(where))
+                        else text)
         else:
             msgs.append(str(e))
     if not msgs:
