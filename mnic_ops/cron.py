@@ -12,10 +12,13 @@ absolute path and send their output to a log file or syslog, never to mail.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import re
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -161,6 +164,31 @@ def meeting(scheds: dict[str, str], now: dt.datetime | None = None) -> dt.dateti
 
 # --- parsing and rendering with python-crontab ------------------------------------------
 
+class _Said(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _library_complaints() -> Iterator[list[str]]:
+    """What python-crontab logs about a line it drops, collected (the cause of our
+    error) instead of printed to the user's terminal beside it."""
+    log = logging.getLogger("crontab")
+    said, propagate = _Said(), log.propagate
+    log.addHandler(said)
+    log.propagate = False
+    try:
+        yield said.messages
+    finally:
+        log.removeHandler(said)
+        log.propagate = propagate
+
+
 def parse(text: str, where: str, system: bool) -> Any:
     """A CronTab of ``text``; any line cron would not accept is an input error naming it
     (python-crontab would silently turn it into a comment)."""
@@ -169,15 +197,19 @@ def parse(text: str, where: str, system: bool) -> Any:
         s = line.strip()
         if not s or s.startswith("#") or _ENV_RE.match(s):
             continue
-        try:
-            items = list(crontab.CronTab(tab=line + "\n", user=False if system else None))
-        except (ValueError, KeyError) as exc:
-            raise InputError(f"{where}:{n}: not a valid cron line ({exc}); fix or remove "
-                             "it first") from None
+        with _library_complaints() as said:
+            try:
+                items = list(crontab.CronTab(tab=line + "\n",
+                                             user=False if system else None))
+            except (ValueError, KeyError) as exc:
+                said.append(str(exc))
+                items = []
         if len(items) != 1 or not items[0].is_valid() or (system and not items[0].user):
+            # python-crontab says why in its log (and drops the line): that is the cause
+            why = "; ".join(dict.fromkeys(said)) or (
+                "a system crontab line needs a user field" if system else "")
             raise InputError(f"{where}:{n}: not a valid cron line"
-                             + (" (a system crontab line needs a user field)" if system
-                                else "") + "; fix or remove it first")
+                             + (f" ({why})" if why else "") + "; fix or remove it first")
     # our header is put back on top when rendering (python-crontab moves comments
     # below the environment lines)
     text = "".join(line for line in text.splitlines(keepends=True)

@@ -322,3 +322,22 @@ def test_real_cron_daemon_runs_the_job(tmp_path: Path) -> None:
     for host_path, data in files.items():
         if "/sessions/f" in host_path:
             assert content_of(host, host_path) == (None, data)
+
+
+@pytest.mark.parametrize(("line", "cause"), [
+    ("61 * * * * root /bin/true", "not in 0-59"),
+    ("* * * * * /bin/true", "Missing user or command"),
+])
+def test_a_bad_line_in_our_file_is_refused_with_its_real_cause(fake_root: Path, line: str,
+                                                               cause: str) -> None:
+    """The error names what python-crontab found wrong with the line (not always "needs a
+    user field"), and the library's own log lines do not leak to the terminal."""
+    (fake_root / "etc/cron.d").mkdir()
+    (fake_root / FILE).write_text(f"{line}\n")
+    r = mnic(fake_root, "cron", "install")
+    assert r.code == 2, r.err
+    assert f"{FILE}:1: not a valid cron line" in r.err and cause in r.err, r.err
+    if "user" not in cause:
+        assert "user field" not in r.err, r.err
+    assert "crontab:" not in r.err.replace(f"/{FILE}", ""), r.err
+    assert (fake_root / FILE).read_text() == f"{line}\n"
