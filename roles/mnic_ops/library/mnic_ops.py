@@ -93,7 +93,8 @@ options:
     default: true
   mount_points:
     description:
-      - With O(command=fstab), also consider these mount points (C(--mount-point)).
+      - With O(command=fstab), exactly these mount points (C(--mount-point)), instead of
+        the filesystems that hold framework data; empty for those.
     type: list
     elements: path
     default: []
