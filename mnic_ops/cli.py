@@ -204,7 +204,13 @@ def main(argv: list[str] | None = None) -> None:
             exc.show()
         code = exc.exit_code if exc.exit_code else EXIT_USAGE
         if as_json:
-            fail(code, exc, exc.format_message())
+            message = exc.format_message()
+            if isinstance(exc, click.exceptions.NoArgsIsHelpError) and exc.ctx is not None \
+                    and isinstance(exc.ctx.command, click.Group):
+                # a group with no subcommand: name the choices, not the whole help page
+                subs = ", ".join(exc.ctx.command.list_commands(exc.ctx))
+                message = f"{exc.ctx.command_path}: a subcommand is needed: one of {subs}"
+            fail(code, exc, message)
         sys.exit(code)
     except click.exceptions.Abort as exc:
         fail(EXIT_FAILURE, exc, "aborted")

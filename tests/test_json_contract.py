@@ -63,6 +63,21 @@ def test_subcommand_name_and_check_pending_is_ok(fake_root: Path) -> None:
     assert doc["counts"]["pending"] >= 1  # type: ignore[index]
 
 
+def test_a_group_without_its_subcommand_names_the_choices(fake_root: Path) -> None:
+    """``mnic-ops --json cron``: a usage error (2) whose message lists the subcommands,
+    not the whole help page squeezed into one JSON string."""
+    r = run_mnic("--root", str(fake_root), "--json", "cron")
+    assert r.code == 2
+    doc = _doc(r.out)
+    assert doc["ok"] is False and doc["command"] == "cron"
+    [err] = doc["errors"]  # type: ignore[misc]
+    assert err["message"] == "mnic-ops cron: a subcommand is needed: one of install, " \
+        "remove, show", err
+    # without --json: click's usage text, as before
+    r = run_mnic("--root", str(fake_root), "cron")
+    assert r.code == 2 and "Usage: mnic-ops cron" in r.err + r.out
+
+
 def test_bad_input_is_a_document_with_file_and_line(fake_root: Path) -> None:
     cfg = fake_root / "etc/mnic-ops/config.toml"
     cfg.parent.mkdir(parents=True)
