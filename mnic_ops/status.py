@@ -353,11 +353,28 @@ class Status:
                          error="out of time")
         items = [i for i in rep["items"] if i["state"] in ("drift", "failed")]
         n = rep["drift"]
+        if n and not self._provisioned():
+            # nothing to drift from yet: what verify finds is provision's work to do
+            return _part(WARN, f"not provisioned yet: {n} item(s) to set up (mnic-ops "
+                         "provision --check)", drift=n, counts=rep["counts"], items=items,
+                         provisioned=False)
         summary = ("none" if not n else f"{n} item(s) not as provisioned: "
                    + ", ".join(i["id"] for i in items[:4]) + (" ..." if n > 4 else "")
                    + " (mnic-ops verify)")
         return _part(FAILED if n else OK, summary, drift=n, counts=rep["counts"],
                      items=items)
+
+    def _provisioned(self) -> bool:
+        """Has provision ever applied a change here (by the journal)? A journal that
+        cannot be read counts as yes: drift then stays a failure."""
+        from mnic_ops import changes
+
+        try:
+            entries = changes.read_journal(self.app.root)
+        except (OSError, OpsError):
+            return True
+        return any(str(e.get("command") or "").split(" ")[0] == "provision"
+                   for e in entries)
 
     def journal(self) -> dict[str, Any]:
         from mnic_ops import changes

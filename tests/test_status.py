@@ -182,6 +182,24 @@ def test_drift_is_verifys_count(host: Path) -> None:
     assert doc["cron"]["installed"] is False and doc["cron"]["health"] == "warn"
 
 
+def test_never_provisioned_host_warns_and_drift_after_provision_fails(tmp_path: Path
+                                                                        ) -> None:
+    """Before provision ever ran, what verify finds is provision's work to do: a warning
+    that says so, not a failure; once provision ran, the same finding is drift."""
+    root = build_host(tmp_path / "host")
+    r, doc = status(root)
+    d = doc["drift"]
+    assert d["health"] == "warn" and d["provisioned"] is False and d["drift"] >= 1, d
+    assert "not provisioned yet" in d["summary"] and "provision --check" in d["summary"]
+    assert not any(p["part"] == "drift" for p in doc["problems"])
+    assert "warn drift" in r.out.lower() or "not provisioned yet" in r.out, r.out
+    assert run_mnic("--root", str(root), "provision").code == 0
+    (root / "etc/cron.d/mnic-ops").unlink()
+    r, doc = status(root)
+    assert doc["drift"]["health"] == "failed" and "provisioned" not in doc["drift"]
+    assert r.code == 1
+
+
 def test_a_part_that_cannot_be_read_says_why_and_the_rest_shows(host: Path) -> None:
     journal = host / "var/lib/mnic-ops/journal.jsonl"
     journal.unlink()
