@@ -580,9 +580,16 @@ def _common(f: Any) -> Any:
 def install_cmd(app: AppContext, system: bool, user: str | None, check: bool,
                 diff: bool) -> int:
     """Install (or update) the expiry and daily compression jobs."""
+    from mnic_ops import hostservices
     from mnic_ops.output import run_plan
 
     target = _target(system, user)
+    daemon = hostservices.cron_daemon(app.root)
+    if not daemon.present:
+        # still installed (a daemon may come later, as in an image), but said
+        logging.getLogger(__name__).warning(
+            "no cron daemon on this host (%s): the jobs will not run until one is "
+            "installed (apt install cron)", daemon.evidence)
     return run_plan(app, plan_install(app, target), check=check, diff=diff,
                     command="cron install")
 

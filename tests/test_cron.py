@@ -341,3 +341,18 @@ def test_a_bad_line_in_our_file_is_refused_with_its_real_cause(fake_root: Path, 
         assert "user field" not in r.err, r.err
     assert "crontab:" not in r.err.replace(f"/{FILE}", ""), r.err
     assert (fake_root / FILE).read_text() == f"{line}\n"
+
+
+def test_install_on_a_host_without_a_cron_daemon_says_so(fake_root: Path) -> None:
+    """The jobs are still written (an image may get its daemon later), with a warning
+    that they will not run; on a host with a daemon, no such warning."""
+    (fake_root / "etc/cron.d").mkdir()
+    r = mnic(fake_root, "cron", "install")
+    assert r.code == 0 and (fake_root / FILE).exists(), r.err
+    assert "no cron daemon on this host" in r.err and "apt install cron" in r.err, r.err
+    daemon = fake_root / "usr/sbin/cron"
+    daemon.parent.mkdir(parents=True, exist_ok=True)
+    daemon.write_text("#!/bin/sh\n")
+    daemon.chmod(0o755)
+    r = mnic(fake_root, "cron", "install", "--check")
+    assert r.code == 0 and "no cron daemon" not in r.err, r.err
