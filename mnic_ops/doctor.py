@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mnic_ops import (
+    datatree,
     execute,
     facts,
     installfail,
@@ -360,9 +361,11 @@ def link_check(root: HostRoot, p: Project) -> Check | None:
 def scan_data(root: HostRoot, p: Project, kind: str, *, pol: policy.Policy | None,
               now: float, big_bytes: int) -> DirScan | None:
     """One streaming walk of a data folder (relocated: its target), following no
-    symlink: folder count (inotify watches), files the clean policy would compress now
-    (:func:`mnic_ops.policy.due`, the same rule clean acts on, so that its fix clears
-    the finding), and (sessions) files over the size limit."""
+    symlink nor leaving its filesystem (:func:`mnic_ops.datatree.walk`, clean's walk):
+    folder count (inotify watches, as :func:`mnic_ops.datatree.count_folders`), files
+    the clean policy would compress now (:func:`mnic_ops.policy.due`, the same rule
+    clean acts on, so that its fix clears the finding), and (sessions) files over the
+    size limit."""
     where = _storage(root, p, kind)
     if where is None or where.target is None:
         return None
@@ -373,55 +376,33 @@ def scan_data(root: HostRoot, p: Project, kind: str, *, pol: policy.Policy | Non
     except OSError as exc:
         res.errors.append({"path": host, "error": exc.strerror or str(exc)})
         return res
-    dev = os.fstat(top).st_dev
-    stack: list[tuple[int, str]] = [(top, "")]
-    while stack:
-        dfd, rel = stack.pop()
-        res.dirs += 1
-        try:
-            with os.scandir(dfd) as it:
-                entries = list(it)
-        except OSError as exc:
-            if len(res.errors) < 20:
-                res.errors.append({"path": f"{host}/{rel}".rstrip("/"),
-                                   "error": exc.strerror or str(exc)})
-            os.close(dfd)
-            continue
-        for e in entries:
-            try:
-                st = e.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                try:
-                    sub = os.open(e.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                                  | os.O_CLOEXEC, dir_fd=dfd)
-                except OSError as exc:
-                    if len(res.errors) < 20:
-                        res.errors.append({"path": f"{host}/{rel}{e.name}",
-                                           "error": exc.strerror or str(exc)})
+    def skip(reason: str, rel: str, error: OSError | None) -> None:
+        if reason == "unreadable_dir" and error is not None and len(res.errors) < 20:
+            res.errors.append({"path": host if rel == "." else f"{host}/{rel}",
+                               "error": error.strerror or str(error)})
+
+    try:
+        for reldir, _parts, _ident, entries in datatree.walk(top, None, skip):
+            res.dirs += 1  # the count the watcher's watches follow (datatree.count_folders)
+            rel = f"{reldir}/" if reldir else ""
+            for name, st in entries:
+                res.files += 1
+                if name.endswith(".gz") or safefs.is_tmp_name(name) or \
+                        policy.protected(kind, name, rel + name) is not None:
                     continue
-                stack.append((sub, f"{rel}{e.name}/"))
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            res.files += 1
-            name = e.name
-            if name.endswith(".gz") or safefs.is_tmp_name(name) or \
-                    policy.protected(kind, name, rel + name) is not None:
-                continue
-            if kind in ("sessions", "claude_sessions") and st.st_size > big_bytes \
-                    and len(res.big) < 20:
-                res.big.append({"path": f"{host}/{rel}{name}", "bytes": st.st_size})
-            if pol is None or st.st_dev != dev:
-                continue
-            d = policy.due(pol, name, rel + name, st, now, only="compress")
-            if d is not None and d.action == "compress":
-                res.old_files += 1
-                res.old_bytes += st.st_size
-                if len(res.old_examples) < 5:
-                    res.old_examples.append(f"{host}/{rel}{name}")
-        os.close(dfd)
+                if kind in ("sessions", "claude_sessions") and st.st_size > big_bytes \
+                        and len(res.big) < 20:
+                    res.big.append({"path": f"{host}/{rel}{name}", "bytes": st.st_size})
+                if pol is None:
+                    continue
+                d = policy.due(pol, name, rel + name, st, now, only="compress")
+                if d is not None and d.action == "compress":
+                    res.old_files += 1
+                    res.old_bytes += st.st_size
+                    if len(res.old_examples) < 5:
+                        res.old_examples.append(f"{host}/{rel}{name}")
+    finally:
+        os.close(top)
     return res
 
 

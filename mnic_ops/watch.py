@@ -64,7 +64,7 @@ import click
 
 from mnic_ops import clean as cl
 from mnic_ops import compress as cz
-from mnic_ops import installfail, linkrecords, policy, quoting, safefs, watchstate
+from mnic_ops import datatree, installfail, linkrecords, policy, quoting, safefs, watchstate
 from mnic_ops.changes import OK, ApplyContext, Item, Undo, undo_handler, unified_diff
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, InputError, OpsError
 from mnic_ops.projects import DATA_KINDS, Project, human
@@ -248,22 +248,17 @@ def prepare_root(app: AppContext, r: WatchRoot, mounts: list[Mount], force_poll:
     r.state = READY
 
 
-def count_dirs(app: AppContext, r: WatchRoot, pass_: cl.Pass) -> int:
-    """Folders below (and including) a data folder: one inotify watch each."""
+def count_dirs(app: AppContext, r: WatchRoot) -> int:
+    """Folders below (and including) a data folder: one inotify watch each
+    (:func:`mnic_ops.datatree.count_folders`, the one count doctor and render use)."""
     try:
         top = cl.open_tree(app.root, r.prefix or "/", r.parts, r.base_ident)
     except OSError:
         return 0
-    n = 0
     try:
-        rep = cl.KindReport(r.host_path, r.policy)
-        for _reldir, _parts, _ident, entries in pass_._walk(top, r.dev, rep):
-            n += 1
-            for _ in entries:  # the walk learns the subfolders while listing
-                pass
+        return datatree.count_folders(top, r.dev)
     finally:
         os.close(top)
-    return n
 
 
 def wanted(r: WatchRoot, name: str, rel: str) -> bool:
@@ -769,7 +764,7 @@ class Daemon:
         for r in roots:
             prepare_root(self.app, r, self.mounts, self.force_poll)
             if r.state == READY:
-                r.dirs = count_dirs(self.app, r, self.pass_)
+                r.dirs = count_dirs(self.app, r)
         return roots
 
     def _watch_all(self) -> None:
@@ -915,8 +910,7 @@ class Daemon:
         try:
             if os.fstat(top).st_dev != r.dev:
                 return
-            rep = cl.KindReport(r.host_path, r.policy)
-            for reldir, _dparts, _ident, entries in self.pass_._walk(top, r.dev, rep):
+            for reldir, _dparts, _ident, entries in datatree.walk(top, r.dev):
                 rd = f"{sub}/{reldir}".strip("/") if sub else reldir
                 for name, st in entries:
                     if cz.is_ours(name):
@@ -1457,7 +1451,7 @@ def preflight(app: AppContext, names: Sequence[str], poll: bool) -> int:
     for r in roots:
         prepare_root(app, r, mounts, force)
         if r.state == READY:
-            r.dirs = count_dirs(app, r, pass_)
+            r.dirs = count_dirs(app, r)
     need = sum(r.dirs for r in roots if r.state == READY and not r.poll)
     limits = read_limits(app.root)
     problem = limits.problem(need) if need and not force else None
