@@ -47,6 +47,7 @@ from mnic_ops import (
     datatree,
     execute,
     facts,
+    inotify,
     installfail,
     linkrecords,
     metrics,
@@ -658,25 +659,13 @@ def watcher_check(root: HostRoot, found: list[Proc]) -> Check:
                  _cmd(root, "watch", "--install-unit"))
 
 
-SYSCTL_FILE = "/etc/sysctl.d/60-mnic-ops.conf"
-INOTIFY_RESERVE = 0.10  # of the limit, for the other inotify users running as root
-
-
-def _sysctl_value(text: str, key: str) -> int | None:
-    val = None
-    for ln in text.splitlines():
-        k, sep, v = ln.partition("=")
-        if sep and k.strip() == key and not ln.lstrip().startswith(("#", ";")):
-            try:
-                val = int(v.strip())
-            except ValueError:
-                continue
-    return val
+SYSCTL_FILE = inotify.SYSCTL_FILE
 
 
 def inotify_check(root: HostRoot, dirs: int) -> Check:
     """The watcher needs one inotify watch per folder; ``max_user_watches`` is per user
-    and shared with every other root process, so 10% of it stays in reserve."""
+    and shared with every other root process: :func:`mnic_ops.inotify.fits`, the rule
+    render sizes the sysctl file by and the watcher checks before it uses inotify."""
     raw = _read_text(root, "/proc/sys/fs/inotify/max_user_watches")
     try:
         limit = int((raw or "").strip())
@@ -684,21 +673,20 @@ def inotify_check(root: HostRoot, dirs: int) -> Check:
         return Check("inotify", "skip", "/proc/sys/fs/inotify/max_user_watches unreadable",
                      details={"watches_needed": dirs})
     details = {"watches_needed": dirs, "max_user_watches": limit}
-    usable = int(limit * (1 - INOTIFY_RESERVE))
-    if dirs <= usable:
+    if inotify.fits(limit, dirs):
         return Check("inotify", "ok", details=details)
-    want = max(524288, 1 << (2 * dirs - 1).bit_length())
+    want = inotify.suggested(dirs)
     conf = _read_text(root, SYSCTL_FILE)
-    conf_val = _sysctl_value(conf, "fs.inotify.max_user_watches") if conf else None
+    conf_val = inotify.configured(conf) if conf else None
     details["suggested"] = want
-    if conf_val is not None and conf_val * (1 - INOTIFY_RESERVE) >= dirs:
+    if conf_val is not None and inotify.fits(conf_val, dirs):
         return Check("inotify", "fail",
                      f"inotify limit too low: {dirs} folders to watch, max_user_watches "
                      f"{limit}; {SYSCTL_FILE} sets {conf_val} but it is not loaded",
                      f"load it: sysctl -p {SYSCTL_FILE}", None, details)
     return Check("inotify", "fail",
                  f"inotify limit too low: {dirs} folders to watch, max_user_watches "
-                 f"{limit} (10% kept for other watchers)",
+                 f"{limit} (room kept for other watchers)",
                  f"set fs.inotify.max_user_watches = {want} in {SYSCTL_FILE} "
                  f"(`mnic-ops render` writes that file), then sysctl -p {SYSCTL_FILE}",
                  _cmd(root, "render"), details)

@@ -64,7 +64,16 @@ import click
 
 from mnic_ops import clean as cl
 from mnic_ops import compress as cz
-from mnic_ops import datatree, installfail, linkrecords, policy, quoting, safefs, watchstate
+from mnic_ops import (
+    datatree,
+    inotify,
+    installfail,
+    linkrecords,
+    policy,
+    quoting,
+    safefs,
+    watchstate,
+)
 from mnic_ops.changes import OK, ApplyContext, Item, Undo, undo_handler, unified_diff
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, InputError, OpsError
 from mnic_ops.projects import DATA_KINDS, Project, human
@@ -80,9 +89,9 @@ log = logging.getLogger(__name__)
 unit_path = "/etc/systemd/system/mnic-ops-watch.service"
 UNIT_NAME = "mnic-ops-watch.service"
 WANTS_LINK = "/etc/systemd/system/multi-user.target.wants/mnic-ops-watch.service"
-SYSCTL_FILE = "/etc/sysctl.d/60-mnic-ops.conf"
+SYSCTL_FILE = inotify.SYSCTL_FILE
 PENDING_FILE = "/var/lib/mnic-ops/watch-pending.json"
-GUIDE_WATCHES = 524288  # the guide's fs.inotify.max_user_watches
+GUIDE_WATCHES = inotify.GUIDE_WATCHES
 EXIT_RESTART = 75  # --service: ask systemd (Restart=on-failure) for a fresh sandbox
 
 LOCK_RETRY = 2.0  # seconds before retrying a batch whose project lock `clean` holds
@@ -285,19 +294,19 @@ class Limits:
             return (f"fs.inotify.max_user_instances is {self.max_instances} and "
                     f"{self.used_instances} are in use")
         if self.max_watches is not None and \
-                self.used_watches + need + need // 10 + 64 > self.max_watches:
+                not inotify.fits(self.max_watches, need, self.used_watches):
             return (f"{need} folders to watch, but fs.inotify.max_user_watches is "
                     f"{self.max_watches} and {self.used_watches} are in use by this user")
         return None
 
     def fix(self, need: int) -> str:
         if self.max_instances is not None and self.used_instances + 1 > self.max_instances:
-            want_i = max(256, (self.used_instances + 1) * 2)
+            want_i = inotify.instances_fix(self.used_instances)
             return (f"add `fs.inotify.max_user_instances = {want_i}` to a file in "
                     f"/etc/sysctl.d/ and run `sysctl --system`")
-        want = max(GUIDE_WATCHES, -(-2 * (self.used_watches + need) // 65536) * 65536)
-        if self.sysctl_file_value is not None and self.sysctl_file_value >= \
-                self.used_watches + need + need // 10 + 64:
+        want = inotify.suggested(need, self.used_watches)
+        if self.sysctl_file_value is not None and \
+                inotify.fits(self.sysctl_file_value, need, self.used_watches):
             return (f"{SYSCTL_FILE} already sets {self.sysctl_file_value}: run "
                     "`sysctl --system` to apply it")
         return (f"set `fs.inotify.max_user_watches = {want}` in {SYSCTL_FILE} (`mnic-ops "
@@ -344,8 +353,7 @@ def read_limits(root: HostRoot) -> Limits:
         lim.used_watches, lim.used_instances = inotify_usage(os.geteuid())
     try:
         text = root.path(SYSCTL_FILE).read_text(errors="replace")
-        m = re.search(r"^\s*fs\.inotify\.max_user_watches\s*=\s*(\d+)", text, re.M)
-        lim.sysctl_file_value = int(m.group(1)) if m else None
+        lim.sysctl_file_value = inotify.configured(text)
     except OSError:
         pass
     return lim
