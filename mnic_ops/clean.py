@@ -87,6 +87,28 @@ def warn_follow_links_under(cfg: Config) -> None:
                     "config")
 
 
+@dataclass(frozen=True)
+class Engine:
+    """How files are compressed, from the config: ``clean.level``, ``clean.compressor``
+    and ``clean.batch_files`` (files handed to one job), the same for clean and watch."""
+
+    level: int
+    compressor: str
+    batch: int
+
+
+def engine(cfg: Config) -> Engine:
+    """The compression settings of the config, checked (InputError: a level out of
+    1-9, a compressor that is not installed)."""
+    level = int(cfg.get("clean.level", 5))
+    if not 1 <= level <= 9:
+        raise InputError(f"clean.level: expected 1-9, got {level}")
+    compressor = str(cfg.get("clean.compressor", "auto"))
+    cz.codec(compressor)  # fail early (input error) when not installed
+    warn_follow_links_under(cfg)
+    return Engine(level, compressor, int(cfg.get("clean.batch_files", 256)))
+
+
 # --- jobs (run in worker processes) --------------------------------------------------
 
 @dataclass
@@ -294,17 +316,12 @@ class Pass:
     def __init__(self, app: AppContext, *, check: bool, only: str | None) -> None:
         self.app, self.root, self.check, self.only = app, app.root, check, only
         cfg = app.config
-        self.level = int(cfg.get("clean.level", 5))
-        if not 1 <= self.level <= 9:
-            raise InputError(f"clean.level: expected 1-9, got {self.level}")
-        self.compressor = str(cfg.get("clean.compressor", "auto"))
-        cz.codec(self.compressor)  # fail early (input error) when not installed
-        self.batch = int(cfg.get("clean.batch_files", 256))
+        eng = engine(cfg)
+        self.level, self.compressor, self.batch = eng.level, eng.compressor, eng.batch
         # auto: two per CPU, so that one compresses while the other waits for its
         # batch's filesystem sync or the journal
         n = int(cfg.get("clean.workers", 0)) or min(8, 2 * len(os.sched_getaffinity(0)))
         self.workers = max(1, n)
-        warn_follow_links_under(cfg)
         self.pool: ProcessPoolExecutor | None = None
         self.inflight: dict[Future[list[cz.Outcome]], tuple[KindReport, str]] = {}
         self.now = time.time()
@@ -791,7 +808,7 @@ def clean_cmd(app: AppContext, check: bool, as_json: bool, only: str | None, wai
     """
     if as_json:
         app.json = True
-    from mnic_ops.output import _apply_log_handler, emit
+    from mnic_ops.output import apply_log_handler, emit
 
     projects = select_projects(app, names)
     tier = policy.tier_clean(app)
@@ -799,7 +816,7 @@ def clean_cmd(app: AppContext, check: bool, as_json: bool, only: str | None, wai
     t0 = time.monotonic()
     p = Pass(app, check=check, only=only)
     p.wait = wait
-    handler = None if check else _apply_log_handler(app)
+    handler = None if check else apply_log_handler(app)
     reports: list[ProjectReport] = []
     try:
         with progress.bar(app, "clean --check" if check else "clean", 0, p.progress_text

@@ -175,7 +175,7 @@ def _lident(path: str | os.PathLike[str]) -> tuple[int, int, int] | None:
     return st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode)
 
 
-def build_roots(app: AppContext, projects: Sequence[Project], pass_: cl.Pass,
+def build_roots(app: AppContext, projects: Sequence[Project],
                 tier: dict[str, Any] | None) -> list[WatchRoot]:
     """The data folders to watch: every class whose clean policy compresses, where
     :func:`mnic_ops.linkrecords.locate` puts it (the folder, or the target of a link
@@ -455,14 +455,14 @@ class Daemon:
 
         app = app or self.app
         cfg = app.config
-        pass_ = cl.Pass(app, check=True, only="compress")
+        eng = cl.engine(cfg)
         tier = policy.tier_clean(app)
         poll_seconds = float(cfg.get("watch.poll_seconds", 30.0))
         rescan_every = float(cfg.get("watch.rescan_minutes", 60.0)) * 60.0
         projects = self._select(app)
         mounts = facts.mounts(app.root, facts.Absent())
-        self.app, self.pass_, self.tier, self.projects, self.mounts = \
-            app, pass_, tier, projects, mounts
+        self.app, self.engine, self.tier, self.projects, self.mounts = \
+            app, eng, tier, projects, mounts
         self.poll_seconds, self.rescan_every = poll_seconds, rescan_every
         self.check_every = float(cfg.get("watch.check_seconds", 5.0))
         self.force_poll = self.poll_flag or bool(cfg.get("watch.poll", False))
@@ -766,7 +766,7 @@ class Daemon:
     # -- start ------------------------------------------------------------------------
 
     def _setup_roots(self, projects: Sequence[Project]) -> list[WatchRoot]:
-        roots = build_roots(self.app, projects, self.pass_, self.tier)
+        roots = build_roots(self.app, projects, self.tier)
         for f in self.app.failures.drain():  # a long-running watcher logs them and goes on
             log.warning("%s", f.text())
         for r in roots:
@@ -1042,18 +1042,18 @@ class Daemon:
                     log.info("%s: on another filesystem; not entered",
                              cl.printable(f"{r.host_path}/{reldir}"))
                     return
-                for i in range(0, len(names), self.pass_.batch):
+                for i in range(0, len(names), self.engine.batch):
                     if self.stopping:
                         for n in names[i:]:
                             self._reschedule((r.real, reldir, n), time.time())
                         return
-                    self._batch(r, reldir, dfd, names[i:i + self.pass_.batch])
+                    self._batch(r, reldir, dfd, names[i:i + self.engine.batch])
             finally:
                 os.close(dfd)
 
     def _batch(self, r: WatchRoot, reldir: str, dfd: int, names: list[str]) -> None:
         now = time.time()
-        opts = cz.Options(level=self.pass_.level, compressor=self.pass_.compressor,
+        opts = cz.Options(level=self.engine.level, compressor=self.engine.compressor,
                           dev=r.dev, max_mtime=now - r.settle if r.settle > 0 else None)
         try:
             self.interruptible = True
@@ -1217,14 +1217,14 @@ class Daemon:
 
         self.reload_requested = False
         old = self.app
-        state = (self.app, self.pass_, self.tier, self.projects, self.mounts,
+        state = (self.app, self.engine, self.tier, self.projects, self.mounts,
                  self.poll_seconds, self.rescan_every, self.force_poll, self.verbose)
         try:
             self._configure(AppContext(root=old.root, config_path=old.config_path,
                                        json=old.json, verbose=old.verbose))
             roots = self._setup_roots(self.projects)
         except OpsError as exc:
-            (self.app, self.pass_, self.tier, self.projects, self.mounts, self.poll_seconds,
+            (self.app, self.engine, self.tier, self.projects, self.mounts, self.poll_seconds,
              self.rescan_every, self.force_poll, self.verbose) = state
             log.error("reload failed: %s; keeping the previous configuration", exc.message)
             return
@@ -1451,11 +1451,11 @@ def preflight(app: AppContext, names: Sequence[str], poll: bool) -> int:
     from mnic_ops.projects import select_projects
 
     projects = select_projects(app, names)
-    pass_ = cl.Pass(app, check=True, only="compress")
+    cl.engine(app.config)  # the config is checked as the watcher checks it
     tier = policy.tier_clean(app)
     mounts = facts.mounts(app.root, facts.Absent())
     force = poll or bool(app.config.get("watch.poll", False))
-    roots = build_roots(app, projects, pass_, tier)
+    roots = build_roots(app, projects, tier)
     for r in roots:
         prepare_root(app, r, mounts, force)
         if r.state == READY:
@@ -1538,8 +1538,8 @@ def writable_paths(app: AppContext, projects: Sequence[Project],
     under its own name and, for relocated data, its link's target (absent ones too, they
     may appear), plus ``extra`` (the relocation target when provision is about to move
     data there, so that the unit is the same before and after the move)."""
-    pass_ = cl.Pass(app, check=True, only="compress")
-    roots = build_roots(app, projects, pass_, policy.tier_clean(app))
+    cl.engine(app.config)  # a bad config is refused here as where the watcher starts
+    roots = build_roots(app, projects, policy.tier_clean(app))
     ok = [r for r in roots if r.prefix is not None and r.state != REFUSED]
     paths = sorted({r.target_host for r in ok} | {r.host_path for r in ok}
                    | {os.path.normpath(p) for p in extra})

@@ -90,7 +90,7 @@ def test_render_doctor_and_watch_count_the_same_folders(fake_root: Path) -> None
              for k in DATA_KINDS}
     dirs = {k: s.dirs for k, s in scans.items() if s is not None}
     assert dirs["sessions"] == 1 + 6 * 3
-    roots = watch.build_roots(app, found, None, None)  # type: ignore[arg-type]
+    roots = watch.build_roots(app, found, None)
     checked = 0
     for r in roots:
         watch.prepare_root(app, r, [], False)
