@@ -16,11 +16,9 @@ import logging
 import multiprocessing
 import os
 import posixpath
-import stat
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -29,7 +27,16 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mnic_ops import compress as cz
-from mnic_ops import installfail, installroot, linkrecords, metrics, policy, progress, retention
+from mnic_ops import (
+    datatree,
+    installfail,
+    installroot,
+    linkrecords,
+    metrics,
+    policy,
+    progress,
+    retention,
+)
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, EXIT_PENDING, InputError
 from mnic_ops.hostroot import HostRoot
 from mnic_ops.policy import DAY, DEFAULTS, Policy, resolve_policy
@@ -78,6 +85,28 @@ def warn_follow_links_under(cfg: Config) -> None:
                     "folder's symlink is followed only when mnic-ops relocate made it "
                     "(recorded in /var/lib/mnic-ops/links.json); remove the key from the "
                     "config")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How files are compressed, from the config: ``clean.level``, ``clean.compressor``
+    and ``clean.batch_files`` (files handed to one job), the same for clean and watch."""
+
+    level: int
+    compressor: str
+    batch: int
+
+
+def engine(cfg: Config) -> Engine:
+    """The compression settings of the config, checked (InputError: a level out of
+    1-9, a compressor that is not installed)."""
+    level = int(cfg.get("clean.level", 5))
+    if not 1 <= level <= 9:
+        raise InputError(f"clean.level: expected 1-9, got {level}")
+    compressor = str(cfg.get("clean.compressor", "auto"))
+    cz.codec(compressor)  # fail early (input error) when not installed
+    warn_follow_links_under(cfg)
+    return Engine(level, compressor, int(cfg.get("clean.batch_files", 256)))
 
 
 # --- jobs (run in worker processes) --------------------------------------------------
@@ -198,7 +227,9 @@ class KindReport:
     collision_files: list[dict[str, str]] = field(default_factory=list)
     retention: retention.Report | None = None
 
-    def skip(self, reason: str, rel: str) -> None:
+    def skip(self, reason: str, rel: str, error: OSError | None = None) -> None:
+        """A file or folder left out (``error``: why, when the walk met one; a
+        :data:`mnic_ops.datatree.Skip`)."""
         self.skipped[reason] += 1
         ex = self.examples.setdefault(reason, [])
         if len(ex) < MAX_EXAMPLES:
@@ -285,17 +316,12 @@ class Pass:
     def __init__(self, app: AppContext, *, check: bool, only: str | None) -> None:
         self.app, self.root, self.check, self.only = app, app.root, check, only
         cfg = app.config
-        self.level = int(cfg.get("clean.level", 5))
-        if not 1 <= self.level <= 9:
-            raise InputError(f"clean.level: expected 1-9, got {self.level}")
-        self.compressor = str(cfg.get("clean.compressor", "auto"))
-        cz.codec(self.compressor)  # fail early (input error) when not installed
-        self.batch = int(cfg.get("clean.batch_files", 256))
+        eng = engine(cfg)
+        self.level, self.compressor, self.batch = eng.level, eng.compressor, eng.batch
         # auto: two per CPU, so that one compresses while the other waits for its
         # batch's filesystem sync or the journal
         n = int(cfg.get("clean.workers", 0)) or min(8, 2 * len(os.sched_getaffinity(0)))
         self.workers = max(1, n)
-        warn_follow_links_under(cfg)
         self.pool: ProcessPoolExecutor | None = None
         self.inflight: dict[Future[list[cz.Outcome]], tuple[KindReport, str]] = {}
         self.now = time.time()
@@ -467,7 +493,7 @@ class Pass:
             copts = cz.Options(level=self.level, compressor=self.compressor, dev=dev,
                                max_mtime=cut_c)
             eopts = cz.Options(dev=dev, max_mtime=cut_e)
-            for reldir, dparts, ident, entries in self._walk(top, dev, rep):
+            for reldir, dparts, ident, entries in datatree.walk(top, dev, rep.skip):
                 batch = Job(self.root, prefix, parts + dparts, ident, [], [], [], copts, eopts,
                             where.base_ident)
                 for name, st in entries:
@@ -519,74 +545,6 @@ class Pass:
         batch.compress.clear()
         batch.expire.clear()
         batch.stale.clear()
-
-    def _walk(self, top: int, dev: int, rep: KindReport
-              ) -> Iterator[tuple[str, tuple[str, ...], tuple[int, int],
-                                  Iterator[tuple[str, os.stat_result]]]]:
-        """Depth-first over the tree below ``top``: for each folder, its relative path,
-        components, identity and a lazy stream of its regular files with their lstat.
-        Symlinks, other file types, other filesystems and unreadable folders are
-        reported and not entered."""
-        stack: list[tuple[str, ...]] = [()]
-        while stack:
-            parts = stack.pop()
-            reldir = "/".join(parts)
-            fd = self._open_child(top, parts, dev, reldir, rep) if parts else os.dup(top)
-            if fd < 0:
-                continue
-            subdirs: list[str] = []
-            try:
-                st = os.fstat(fd)
-                yield reldir, parts, (st.st_dev, st.st_ino), self._entries(
-                    fd, reldir, dev, rep, subdirs)
-            finally:
-                os.close(fd)
-            stack.extend((*parts, n) for n in reversed(subdirs))
-
-    def _open_child(self, top: int, parts: tuple[str, ...], dev: int, rel: str,
-                    rep: KindReport) -> int:
-        try:
-            fd = cz.open_dir_nofollow(top, parts)
-        except OSError as exc:
-            if exc.errno in (40, 20):  # swapped for a symlink or a file meanwhile
-                rep.skip("symlink", rel)
-            elif exc.errno != 2:
-                rep.skip("unreadable_dir", rel)
-            return -1
-        if os.fstat(fd).st_dev != dev:
-            os.close(fd)
-            rep.skip("other_filesystem", rel + "/")
-            return -1
-        return fd
-
-    def _entries(self, fd: int, reldir: str, dev: int, rep: KindReport,
-                 subdirs: list[str]) -> Iterator[tuple[str, os.stat_result]]:
-        try:
-            it = os.scandir(fd)
-        except OSError:
-            rep.skip("unreadable_dir", reldir or ".")
-            return
-        with it:
-            for e in it:
-                name = e.name
-                rel = f"{reldir}/{name}" if reldir else name
-                try:
-                    if e.is_symlink():
-                        rep.skip("symlink", rel)
-                        continue
-                    if e.is_dir(follow_symlinks=False):
-                        subdirs.append(name)
-                        continue
-                    st = e.stat(follow_symlinks=False)
-                except OSError:
-                    continue  # vanished
-                if not stat.S_ISREG(st.st_mode):
-                    rep.skip("not_regular", rel)
-                    continue
-                if st.st_dev != dev:
-                    rep.skip("other_filesystem", rel)
-                    continue
-                yield name, st
 
 
 # --- output -----------------------------------------------------------------------
@@ -850,7 +808,7 @@ def clean_cmd(app: AppContext, check: bool, as_json: bool, only: str | None, wai
     """
     if as_json:
         app.json = True
-    from mnic_ops.output import _apply_log_handler, emit
+    from mnic_ops.output import apply_log_handler, emit
 
     projects = select_projects(app, names)
     tier = policy.tier_clean(app)
@@ -858,7 +816,7 @@ def clean_cmd(app: AppContext, check: bool, as_json: bool, only: str | None, wai
     t0 = time.monotonic()
     p = Pass(app, check=check, only=only)
     p.wait = wait
-    handler = None if check else _apply_log_handler(app)
+    handler = None if check else apply_log_handler(app)
     reports: list[ProjectReport] = []
     try:
         with progress.bar(app, "clean --check" if check else "clean", 0, p.progress_text

@@ -44,8 +44,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mnic_ops import (
+    datatree,
     execute,
     facts,
+    inotify,
     installfail,
     linkrecords,
     metrics,
@@ -360,9 +362,11 @@ def link_check(root: HostRoot, p: Project) -> Check | None:
 def scan_data(root: HostRoot, p: Project, kind: str, *, pol: policy.Policy | None,
               now: float, big_bytes: int) -> DirScan | None:
     """One streaming walk of a data folder (relocated: its target), following no
-    symlink: folder count (inotify watches), files the clean policy would compress now
-    (:func:`mnic_ops.policy.due`, the same rule clean acts on, so that its fix clears
-    the finding), and (sessions) files over the size limit."""
+    symlink nor leaving its filesystem (:func:`mnic_ops.datatree.walk`, clean's walk):
+    folder count (inotify watches, as :func:`mnic_ops.datatree.count_folders`), files
+    the clean policy would compress now (:func:`mnic_ops.policy.due`, the same rule
+    clean acts on, so that its fix clears the finding), and (sessions) files over the
+    size limit."""
     where = _storage(root, p, kind)
     if where is None or where.target is None:
         return None
@@ -373,55 +377,33 @@ def scan_data(root: HostRoot, p: Project, kind: str, *, pol: policy.Policy | Non
     except OSError as exc:
         res.errors.append({"path": host, "error": exc.strerror or str(exc)})
         return res
-    dev = os.fstat(top).st_dev
-    stack: list[tuple[int, str]] = [(top, "")]
-    while stack:
-        dfd, rel = stack.pop()
-        res.dirs += 1
-        try:
-            with os.scandir(dfd) as it:
-                entries = list(it)
-        except OSError as exc:
-            if len(res.errors) < 20:
-                res.errors.append({"path": f"{host}/{rel}".rstrip("/"),
-                                   "error": exc.strerror or str(exc)})
-            os.close(dfd)
-            continue
-        for e in entries:
-            try:
-                st = e.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                try:
-                    sub = os.open(e.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                                  | os.O_CLOEXEC, dir_fd=dfd)
-                except OSError as exc:
-                    if len(res.errors) < 20:
-                        res.errors.append({"path": f"{host}/{rel}{e.name}",
-                                           "error": exc.strerror or str(exc)})
+    def skip(reason: str, rel: str, error: OSError | None) -> None:
+        if reason == "unreadable_dir" and error is not None and len(res.errors) < 20:
+            res.errors.append({"path": host if rel == "." else f"{host}/{rel}",
+                               "error": error.strerror or str(error)})
+
+    try:
+        for reldir, _parts, _ident, entries in datatree.walk(top, None, skip):
+            res.dirs += 1  # the count the watcher's watches follow (datatree.count_folders)
+            rel = f"{reldir}/" if reldir else ""
+            for name, st in entries:
+                res.files += 1
+                if name.endswith(".gz") or safefs.is_tmp_name(name) or \
+                        policy.protected(kind, name, rel + name) is not None:
                     continue
-                stack.append((sub, f"{rel}{e.name}/"))
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            res.files += 1
-            name = e.name
-            if name.endswith(".gz") or safefs.is_tmp_name(name) or \
-                    policy.protected(kind, name, rel + name) is not None:
-                continue
-            if kind in ("sessions", "claude_sessions") and st.st_size > big_bytes \
-                    and len(res.big) < 20:
-                res.big.append({"path": f"{host}/{rel}{name}", "bytes": st.st_size})
-            if pol is None or st.st_dev != dev:
-                continue
-            d = policy.due(pol, name, rel + name, st, now, only="compress")
-            if d is not None and d.action == "compress":
-                res.old_files += 1
-                res.old_bytes += st.st_size
-                if len(res.old_examples) < 5:
-                    res.old_examples.append(f"{host}/{rel}{name}")
-        os.close(dfd)
+                if kind in ("sessions", "claude_sessions") and st.st_size > big_bytes \
+                        and len(res.big) < 20:
+                    res.big.append({"path": f"{host}/{rel}{name}", "bytes": st.st_size})
+                if pol is None:
+                    continue
+                d = policy.due(pol, name, rel + name, st, now, only="compress")
+                if d is not None and d.action == "compress":
+                    res.old_files += 1
+                    res.old_bytes += st.st_size
+                    if len(res.old_examples) < 5:
+                        res.old_examples.append(f"{host}/{rel}{name}")
+    finally:
+        os.close(top)
     return res
 
 
@@ -677,25 +659,13 @@ def watcher_check(root: HostRoot, found: list[Proc]) -> Check:
                  _cmd(root, "watch", "--install-unit"))
 
 
-SYSCTL_FILE = "/etc/sysctl.d/60-mnic-ops.conf"
-INOTIFY_RESERVE = 0.10  # of the limit, for the other inotify users running as root
-
-
-def _sysctl_value(text: str, key: str) -> int | None:
-    val = None
-    for ln in text.splitlines():
-        k, sep, v = ln.partition("=")
-        if sep and k.strip() == key and not ln.lstrip().startswith(("#", ";")):
-            try:
-                val = int(v.strip())
-            except ValueError:
-                continue
-    return val
+SYSCTL_FILE = inotify.SYSCTL_FILE
 
 
 def inotify_check(root: HostRoot, dirs: int) -> Check:
     """The watcher needs one inotify watch per folder; ``max_user_watches`` is per user
-    and shared with every other root process, so 10% of it stays in reserve."""
+    and shared with every other root process: :func:`mnic_ops.inotify.fits`, the rule
+    render sizes the sysctl file by and the watcher checks before it uses inotify."""
     raw = _read_text(root, "/proc/sys/fs/inotify/max_user_watches")
     try:
         limit = int((raw or "").strip())
@@ -703,21 +673,20 @@ def inotify_check(root: HostRoot, dirs: int) -> Check:
         return Check("inotify", "skip", "/proc/sys/fs/inotify/max_user_watches unreadable",
                      details={"watches_needed": dirs})
     details = {"watches_needed": dirs, "max_user_watches": limit}
-    usable = int(limit * (1 - INOTIFY_RESERVE))
-    if dirs <= usable:
+    if inotify.fits(limit, dirs):
         return Check("inotify", "ok", details=details)
-    want = max(524288, 1 << (2 * dirs - 1).bit_length())
+    want = inotify.suggested(dirs)
     conf = _read_text(root, SYSCTL_FILE)
-    conf_val = _sysctl_value(conf, "fs.inotify.max_user_watches") if conf else None
+    conf_val = inotify.configured(conf) if conf else None
     details["suggested"] = want
-    if conf_val is not None and conf_val * (1 - INOTIFY_RESERVE) >= dirs:
+    if conf_val is not None and inotify.fits(conf_val, dirs):
         return Check("inotify", "fail",
                      f"inotify limit too low: {dirs} folders to watch, max_user_watches "
                      f"{limit}; {SYSCTL_FILE} sets {conf_val} but it is not loaded",
                      f"load it: sysctl -p {SYSCTL_FILE}", None, details)
     return Check("inotify", "fail",
                  f"inotify limit too low: {dirs} folders to watch, max_user_watches "
-                 f"{limit} (10% kept for other watchers)",
+                 f"{limit} (room kept for other watchers)",
                  f"set fs.inotify.max_user_watches = {want} in {SYSCTL_FILE} "
                  f"(`mnic-ops render` writes that file), then sysctl -p {SYSCTL_FILE}",
                  _cmd(root, "render"), details)

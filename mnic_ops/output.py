@@ -183,7 +183,7 @@ def run_plan(app: AppContext, plan: Plan, *, check: bool, diff: bool, command: s
     from mnic_ops.changes import apply_plan
 
     if not check and plan.pending:
-        handler = _apply_log_handler(app)
+        handler = apply_log_handler(app)
         try:
             apply_plan(plan, app.root, command=command)
         finally:
@@ -201,7 +201,7 @@ def run_plan(app: AppContext, plan: Plan, *, check: bool, diff: bool, command: s
     return EXIT_FAILURE if counts["failed"] else EXIT_OK
 
 
-def _apply_log_handler(app: AppContext) -> logging.Handler | None:
+def apply_log_handler(app: AppContext) -> logging.Handler | None:
     """Log applied changes to ``<root>/var/log/mnic-ops.log`` (best effort)."""
     try:
         path = app.root.path("/var/log/mnic-ops.log")

@@ -272,7 +272,7 @@ def _config_rel(project: Project, kind: str) -> str:
     return os.path.relpath(joined, host_path) if joined != host_path else default
 
 
-def _data_dir(root: HostRoot, kind: str, host_path: str) -> DataDir:
+def data_dir(root: HostRoot, kind: str, host_path: str) -> DataDir:
     """One data folder as it is now. The user may be swapping it with a link while this
     runs: ``readlink`` decides (a link at that instant or not), never lstat-then-readlink,
     which raised when the link went in between."""
@@ -359,7 +359,7 @@ def load_project(root: HostRoot, host_path: str, layout: str,
                        + ", ".join(k for k, v in sources.items() if v == version) + ")")
     if not p.has_config:
         p.notes.append(NO_CONFIG_NOTE)
-    p.data = {kind: _data_dir(root, kind, os.path.normpath(
+    p.data = {kind: data_dir(root, kind, os.path.normpath(
         f"{host_path}/{_config_rel(p, kind)}")) for kind in DATA_KINDS}
     return p
 

@@ -87,7 +87,7 @@ def _unique_mounts(mounts: list[facts.Mount]) -> list[facts.Mount]:
     return out
 
 
-def _refusal(m: facts.Mount | None, force: bool) -> str | None:
+def mount_refusal(m: facts.Mount | None, force: bool) -> str | None:
     """Why a mount cannot hold relocated data, or None."""
     if m is None:
         return "no mount holds it"
@@ -134,7 +134,7 @@ def choose_target(root: HostRoot, cfg_ssd: str | None, cfg_ssd_default: str, to:
     for m in _unique_mounts(mounts):
         if m.pseudo or m.fstype in MEMORY_FS or m.network:
             continue
-        why = _refusal(m, force=False)
+        why = mount_refusal(m, force=False)
         if why:
             rejected.append(f"{m.mount_point}: {why.split(';')[0]}")
             continue
@@ -163,7 +163,7 @@ def choose_target(root: HostRoot, cfg_ssd: str | None, cfg_ssd_default: str, to:
 def check_target(t: Target, mounts: list[facts.Mount], force: bool) -> None:
     """Refuse a target that cannot safely hold the data (InputError with the reason)."""
     t.mount = facts.mount_for(t.host_path, mounts)
-    why = _refusal(t.mount, force)
+    why = mount_refusal(t.mount, force)
     if why:
         raise InputError(f"target {t.host_path} ({t.why}): refused: {why}")
     anc = _existing_ancestor(t.real)
@@ -197,10 +197,10 @@ def _kinds(app: AppContext) -> list[str]:
     if bad:
         where = "config"
         if app.config.loaded and app.config.path is not None:
-            from mnic_ops.config import _line_of
+            from mnic_ops.config import line_of
 
             try:
-                line = _line_of(app.config.path.read_text(), ["relocate", "kinds"])
+                line = line_of(app.config.path.read_text(), ["relocate", "kinds"])
             except OSError:
                 line = None
             where = f"{app.config.path}:{line}" if line else str(app.config.path)

@@ -22,7 +22,17 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mnic_ops import installfail, jsonedit, projects, quoting, safefs, tiers, userjson
+from mnic_ops import (
+    datatree,
+    installfail,
+    jsonedit,
+    linkrecords,
+    projects,
+    quoting,
+    safefs,
+    tiers,
+    userjson,
+)
 from mnic_ops.changes import SKIPPED, Item, Plan
 from mnic_ops.config import HOST_CLASSES
 from mnic_ops.errors import EXIT_CODES_HELP, InputError, OpsError
@@ -30,6 +40,7 @@ from mnic_ops.errors import EXIT_CODES_HELP, InputError, OpsError
 if TYPE_CHECKING:
     from jinja2 import Environment
 
+    from mnic_ops.hostroot import HostRoot
     from mnic_ops.output import AppContext
 
 CONFIG_DIR = ".claude/config"
@@ -264,16 +275,24 @@ def plan_system(root: Any, found: list[projects.Project], tpl: Templates, ctx: C
     return items
 
 
-def count_watch_dirs(found: list[projects.Project]) -> int:
-    """Folders the watcher would watch: every folder in every install's data folders."""
+def count_watch_dirs(root: HostRoot, found: list[projects.Project]) -> int:
+    """Folders the watcher would watch: every folder in every install's data folders
+    (where :func:`mnic_ops.linkrecords.locate` puts them), counted as the watcher counts
+    (:func:`mnic_ops.datatree.count_folders`)."""
     n = 0
     for p in found:
-        for d in p.data.values():
-            top = projects.data_top(d, p)
-            if top is None:
+        for kind in p.data:
+            loc = linkrecords.locate(root, p, kind)
+            if loc.state not in (linkrecords.FOLDER, linkrecords.RELOCATED):
                 continue
-            for _dirpath, _dirs, _files, _fd in os.fwalk(top, follow_symlinks=False):
-                n += 1
+            try:
+                top = linkrecords.open_location(root, loc)
+            except OSError:
+                continue
+            try:
+                n += datatree.count_folders(top)
+            finally:
+                os.close(top)
     return n
 
 
@@ -294,7 +313,7 @@ def build(app: AppContext, host_class: str | None, names: Sequence[str]
     derived, reasons = tiers.derive(
         values, cpus=facts.get("cpu", {}).get("logical"),
         memory_bytes=facts.get("memory", {}).get("total_bytes"),
-        watch_dirs=count_watch_dirs(found))
+        watch_dirs=count_watch_dirs(app.root, found))
     ctx = Context(decision.host_class, values, derived, reasons, decision.source)
     tpl = Templates(dirs)
     check_templates(tpl, ctx, found)

@@ -690,7 +690,7 @@ class Retention:
             for rel, _g in gone:
                 refs.add(rel)
                 refs.add(re.sub(r"(\.[1-9]\d*)?\.gz$", "", rel))
-            new, removed = _prune_refs(index, refs)
+            new, removed = prune_refs(index, refs)
             rep.index = {"file": src, "references_removed": removed, "rewritten": False}
             if removed and not self.check:
                 safefs.atomic_write_at(store.fd, THINKING_INDEX, _dump(new), expect=idx_st)
@@ -867,7 +867,7 @@ def _prune_index(index: dict[str, Any], expire: set[str]) -> tuple[dict[str, Any
     return new, dangling
 
 
-def _prune_refs(doc: Any, refs: set[str]) -> tuple[Any, int]:
+def prune_refs(doc: Any, refs: set[str]) -> tuple[Any, int]:
     """``doc`` without what refers to one of ``refs`` (paths below the thinking-logs
     folder; a reference may carry a prefix such as ``.claude/thinking-logs/``): list
     items that are such a path or an object naming one, object keys that are such a

@@ -15,15 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mnic_ops import inotify
 from mnic_ops.config import HOST_CLASSES, Config, line_of
 from mnic_ops.errors import InputError
 from mnic_ops.hostroot import HostRoot
 
 MIB = 1024 * 1024
 TIERS_FILE = "tiers.toml"
-INOTIFY_WATCH_BYTES = 1024  # kernel memory per watch, roughly (fs/notify/inotify)
+INOTIFY_WATCH_BYTES = inotify.WATCH_BYTES
 MEMORY_STEP = 64 * 1024 * 1024  # machine memory is counted in these steps
-INOTIFY_MIN = 8192  # the kernel's own lowest default
+INOTIFY_MIN = inotify.KERNEL_MIN
 # Tables under [tiers.<tier>] that are not tier values: the clean policy and the cron
 # schedules for hosts of that class (checked by the config schema, used by clean, cron).
 SUBTABLES = ("clean", "cron")
@@ -184,10 +185,6 @@ def effective(table: TierTable, tier: str, cfg: Config) -> dict[str, Any]:
     return values
 
 
-def _pow2_ceil(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 def derive(values: dict[str, Any], *, cpus: int | None, memory_bytes: int | None,
            watch_dirs: int = 0) -> tuple[dict[str, Any], list[str]]:
     """Machine-fitted numbers for the templates, and one reason line per number."""
@@ -244,7 +241,8 @@ def derive(values: dict[str, Any], *, cpus: int | None, memory_bytes: int | None
                f"at most half of memory_mb {memory}")
 
     floor = int(t["inotify_watches"])
-    need = _pow2_ceil(2 * watch_dirs) if watch_dirs else 0
+    # the one sizing rule (watch's fallback and doctor's check follow it too)
+    need = inotify.suggested(watch_dirs, floor=0) if watch_dirs else 0
     want = max(floor, need)
     watches = want
     if memory_bytes:
@@ -253,7 +251,7 @@ def derive(values: dict[str, Any], *, cpus: int | None, memory_bytes: int | None
         if cap < want:
             watches = max(INOTIFY_MIN, cap)
     why.append(f"inotify_watches = {watches}: tier floor {floor}, watcher needs "
-               f"{need} (2 x {watch_dirs} folders, rounded up to a power of two)"
+               f"{need} (2 x ({watch_dirs} folders + headroom), rounded up to a power of two)"
                + (f", capped at {t['inotify_memory_percent']:g}% of memory"
                   if watches < want else ""))
     derived = {"memory_mb": memory, "agents": agents, "workers": workers,

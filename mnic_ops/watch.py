@@ -64,7 +64,16 @@ import click
 
 from mnic_ops import clean as cl
 from mnic_ops import compress as cz
-from mnic_ops import installfail, linkrecords, policy, quoting, safefs, watchstate
+from mnic_ops import (
+    datatree,
+    inotify,
+    installfail,
+    linkrecords,
+    policy,
+    quoting,
+    safefs,
+    watchstate,
+)
 from mnic_ops.changes import OK, ApplyContext, Item, Undo, undo_handler, unified_diff
 from mnic_ops.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, InputError, OpsError
 from mnic_ops.projects import DATA_KINDS, Project, human
@@ -80,9 +89,9 @@ log = logging.getLogger(__name__)
 unit_path = "/etc/systemd/system/mnic-ops-watch.service"
 UNIT_NAME = "mnic-ops-watch.service"
 WANTS_LINK = "/etc/systemd/system/multi-user.target.wants/mnic-ops-watch.service"
-SYSCTL_FILE = "/etc/sysctl.d/60-mnic-ops.conf"
+SYSCTL_FILE = inotify.SYSCTL_FILE
 PENDING_FILE = "/var/lib/mnic-ops/watch-pending.json"
-GUIDE_WATCHES = 524288  # the guide's fs.inotify.max_user_watches
+GUIDE_WATCHES = inotify.GUIDE_WATCHES
 EXIT_RESTART = 75  # --service: ask systemd (Restart=on-failure) for a fresh sandbox
 
 LOCK_RETRY = 2.0  # seconds before retrying a batch whose project lock `clean` holds
@@ -166,7 +175,7 @@ def _lident(path: str | os.PathLike[str]) -> tuple[int, int, int] | None:
     return st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode)
 
 
-def build_roots(app: AppContext, projects: Sequence[Project], pass_: cl.Pass,
+def build_roots(app: AppContext, projects: Sequence[Project],
                 tier: dict[str, Any] | None) -> list[WatchRoot]:
     """The data folders to watch: every class whose clean policy compresses, where
     :func:`mnic_ops.linkrecords.locate` puts it (the folder, or the target of a link
@@ -248,22 +257,17 @@ def prepare_root(app: AppContext, r: WatchRoot, mounts: list[Mount], force_poll:
     r.state = READY
 
 
-def count_dirs(app: AppContext, r: WatchRoot, pass_: cl.Pass) -> int:
-    """Folders below (and including) a data folder: one inotify watch each."""
+def count_dirs(app: AppContext, r: WatchRoot) -> int:
+    """Folders below (and including) a data folder: one inotify watch each
+    (:func:`mnic_ops.datatree.count_folders`, the one count doctor and render use)."""
     try:
         top = cl.open_tree(app.root, r.prefix or "/", r.parts, r.base_ident)
     except OSError:
         return 0
-    n = 0
     try:
-        rep = cl.KindReport(r.host_path, r.policy)
-        for _reldir, _parts, _ident, entries in pass_._walk(top, r.dev, rep):
-            n += 1
-            for _ in entries:  # the walk learns the subfolders while listing
-                pass
+        return datatree.count_folders(top, r.dev)
     finally:
         os.close(top)
-    return n
 
 
 def wanted(r: WatchRoot, name: str, rel: str) -> bool:
@@ -290,19 +294,19 @@ class Limits:
             return (f"fs.inotify.max_user_instances is {self.max_instances} and "
                     f"{self.used_instances} are in use")
         if self.max_watches is not None and \
-                self.used_watches + need + need // 10 + 64 > self.max_watches:
+                not inotify.fits(self.max_watches, need, self.used_watches):
             return (f"{need} folders to watch, but fs.inotify.max_user_watches is "
                     f"{self.max_watches} and {self.used_watches} are in use by this user")
         return None
 
     def fix(self, need: int) -> str:
         if self.max_instances is not None and self.used_instances + 1 > self.max_instances:
-            want_i = max(256, (self.used_instances + 1) * 2)
+            want_i = inotify.instances_fix(self.used_instances)
             return (f"add `fs.inotify.max_user_instances = {want_i}` to a file in "
                     f"/etc/sysctl.d/ and run `sysctl --system`")
-        want = max(GUIDE_WATCHES, -(-2 * (self.used_watches + need) // 65536) * 65536)
-        if self.sysctl_file_value is not None and self.sysctl_file_value >= \
-                self.used_watches + need + need // 10 + 64:
+        want = inotify.suggested(need, self.used_watches)
+        if self.sysctl_file_value is not None and \
+                inotify.fits(self.sysctl_file_value, need, self.used_watches):
             return (f"{SYSCTL_FILE} already sets {self.sysctl_file_value}: run "
                     "`sysctl --system` to apply it")
         return (f"set `fs.inotify.max_user_watches = {want}` in {SYSCTL_FILE} (`mnic-ops "
@@ -349,8 +353,7 @@ def read_limits(root: HostRoot) -> Limits:
         lim.used_watches, lim.used_instances = inotify_usage(os.geteuid())
     try:
         text = root.path(SYSCTL_FILE).read_text(errors="replace")
-        m = re.search(r"^\s*fs\.inotify\.max_user_watches\s*=\s*(\d+)", text, re.M)
-        lim.sysctl_file_value = int(m.group(1)) if m else None
+        lim.sysctl_file_value = inotify.configured(text)
     except OSError:
         pass
     return lim
@@ -452,14 +455,14 @@ class Daemon:
 
         app = app or self.app
         cfg = app.config
-        pass_ = cl.Pass(app, check=True, only="compress")
+        eng = cl.engine(cfg)
         tier = policy.tier_clean(app)
         poll_seconds = float(cfg.get("watch.poll_seconds", 30.0))
         rescan_every = float(cfg.get("watch.rescan_minutes", 60.0)) * 60.0
         projects = self._select(app)
         mounts = facts.mounts(app.root, facts.Absent())
-        self.app, self.pass_, self.tier, self.projects, self.mounts = \
-            app, pass_, tier, projects, mounts
+        self.app, self.engine, self.tier, self.projects, self.mounts = \
+            app, eng, tier, projects, mounts
         self.poll_seconds, self.rescan_every = poll_seconds, rescan_every
         self.check_every = float(cfg.get("watch.check_seconds", 5.0))
         self.force_poll = self.poll_flag or bool(cfg.get("watch.poll", False))
@@ -763,13 +766,13 @@ class Daemon:
     # -- start ------------------------------------------------------------------------
 
     def _setup_roots(self, projects: Sequence[Project]) -> list[WatchRoot]:
-        roots = build_roots(self.app, projects, self.pass_, self.tier)
+        roots = build_roots(self.app, projects, self.tier)
         for f in self.app.failures.drain():  # a long-running watcher logs them and goes on
             log.warning("%s", f.text())
         for r in roots:
             prepare_root(self.app, r, self.mounts, self.force_poll)
             if r.state == READY:
-                r.dirs = count_dirs(self.app, r, self.pass_)
+                r.dirs = count_dirs(self.app, r)
         return roots
 
     def _watch_all(self) -> None:
@@ -915,8 +918,7 @@ class Daemon:
         try:
             if os.fstat(top).st_dev != r.dev:
                 return
-            rep = cl.KindReport(r.host_path, r.policy)
-            for reldir, _dparts, _ident, entries in self.pass_._walk(top, r.dev, rep):
+            for reldir, _dparts, _ident, entries in datatree.walk(top, r.dev):
                 rd = f"{sub}/{reldir}".strip("/") if sub else reldir
                 for name, st in entries:
                     if cz.is_ours(name):
@@ -1040,18 +1042,18 @@ class Daemon:
                     log.info("%s: on another filesystem; not entered",
                              cl.printable(f"{r.host_path}/{reldir}"))
                     return
-                for i in range(0, len(names), self.pass_.batch):
+                for i in range(0, len(names), self.engine.batch):
                     if self.stopping:
                         for n in names[i:]:
                             self._reschedule((r.real, reldir, n), time.time())
                         return
-                    self._batch(r, reldir, dfd, names[i:i + self.pass_.batch])
+                    self._batch(r, reldir, dfd, names[i:i + self.engine.batch])
             finally:
                 os.close(dfd)
 
     def _batch(self, r: WatchRoot, reldir: str, dfd: int, names: list[str]) -> None:
         now = time.time()
-        opts = cz.Options(level=self.pass_.level, compressor=self.pass_.compressor,
+        opts = cz.Options(level=self.engine.level, compressor=self.engine.compressor,
                           dev=r.dev, max_mtime=now - r.settle if r.settle > 0 else None)
         try:
             self.interruptible = True
@@ -1215,14 +1217,14 @@ class Daemon:
 
         self.reload_requested = False
         old = self.app
-        state = (self.app, self.pass_, self.tier, self.projects, self.mounts,
+        state = (self.app, self.engine, self.tier, self.projects, self.mounts,
                  self.poll_seconds, self.rescan_every, self.force_poll, self.verbose)
         try:
             self._configure(AppContext(root=old.root, config_path=old.config_path,
                                        json=old.json, verbose=old.verbose))
             roots = self._setup_roots(self.projects)
         except OpsError as exc:
-            (self.app, self.pass_, self.tier, self.projects, self.mounts, self.poll_seconds,
+            (self.app, self.engine, self.tier, self.projects, self.mounts, self.poll_seconds,
              self.rescan_every, self.force_poll, self.verbose) = state
             log.error("reload failed: %s; keeping the previous configuration", exc.message)
             return
@@ -1449,15 +1451,15 @@ def preflight(app: AppContext, names: Sequence[str], poll: bool) -> int:
     from mnic_ops.projects import select_projects
 
     projects = select_projects(app, names)
-    pass_ = cl.Pass(app, check=True, only="compress")
+    cl.engine(app.config)  # the config is checked as the watcher checks it
     tier = policy.tier_clean(app)
     mounts = facts.mounts(app.root, facts.Absent())
     force = poll or bool(app.config.get("watch.poll", False))
-    roots = build_roots(app, projects, pass_, tier)
+    roots = build_roots(app, projects, tier)
     for r in roots:
         prepare_root(app, r, mounts, force)
         if r.state == READY:
-            r.dirs = count_dirs(app, r, pass_)
+            r.dirs = count_dirs(app, r)
     need = sum(r.dirs for r in roots if r.state == READY and not r.poll)
     limits = read_limits(app.root)
     problem = limits.problem(need) if need and not force else None
@@ -1536,8 +1538,8 @@ def writable_paths(app: AppContext, projects: Sequence[Project],
     under its own name and, for relocated data, its link's target (absent ones too, they
     may appear), plus ``extra`` (the relocation target when provision is about to move
     data there, so that the unit is the same before and after the move)."""
-    pass_ = cl.Pass(app, check=True, only="compress")
-    roots = build_roots(app, projects, pass_, policy.tier_clean(app))
+    cl.engine(app.config)  # a bad config is refused here as where the watcher starts
+    roots = build_roots(app, projects, policy.tier_clean(app))
     ok = [r for r in roots if r.prefix is not None and r.state != REFUSED]
     paths = sorted({r.target_host for r in ok} | {r.host_path for r in ok}
                    | {os.path.normpath(p) for p in extra})

@@ -149,7 +149,7 @@ def test_measure_follows_no_symlink(tmp_path: Path) -> None:
     (d / "sub/link").symlink_to(big / "big")
     (d / "dirlink").symlink_to(big)
     hr = HostRoot.open(tmp_path)
-    dd = projects._data_dir(hr, "logs", "/d")
+    dd = projects.data_dir(hr, "logs", "/d")
     assert projects.measure(dd) == (15, 3)
 
 

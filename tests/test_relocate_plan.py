@@ -10,7 +10,7 @@ from mnic_ops.errors import InputError
 from mnic_ops.facts import Mount
 from mnic_ops.hostroot import HostRoot
 from mnic_ops.projects import Project
-from mnic_ops.relocate import _refusal, choose_target, project_dirname
+from mnic_ops.relocate import choose_target, mount_refusal, project_dirname
 
 DEFAULT = "/mnt/ssd/my-name-is-claude"
 
@@ -32,7 +32,7 @@ def mount(mp: str, fstype: str = "ext4", ssd: bool | None = True, opts: str = "r
     (mount("/m"), False, None),
 ])
 def test_refusals_name_the_reason(m: Mount, force: bool, why: str | None) -> None:
-    got = _refusal(m, force)
+    got = mount_refusal(m, force)
     assert (got is None) if why is None else (got is not None and why in got)
 
 

@@ -213,7 +213,7 @@ def test_owner_and_mode_of_the_index_are_kept(fake_root: Path) -> None:
 ])
 def test_thinking_index_references_are_removed(index: Any, refs: set[str], want: Any,
                                                removed: int) -> None:
-    assert retention._prune_refs(index, refs) == (want, removed)
+    assert retention.prune_refs(index, refs) == (want, removed)
 
 
 def test_thinking_logs_cost_records_and_task_results(fake_root: Path) -> None:

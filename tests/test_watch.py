@@ -664,7 +664,6 @@ def _app(root: Path) -> Any:
 
 
 def test_network_filesystems_are_polled(fake_root: Path) -> None:
-    from mnic_ops import clean as cl
     from mnic_ops import watch
     from mnic_ops.facts import Mount
     from mnic_ops.projects import find_projects
@@ -672,8 +671,7 @@ def test_network_filesystems_are_polled(fake_root: Path) -> None:
     make_project(fake_root, files=0)
     write_config(fake_root)
     app = _app(fake_root)
-    pass_ = cl.Pass(app, check=True, only="compress")
-    roots = watch.build_roots(app, find_projects(app.root, app.config), pass_, None)
+    roots = watch.build_roots(app, find_projects(app.root, app.config), None)
     nfs = [Mount("/", "/dev/vda", "ext4", ["rw"], [], "254:0"),
            Mount("/home/alice/proj/project_archive", "srv:/archive", "nfs4", ["rw"], [],
                  "0:55")]

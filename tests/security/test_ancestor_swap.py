@@ -245,8 +245,7 @@ def test_every_open_of_a_replaced_install_is_refused(host: NsHost,
             str(proj.path), "project_archive/sessions", proj.ident).open_parent())
         row = doctor.doctor_project(app, proj, [], [], set())
         assert "was replaced since mnic-ops found it" in json.dumps(row["checks"]), row
-        pass_ = cl.Pass(app, check=True, only=None)
-        roots = watch.build_roots(app, [proj], pass_, None)
+        roots = watch.build_roots(app, [proj], None)
         ready = [r for r in roots if r.prefix is not None and r.state != watch.REFUSED]
         assert ready
         for r in ready:
