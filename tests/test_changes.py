@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from mnic_ops import changes
-from mnic_ops.changes import ApplyContext, Item, Plan, Undo
-from mnic_ops.errors import OpsError
-from mnic_ops.filechange import file_item
-from mnic_ops.hostroot import HostRoot
+from mnic_ops.changes import model
+from mnic_ops.changes.filechange import file_item
+from mnic_ops.changes.model import ApplyContext, Item, Plan, Undo
+from mnic_ops.core.errors import OpsError
+from mnic_ops.core.hostroot import HostRoot
 from tests.conftest import run_mnic
 
 
@@ -32,25 +32,25 @@ def test_apply_journal_and_undo_restore_bytes(fake_root: Path) -> None:
     os.chmod(f, 0o640)
     plan = Plan([file_item(root, "/etc/x.conf", "new\n"),
                  file_item(root, "/etc/created.conf", "c\n", mode=0o600)])
-    changes.apply_plan(plan, root, command="test")
+    model.apply_plan(plan, root, command="test")
     assert plan.counts()["changed"] == 2
     assert f.read_text() == "new\n" and f.stat().st_mode & 0o777 == 0o640
-    journal = changes.read_journal(root)
+    journal = model.read_journal(root)
     assert [e["change"] for e in journal] == ["file:/etc/x.conf", "file:/etc/created.conf"]
-    changes.undo_entries(root, journal)
+    model.undo_entries(root, journal)
     assert f.read_text() == "original\n" and f.stat().st_mode & 0o777 == 0o640
     assert not (fake_root / "etc" / "created.conf").exists()
-    assert all(e.get("undone") for e in changes.read_journal(root))
+    assert all(e.get("undone") for e in model.read_journal(root))
 
 
 def test_undo_refuses_when_file_changed_since(fake_root: Path) -> None:
     root = HostRoot.open(fake_root)
     f = fake_root / "etc" / "y"
     f.write_text("1")
-    changes.apply_plan(Plan([file_item(root, "/etc/y", "2")]), root)
+    model.apply_plan(Plan([file_item(root, "/etc/y", "2")]), root)
     f.write_text("admin edited")
     with pytest.raises(OpsError, match="changed since"):
-        changes.undo_entries(root, changes.read_journal(root))
+        model.undo_entries(root, model.read_journal(root))
     assert f.read_text() == "admin edited"
 
 
@@ -67,7 +67,7 @@ def test_apply_stops_at_first_failure(fake_root: Path) -> None:
 
     plan = Plan([Item("a", "first", action=good), Item("b", "second", action=bad),
                  Item("c", "third", action=good), Item("d", "already", state="ok")])
-    changes.apply_plan(plan, root)
+    model.apply_plan(plan, root)
     assert [i.state for i in plan.items] == ["changed", "failed", "skipped", "ok"]
     assert plan.items[1].error == "disk on fire" and ran == ["good"]
 
@@ -78,7 +78,7 @@ def test_plan_fails_if_file_changed_between_plan_and_apply(fake_root: Path) -> N
     f.write_text("1")
     item = file_item(root, "/etc/z", "2")
     f.write_text("someone else")
-    changes.apply_plan(Plan([item]), root)
+    model.apply_plan(Plan([item]), root)
     assert item.state == "failed" and "changed since the plan" in item.error
     assert f.read_text() == "someone else"
 
@@ -86,7 +86,7 @@ def test_plan_fails_if_file_changed_between_plan_and_apply(fake_root: Path) -> N
 def test_undo_cli(fake_root: Path) -> None:
     root = HostRoot.open(fake_root)
     for n in range(3):
-        changes.apply_plan(Plan([file_item(root, f"/etc/f{n}", f"{n}\n")]), root)
+        model.apply_plan(Plan([file_item(root, f"/etc/f{n}", f"{n}\n")]), root)
     r = run_mnic("--root", str(fake_root), "--json", "undo", "--list")
     assert [e["change"] for e in json.loads(r.out)["entries"]] == ["file:/etc/f0", "file:/etc/f1",
                                                         "file:/etc/f2"]
@@ -126,10 +126,10 @@ def test_undo_restores_the_folder_times(fake_root: Path, beneath: str | None,
     before = (os.stat(folder).st_atime_ns, _mtime(folder))
     for n in range(3):
         item = file_item(root, f"{host}/f{n}", f"new {n}\n", beneath=beneath)
-        changes.apply_plan(Plan([item]), root)
+        model.apply_plan(Plan([item]), root)
         assert item.state == "changed", item.error
     assert _mtime(folder) != before[1]
-    changes.undo_entries(root, changes.read_journal(root))
+    model.undo_entries(root, model.read_journal(root))
     assert _mtime(folder) == before[1]
     assert sorted(os.listdir(folder)) == (["f0", "f1", "f2"] if existing else [])
 
@@ -139,10 +139,10 @@ def test_undo_keeps_the_times_of_a_folder_someone_else_changed(fake_root: Path) 
     folder = fake_root / "etc/cfg"
     folder.mkdir()
     os.utime(folder, ns=(1_000_000_000_000, 2_000_000_000_000))
-    changes.apply_plan(Plan([file_item(root, "/etc/cfg/f", "x\n")]), root)
+    model.apply_plan(Plan([file_item(root, "/etc/cfg/f", "x\n")]), root)
     (folder / "admins-own").write_text("y\n")
     os.utime(folder, ns=(3_000_000_000_000, 3_000_000_000_000))
-    changes.undo_entries(root, changes.read_journal(root))
+    model.undo_entries(root, model.read_journal(root))
     assert not (folder / "f").exists()
     assert _mtime(folder) != 2_000_000_000_000  # not passed off as untouched
 
@@ -163,7 +163,7 @@ def test_json_texts_whole_before_and_after_only_with_diff_and_bounded(
     b = file_item(root, "/etc/bin", b"\xfe\x00").to_json(texts=True)
     assert b["before"].startswith("(binary content, 3 bytes, sha256 ")
     assert b["after"].startswith("(binary content, 2 bytes, sha256 ")
-    big = "y" * (changes.TEXT_LIMIT + 1)
+    big = "y" * (model.TEXT_LIMIT + 1)
     g = file_item(root, "/etc/big", big).to_json(texts=True)
     assert g["after"].startswith(f"(text too large to show, {len(big)} bytes")
     assert Plan([it]).to_json(texts=True)["items"][0]["after"] == "a\nc\n"

@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mnic_ops import clean as cl
-from mnic_ops import compress as cz
-from mnic_ops.config import load
-from mnic_ops.hostroot import HostRoot
-from mnic_ops.projects import PROTECTED_NAMES, load_project
+from mnic_ops.capabilities import clean
+from mnic_ops.core.config import load
+from mnic_ops.core.hostroot import HostRoot
+from mnic_ops.engines import compress
+from mnic_ops.facts.projects import PROTECTED_NAMES, load_project
 from tests.cleanhelp import (
     DAY,
     PROJECT,
@@ -44,7 +44,7 @@ FW_CONFIGS = next((p for p in (REPO.parent / "shared/fixtures/framework-configs"
                    if p.is_dir()), FW)
 
 
-def clean(root: Path, *args: str, timeout: float = 120) -> tuple[int, dict, str]:
+def run_clean(root: Path, *args: str, timeout: float = 120) -> tuple[int, dict, str]:
     r = run_mnic("--root", str(root), "clean", "--json", *args, timeout=timeout)
     try:
         data = json.loads(r.out) if r.out.strip() else {}
@@ -64,11 +64,11 @@ def test_check_changes_nothing_then_apply_compresses_aged_only(fake_root: Path) 
     files[PROJECT + "/project_archive/sessions/young.json"] = b"{}"
     write_config(fake_root)
     before = snapshot(fake_root / "home")
-    code, data, err = clean(fake_root, "--check")
+    code, data, err = run_clean(fake_root, "--check")
     assert code == 3, err
     assert data["totals"]["would_compress"] == 30
     assert snapshot(fake_root / "home") == before
-    code, data, err = clean(fake_root)
+    code, data, err = run_clean(fake_root)
     assert code == 0, err
     t = data["totals"]
     assert t["compressed"] == 30 and t["failed"] == 0
@@ -85,7 +85,7 @@ def test_check_changes_nothing_then_apply_compresses_aged_only(fake_root: Path) 
         else:
             assert plain is None and packed is not None, host
     # nothing left to do: --check is clean again
-    code, data, _ = clean(fake_root, "--check")
+    code, data, _ = run_clean(fake_root, "--check")
     assert code == 0 and data["totals"]["would_compress"] == 0
 
 
@@ -106,7 +106,7 @@ def test_expiry_per_class_and_framework_retention(fake_root: Path) -> None:
         p.write_bytes(b"x")
         os.utime(p, (now - days * DAY, now - days * DAY))
     write_config(fake_root)
-    code, data, err = clean(fake_root, "--only", "expire")
+    code, data, err = run_clean(fake_root, "--only", "expire")
     assert code == 0, err
     left = {rel for rel in ages if (base / rel).exists()}
     assert left == set(ages) - {"project_archive/sessions/s.json.gz",
@@ -128,7 +128,7 @@ def test_policy_layers(fake_root: Path) -> None:
                             "[clean.sessions]\npatterns = ['*.txt']\n")
     root = HostRoot.open(fake_root)
     cfg = load(root, env={})
-    pol = cl.resolve_policy(cfg, load_project(root, PROJECT, "project"))
+    pol = clean.resolve_policy(cfg, load_project(root, PROJECT, "project"))
     th = pol["thinking_logs"]
     assert (th.compress_after_days, th.delete_after_days) == (3, 60)
     assert th.sources["compress_after_days"] == "framework"
@@ -147,7 +147,7 @@ def test_textfile_is_written_atomically(fake_root: Path) -> None:
     tdir = fake_root / "var/lib/node-exporter"
     tdir.mkdir(parents=True)
     write_config(fake_root, '[clean]\ntextfile = "/var/lib/node-exporter/clean.prom"\n')
-    code, data, err = clean(fake_root)
+    code, data, err = run_clean(fake_root)
     assert code == 0, err
     text = (tdir / "clean.prom").read_text()
     metrics: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
@@ -188,18 +188,18 @@ def test_textfile_labels_survive_hostile_install_names(fake_root: Path) -> None:
     tdir.mkdir(parents=True)
     write_config(fake_root, '[clean]\ntextfile = "/var/lib/node-exporter/clean.prom"\n',
                  host_path=odd.replace("\\", "\\\\").replace('"', '\\"'))
-    code, data, err = clean(fake_root)
+    code, data, err = run_clean(fake_root)
     assert code == 0 and data["totals"]["compressed"] == 4, err
     fams = {f.name: f for f in text_string_to_metric_families(
         (tdir / "clean.prom").read_text())}
     labels = [s.labels for s in fams["mnic_ops_clean_bytes_saved"].samples if s.labels]
-    assert labels == [{"project": cl.printable(odd)}], labels
+    assert labels == [{"project": clean.printable(odd)}], labels
 
 
 def test_second_pass_skips_while_the_lock_is_held(fake_root: Path) -> None:
     files = make_project(fake_root, files=5)
     write_config(fake_root)
-    lock = cz.lock_path(HostRoot.open(fake_root), PROJECT)
+    lock = compress.lock_path(HostRoot.open(fake_root), PROJECT)
     os.makedirs(os.path.dirname(lock), exist_ok=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -234,7 +234,7 @@ def test_check_writes_nothing(fake_root: Path) -> None:
     assert r.code == 3, r.out + r.err
     assert _tree(fake_root) == before
     assert not (fake_root / "var/lib/mnic-ops").exists()
-    lock = cz.lock_path(HostRoot.open(fake_root), PROJECT)
+    lock = compress.lock_path(HostRoot.open(fake_root), PROJECT)
     os.makedirs(os.path.dirname(lock), exist_ok=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -256,7 +256,7 @@ def test_two_passes_at_once_one_works_one_skips(fake_root: Path) -> None:
     cmd = [sys.executable, "-m", "mnic_ops", "--root", str(fake_root), "clean", "--json"]
     # the first pass has the lock for well over a second; the second starts meanwhile
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
-    lock = cz.lock_path(HostRoot.open(fake_root), PROJECT)
+    lock = compress.lock_path(HostRoot.open(fake_root), PROJECT)
     deadline = time.time() + 30
     while time.time() < deadline:
         if os.path.exists(lock):
@@ -322,7 +322,7 @@ def test_hostile_tree(fake_root: Path, tmp_path: Path) -> None:
     before = snapshot(outside)
     try:
         with open(sess / "held.json", "ab"):
-            code, data, err = clean(fake_root)
+            code, data, err = run_clean(fake_root)
     finally:
         sock.close()
     assert code == 0, err
@@ -458,7 +458,7 @@ import json, sys
 sys.path.insert(0, {repo!r})
 from pathlib import Path
 from tests.cleanhelp import assert_nothing_lost
-from mnic_ops.compress import is_ours
+from mnic_ops.engines.compress import is_ours
 import os
 root = Path(sys.argv[1])
 files = {{k: bytes.fromhex(v) for k, v in json.load(open(sys.argv[2])).items()}}
@@ -518,7 +518,7 @@ def _group_running(pgid: int) -> bool:
 
 def _tmp_names(root: Path) -> Iterator[str]:
     for _d, _, fs in os.walk(root / "home"):
-        yield from (n for n in fs if cz.is_ours(n))
+        yield from (n for n in fs if compress.is_ours(n))
 
 
 @pytest.mark.slow
@@ -541,7 +541,7 @@ def test_kill_9_at_random_points(tmp_path: Path) -> None:
         write_config(root, "[clean]\nbatch_files = 16\n")
         _kill_run(root, rnd.uniform(0.05, full))
         assert_nothing_lost(root, files)
-        code, _data, err = clean(root)
+        code, _data, err = run_clean(root)
         assert code == 0, err
         assert_nothing_lost(root, files)
         assert not list(_tmp_names(root))
@@ -576,7 +576,7 @@ def test_relocated_data_folder_is_followed_only_when_relocate_made_it(fake_root:
     (base / ".claude/checkpoints").symlink_to("/srv/other/checkpoints")
     write_config(fake_root, extra='[clean]\nfollow_links_under = ["/srv"]\n')
     before = snapshot(other), snapshot(elsewhere)
-    code, data, err = clean(fake_root)
+    code, data, err = run_clean(fake_root)
     assert code == 0, err
     assert "follow_links_under is deprecated and has no effect" in err
     k = kinds(data)
@@ -603,7 +603,7 @@ def test_textfile_write_follows_no_planted_link(tmp_path: Path) -> None:
     target stay as they were."""
     import threading
 
-    from mnic_ops import metrics
+    from mnic_ops.core import metrics
 
     folder = tmp_path / "textfiles"
     folder.mkdir(mode=0o777)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mnic_ops import config
-from mnic_ops.errors import InputError
-from mnic_ops.hostroot import HostRoot
+from mnic_ops.core import config
+from mnic_ops.core.errors import InputError
+from mnic_ops.core.hostroot import HostRoot
 from tests.conftest import run_mnic
 
 

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from mnic_ops import cron
+from mnic_ops.capabilities import cron
 from tests.cleanhelp import content_of, make_project, write_config
 from tests.conftest import REPO, require, run_mnic
 
@@ -173,8 +173,8 @@ def _berlin_host(root: Path) -> None:
 def test_show_uses_the_host_trees_zone_with_a_fixed_now(fake_root: Path) -> None:
     """cron show under --root: the zone of the host tree's /etc/localtime (a link
     resolved inside the tree), not this machine's; the day 02:30 does not exist."""
-    from mnic_ops.hostroot import HostRoot
-    from mnic_ops.output import AppContext
+    from mnic_ops.core.app import AppContext
+    from mnic_ops.core.hostroot import HostRoot
 
     if not Path("/usr/share/zoneinfo/Europe/Berlin").exists():
         pytest.skip("no tzdata on this machine")
@@ -198,7 +198,7 @@ def test_show_uses_the_host_trees_zone_with_a_fixed_now(fake_root: Path) -> None
 
 
 def test_show_uses_tz_on_the_running_system(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mnic_ops.hostroot import HostRoot
+    from mnic_ops.core.hostroot import HostRoot
 
     if not Path("/usr/share/zoneinfo/Europe/Berlin").exists():
         pytest.skip("no tzdata on this machine")

@@ -18,13 +18,14 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mnic_ops import doctor, policy
-from mnic_ops._probe import front_matter
-from mnic_ops.config import Config
+from mnic_ops.capabilities import doctor
+from mnic_ops.core.config import Config
+from mnic_ops.facts import policy
+from mnic_ops.facts._probe import front_matter
 from tests.conftest import REPO, require, run_mnic, write_tree
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "doctor"
-RENDER = importlib.util.find_spec("mnic_ops.render") is not None
+RENDER = importlib.util.find_spec("mnic_ops.capabilities.render") is not None
 DAY = 86400
 
 
@@ -83,7 +84,7 @@ def healthy_host(root: Path, *, rotational: bool = False, opts: str = "rw,noatim
     return root
 
 
-def render(root: Path) -> None:
+def render_host(root: Path) -> None:
     """Bring the tier configs in line with the host class (doctor's own fix)."""
     if RENDER:
         r = run_mnic("--root", str(root), "render")
@@ -149,7 +150,7 @@ def test_small_install_is_excellent_everywhere(fake_root: Path, spawn: Any) -> N
                      "--root", str(root), "watch"])
     _wait_rss(worker.pid)
     _wait_rss(watcher.pid)
-    render(root)
+    render_host(root)
 
     code, rep, _ = doctor_json(root, "--metrics", "/var/lib/node_exporter/mnic_ops.prom")
     assert [p["project"] for p in rep["projects"]] == ["/home/alice/proj"]
@@ -478,7 +479,7 @@ def test_host_checks_fail_with_their_fixes(fake_root: Path) -> None:
 
     # The fixes doctor named: render (profile, sysctl file, tier configs), a cron job.
     if RENDER:
-        render(root)
+        render_host(root)
     else:
         write_tree(root, {"etc/profile.d/mnic-ops.sh": "export PYTHONOPTIMIZE=2\n",
                           "etc/sysctl.d/60-mnic-ops.conf": "fs.inotify.max_user_watches = "
@@ -592,10 +593,10 @@ def test_front_matter_rule_matches_the_framework(text: str, kind: str) -> None:
 
 
 def test_compress_policy_is_cleans(fake_root: Path) -> None:
-    """doctor asks clean's policy (mnic_ops.policy), per install: the config's section,
+    """doctor asks clean's policy (mnic_ops.facts.policy), per install: the config's section,
     the built-in default, and what the framework's own config declares."""
-    from mnic_ops.hostroot import HostRoot
-    from mnic_ops.projects import load_project
+    from mnic_ops.core.hostroot import HostRoot
+    from mnic_ops.facts.projects import load_project
 
     make_install(fake_root / "home/alice/proj", agents=1)
     cfg = Config(values={"clean": {"sessions": {"compress_after_days": 3}}})
@@ -658,9 +659,9 @@ def test_tier_drift_uses_render_plan(fake_root: Path, monkeypatch: pytest.Monkey
     import importlib.machinery
     import types
 
-    from mnic_ops.changes import Item, Plan
-    from mnic_ops.hostroot import HostRoot
-    from mnic_ops.output import AppContext
+    from mnic_ops.changes.model import Item, Plan
+    from mnic_ops.core.app import AppContext
+    from mnic_ops.core.hostroot import HostRoot
 
     seen: list[Any] = []
     state: dict[str, Any] = {"items": []}
@@ -675,12 +676,12 @@ def test_tier_drift_uses_render_plan(fake_root: Path, monkeypatch: pytest.Monkey
         return plan, None, []
 
     if not RENDER:
-        mod = types.ModuleType("mnic_ops.render")
-        mod.__spec__ = importlib.machinery.ModuleSpec("mnic_ops.render", None)
-        monkeypatch.setitem(sys.modules, "mnic_ops.render", mod)
-    import mnic_ops.render as render_mod
+        mod = types.ModuleType("mnic_ops.capabilities.render")
+        mod.__spec__ = importlib.machinery.ModuleSpec("mnic_ops.capabilities.render", None)
+        monkeypatch.setitem(sys.modules, "mnic_ops.capabilities.render", mod)
+    from mnic_ops.capabilities import render
 
-    monkeypatch.setattr(render_mod, "build", build, raising=False)
+    monkeypatch.setattr(render, "build", build, raising=False)
     app = AppContext(root=HostRoot.open(fake_root), config_path=None)
     assert doctor.tier_drift_check(app, ["/home/a/p"]).status == "ok"
     assert seen == [(None, ["/home/a/p"])]
@@ -700,8 +701,8 @@ def test_tier_drift_uses_render_plan(fake_root: Path, monkeypatch: pytest.Monkey
 
 
 def test_clean_patterns_replace_the_builtin_suffixes(fake_root: Path) -> None:
-    from mnic_ops.hostroot import HostRoot
-    from mnic_ops.projects import load_project
+    from mnic_ops.core.hostroot import HostRoot
+    from mnic_ops.facts.projects import load_project
 
     make_install(fake_root / "home/alice/proj", agents=1)
     proj = load_project(HostRoot.open(fake_root), "/home/alice/proj", "project")

@@ -6,8 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from mnic_ops import facts
-from mnic_ops.hostroot import HostRoot
+from mnic_ops.core.hostroot import HostRoot
+from mnic_ops.facts import hostfacts
 from tests.conftest import FIXTURES, run_mnic, write_tree
 
 MOUNTINFO = (
@@ -44,18 +44,18 @@ def _sys_block(root: Path) -> None:
 
 def test_block_devices_map_to_disks(fake_root: Path) -> None:
     _sys_block(fake_root)
-    absent = facts.Absent()
-    devs = facts.block_devices(HostRoot.open(fake_root), absent)
+    absent = hostfacts.Absent()
+    devs = hostfacts.block_devices(HostRoot.open(fake_root), absent)
     assert devs["sda1"].kind == "part" and devs["sda1"].parent == "sda"
-    assert facts.disks_under("dm-0", devs) == ["nvme0n1", "sda"]
+    assert hostfacts.disks_under("dm-0", devs) == ["nvme0n1", "sda"]
     assert devs["dm-0"].dm_name == "vg-root"
     assert "block_devices.loop0.rotational" in absent
 
 
 def test_mounts_resolve_ssd_through_dm_md_and_partitions(fake_root: Path) -> None:
     _sys_block(fake_root)
-    absent = facts.Absent()
-    ms = {m.mount_point: m for m in facts.mounts(HostRoot.open(fake_root), absent)}
+    absent = hostfacts.Absent()
+    ms = {m.mount_point: m for m in hostfacts.mounts(HostRoot.open(fake_root), absent)}
     # LVM on RAID1 over one rotational and one SSD member: not an SSD
     assert ms["/"].ssd is False and ms["/"].disks == ["nvme0n1", "sda"]
     # escaped mount point decoded; on sdb1, a non-rotational disk
@@ -63,9 +63,9 @@ def test_mounts_resolve_ssd_through_dm_md_and_partitions(fake_root: Path) -> Non
     assert ms["/srv/img"].ssd is None  # rotational flag unreadable: unknown, not a guess
     assert ms["/net"].network and ms["/proc"].pseudo
     assert "mounts.line6" in absent
-    m = facts.mount_for("/mnt/fast disk/project/sessions", list(ms.values()))
+    m = hostfacts.mount_for("/mnt/fast disk/project/sessions", list(ms.values()))
     assert m is not None and m.mount_point == "/mnt/fast disk"
-    m = facts.mount_for("/mnt/fastdisk", list(ms.values()))
+    m = hostfacts.mount_for("/mnt/fastdisk", list(ms.values()))
     assert m is not None and m.mount_point == "/"
 
 
@@ -115,14 +115,14 @@ def test_bad_root_is_usage_error(tmp_path: Path) -> None:
 
 
 def test_live_facts_read_this_machine() -> None:
-    d = facts.gather(HostRoot.open("/"))
+    d = hostfacts.gather(HostRoot.open("/"))
     assert d["cpu"]["logical"] == os.cpu_count()
     assert any(m["mount_point"] == "/" for m in d["mounts"])
 
 
 def test_recorded_hosts_have_batteries_and_ac() -> None:
     root = HostRoot.open(FIXTURES / "hosts" / "thinkpad-t14")
-    d = facts.gather(root, facts.DETECT_SECTIONS)
+    d = hostfacts.gather(root, hostfacts.DETECT_SECTIONS)
     assert d["batteries"] == [{"name": "BAT0", "scope": "System", "present": True,
                                "status": "Discharging"}]
     assert d["ac_online"] is True

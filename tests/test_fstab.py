@@ -20,11 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mnic_ops import facts
-from mnic_ops import fstab as F
-from mnic_ops.changes import ApplyContext
-from mnic_ops.errors import InputError, OpsError
-from mnic_ops.hostroot import HostRoot
+from mnic_ops.capabilities import fstab
+from mnic_ops.changes.model import ApplyContext
+from mnic_ops.core.errors import InputError, OpsError
+from mnic_ops.core.hostroot import HostRoot
+from mnic_ops.facts import hostfacts
 from tests.conftest import FIXTURES, REPO, run_mnic, write_tree
 from tests.linkhelp import record
 
@@ -42,7 +42,7 @@ def findmnt_entries(path: Path | str) -> tuple[list[dict[str, Any]], str]:
     return data, r.stderr
 
 
-def entries_of(t: F.Fstab) -> list[dict[str, Any]]:
+def entries_of(t: fstab.Fstab) -> list[dict[str, Any]]:
     """Our parse in findmnt's JSON shape (findmnt prints an empty value, as left by a
     decoded \\000, as null)."""
     return [{"source": e.source or None, "target": e.target or None,
@@ -54,8 +54,8 @@ def sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
-def all_mount_points(t: F.Fstab) -> dict[str, list[str]]:
-    return {F.norm_target(e.target): ["test"] for e in t.entries if e.target.startswith("/")}
+def all_mount_points(t: fstab.Fstab) -> dict[str, list[str]]:
+    return {fstab.norm_target(e.target): ["test"] for e in t.entries if e.target.startswith("/")}
 
 
 # --- the corpus -------------------------------------------------------------------------
@@ -67,7 +67,7 @@ def test_corpus_is_big_enough() -> None:
 @pytest.mark.parametrize("path", CORPUS, ids=[p.name for p in CORPUS])
 def test_corpus_round_trip_is_identical(path: Path) -> None:
     raw = path.read_bytes()
-    assert F.encode(F.parse(F.decode(raw), path.name).render()) == raw
+    assert fstab.encode(fstab.parse(fstab.decode(raw), path.name).render()) == raw
 
 
 @needs_findmnt
@@ -75,7 +75,7 @@ def test_corpus_round_trip_is_identical(path: Path) -> None:
 def test_corpus_parse_equals_findmnt(path: Path) -> None:
     ref, err = findmnt_entries(path)
     assert "parse error" not in err
-    mine = entries_of(F.parse(F.decode(path.read_bytes()), path.name))
+    mine = entries_of(fstab.parse(fstab.decode(path.read_bytes()), path.name))
     assert len(mine) == len(ref)
     for a, b in zip(mine, ref, strict=True):
         for key in ("source", "target", "fstype", "options", "freq", "passno"):
@@ -86,8 +86,8 @@ def test_corpus_parse_equals_findmnt(path: Path) -> None:
 @pytest.mark.parametrize("path", CORPUS, ids=[p.name for p in CORPUS])
 def test_corpus_noatime_changes_only_eligible_lines_and_verifies(path: Path,
                                                                  tmp_path: Path) -> None:
-    old = F.parse(F.decode(path.read_bytes()), path.name)
-    decisions, new = F.plan_noatime(old, all_mount_points(old), [])
+    old = fstab.parse(fstab.decode(path.read_bytes()), path.name)
+    decisions, new = fstab.plan_noatime(old, all_mount_points(old), [])
     changed = {d.line for d in decisions if d.state == "change"}
     differ = {a.number for a, b in zip(old.lines, new.lines, strict=True)
               if a.render() != b.render()}
@@ -97,20 +97,20 @@ def test_corpus_noatime_changes_only_eligible_lines_and_verifies(path: Path,
         a, b = old.lines[n - 1], new.lines[n - 1]
         assert (a.source, a.target, a.fstype, a.freq, a.passno, a.eol) == \
                (b.source, b.target, b.fstype, b.freq, b.passno, b.eol)
-        names = F.option_names(b.options)
+        names = fstab.option_names(b.options)
         assert "noatime" in names
         assert not {"relatime", "strictatime", "atime"} & set(names)
-        drop = {*F.ATIME_CONFLICTS, "noatime"}
-        kept = [o for o in F.option_names(a.options) if o not in drop]
+        drop = {*fstab.ATIME_CONFLICTS, "noatime"}
+        kept = [o for o in fstab.option_names(a.options) if o not in drop]
         assert [o for o in names if o != "noatime"] == kept  # order unchanged
     for d in decisions:
         if d.state == "skip":
             assert d.reason
     cand = tmp_path / "fstab.candidate"
-    cand.write_bytes(F.encode(new.render()))
-    assert F.new_errors(F.findmnt_verify(str(path)), F.findmnt_verify(str(cand))) == []
+    cand.write_bytes(fstab.encode(new.render()))
+    assert fstab.new_errors(fstab.findmnt_verify(str(path)), fstab.findmnt_verify(str(cand))) == []
     # and libmount reads the candidate exactly as we do
-    assert entries_of(F.parse(F.decode(cand.read_bytes()))) == findmnt_entries(cand)[0]
+    assert entries_of(fstab.parse(fstab.decode(cand.read_bytes()))) == findmnt_entries(cand)[0]
 
 
 def test_corpus_covers_the_cases_the_issue_names() -> None:
@@ -185,7 +185,7 @@ def _findmnt_reads_as_fstab(text: str) -> bool:
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(fstab_texts().filter(_findmnt_reads_as_fstab))
 def test_hypothesis_round_trip_and_parse_equals_findmnt(tmp_path: Path, text: str) -> None:
-    t = F.parse(text)
+    t = fstab.parse(text)
     assert t.render() == text
     p = tmp_path / "fstab"
     p.write_text(text)
@@ -200,8 +200,8 @@ def test_hypothesis_round_trip_and_parse_equals_findmnt(tmp_path: Path, text: st
 @given(fstab_texts().filter(_findmnt_reads_as_fstab))
 def test_hypothesis_noatime_keeps_other_lines_and_libmount_agrees(tmp_path: Path,
                                                                    text: str) -> None:
-    old = F.parse(text)
-    decisions, new = F.plan_noatime(old, all_mount_points(old), [])
+    old = fstab.parse(text)
+    decisions, new = fstab.plan_noatime(old, all_mount_points(old), [])
     changed = {d.line for d in decisions if d.state == "change"}
     assert {a.number for a, b in zip(old.lines, new.lines, strict=True)
             if a.render() != b.render()} == changed
@@ -214,23 +214,23 @@ def test_hypothesis_noatime_keeps_other_lines_and_libmount_agrees(tmp_path: Path
 
 def test_unparsable_line_names_its_number() -> None:
     with pytest.raises(InputError, match=r"^etc/fstab:3: cannot parse: expected at least"):
-        F.parse("# c\n/dev/sda1 / ext4 defaults 0 1\n/dev/sdb1 /data\n", "etc/fstab")
+        fstab.parse("# c\n/dev/sda1 / ext4 defaults 0 1\n/dev/sdb1 /data\n", "etc/fstab")
     with pytest.raises(InputError, match=r":2: .*field 5 \(dump frequency\).*'defaults'"):
-        F.parse("\nLABEL=\"two words\" /srv ext4 defaults 0 2\n")
+        fstab.parse("\nLABEL=\"two words\" /srv ext4 defaults 0 2\n")
     with pytest.raises(InputError, match=r":1: .*field 6 \(fsck pass\).*'0x1'"):
-        F.parse("/dev/a /a ext4 defaults 0 0x1\n")
+        fstab.parse("/dev/a /a ext4 defaults 0 0x1\n")
     with pytest.raises(InputError, match=r":1: .*NUL"):
-        F.parse("/dev/a /a ext4 de\0faults\n")
+        fstab.parse("/dev/a /a ext4 de\0faults\n")
 
 
 def test_fields_escapes_and_line_ends() -> None:
-    t = F.parse("  LABEL=My\\040Disk\t/media/My\\040Disk  ntfs-3g  uid=1000  0  0  # usb\r\n"
+    t = fstab.parse("  LABEL=My\\040Disk\t/media/My\\040Disk  ntfs-3g  uid=1000  0  0  # usb\r\n"
                 "/dev/b /b ext4")
     a, b = t.entries
     assert (a.source, a.target, a.fstype, a.options, a.tail) == \
         ("LABEL=My Disk", "/media/My Disk", "ntfs-3g", "uid=1000", "  # usb")
     assert a.eol == "\r\n" and b.eol == "" and b.options is None and b.freq == 0
-    assert F.unmangle("a\\134b\\777c\\000d") == "a\\b\udcffc"
+    assert fstab.unmangle("a\\134b\\777c\\000d") == "a\\b\udcffc"
 
 
 @pytest.mark.parametrize(("before", "after"), [
@@ -247,22 +247,22 @@ def test_fields_escapes_and_line_ends() -> None:
     (None, "noatime"),
 ])
 def test_noatime_options(before: str | None, after: str) -> None:
-    assert F.noatime_options(before) == after
+    assert fstab.noatime_options(before) == after
 
 
 def test_nodiratime_only_when_configured() -> None:
-    assert F.noatime_options("defaults,diratime", nodiratime=True) == \
+    assert fstab.noatime_options("defaults,diratime", nodiratime=True) == \
         "defaults,noatime,nodiratime"
-    assert F.noatime_options("defaults,diratime") == "defaults,diratime,noatime"
-    assert F.noatime_options("noatime,nodiratime", nodiratime=True) == "noatime,nodiratime"
+    assert fstab.noatime_options("defaults,diratime") == "defaults,diratime,noatime"
+    assert fstab.noatime_options("noatime,nodiratime", nodiratime=True) == "noatime,nodiratime"
 
 
 def test_only_the_options_field_changes_blanks_included() -> None:
     """Issue 15: the blanks after the options field are kept as they are, even where
     the columns then no longer line up (` \t ` used to become `\t\t `)."""
     def change(line: str) -> str:
-        e = F.parse(line).entries[0]
-        return F.set_options(e, F.noatime_options(e.options_raw)).text
+        e = fstab.parse(line).entries[0]
+        return fstab.set_options(e, fstab.noatime_options(e.options_raw)).text
 
     assert change("/dev/a  /a  ext4  defaults          0  2") == \
         "/dev/a  /a  ext4  defaults,noatime          0  2"
@@ -290,8 +290,8 @@ UUID=4444 /dup/ ext4 defaults 0 2
 """
 
 
-def decide(mps: list[str], **kw: Any) -> dict[str, F.Decision]:
-    ds, _ = F.plan_noatime(F.parse(ELIGIBILITY), {m: ["x"] for m in mps}, [], **kw)
+def decide(mps: list[str], **kw: Any) -> dict[str, fstab.Decision]:
+    ds, _ = fstab.plan_noatime(fstab.parse(ELIGIBILITY), {m: ["x"] for m in mps}, [], **kw)
     return {d.mount_point: d for d in ds}
 
 
@@ -311,12 +311,13 @@ def test_eligibility_reasons() -> None:
 
 
 def test_no_entry_for_container_root() -> None:
-    ds, _ = F.plan_noatime(F.parse("# UNCONFIGURED FSTAB FOR BASE SYSTEM\n"), {"/": ["x"]}, [])
+    ds, _ = fstab.plan_noatime(fstab.parse("# UNCONFIGURED FSTAB FOR BASE SYSTEM\n"),
+                               {"/": ["x"]}, [])
     assert ds[0].state == "skip" and "root filesystem of a container" in ds[0].reason
 
 
-def _mount(mp: str, source: str, dev: str, options: str = "rw,relatime") -> facts.Mount:
-    return facts.Mount(mount_point=mp, source=source, fstype="ext4",
+def _mount(mp: str, source: str, dev: str, options: str = "rw,relatime") -> hostfacts.Mount:
+    return hostfacts.Mount(mount_point=mp, source=source, fstype="ext4",
                        options=options.split(","), super_options=[], dev=dev)
 
 
@@ -338,8 +339,9 @@ def test_source_resolution_through_dev_disk_links(fake_root: Path) -> None:
     mounts = [_mount("/a", "/dev/vdb1", "0:1"), _mount("/b", "/dev/vdb1", "0:2"),
               _mount("/c", "/dev/mapper/vg-data", "0:3"), _mount("/d", "/dev/vdb1", "0:4"),
               _mount("/e", "/dev/vdb1", "0:5")]
-    res = F.Resolver(HostRoot.open(fake_root), use_blkid=False)
-    ds, _ = F.plan_noatime(F.parse(text), {m: ["x"] for m in ("/a", "/b", "/c", "/d", "/e")},
+    res = fstab.Resolver(HostRoot.open(fake_root), use_blkid=False)
+    ds, _ = fstab.plan_noatime(fstab.parse(text),
+                               {m: ["x"] for m in ("/a", "/b", "/c", "/d", "/e")},
                            mounts, res)
     d = {x.mount_point: x for x in ds}
     assert d["/a"].state == "change" and "UUID=aaaa-1111 is /dev/vdb1" in d["/a"].notes
@@ -351,7 +353,7 @@ def test_source_resolution_through_dev_disk_links(fake_root: Path) -> None:
 
 
 def test_resolve_beneath_stays_inside_root(tmp_path: Path) -> None:
-    from mnic_ops import safefs
+    from mnic_ops.core import safefs
 
     write_tree(tmp_path, {"etc/real/fstab": "x", "outside": ""})
     (tmp_path / "etc/fstab").symlink_to("/etc/real/fstab")
@@ -365,13 +367,13 @@ def test_resolve_beneath_stays_inside_root(tmp_path: Path) -> None:
 
 
 def test_parse_verify_and_new_errors() -> None:
-    cur = F.parse_verify("/\n   [E] unreachable source: UUID=x\n   [W] w\n/a\n   [E] e1\n",
+    cur = fstab.parse_verify("/\n   [E] unreachable source: UUID=x\n   [W] w\n/a\n   [E] e1\n",
                          "findmnt: f: parse error at line 7 -- ignored\n")
-    cand = F.parse_verify("/\n   [E] unreachable source: UUID=x\n/a\n   [E] e1\n   [E] e2\n",
+    cand = fstab.parse_verify("/\n   [E] unreachable source: UUID=x\n/a\n   [E] e1\n   [E] e2\n",
                           "findmnt: g: parse error at line 7 -- ignored\n"
                           "findmnt: g: parse error at line 9 -- ignored\n")
-    assert F.new_errors(cur, cand) == ["/a: e2", "line 9: parse error"]
-    assert F.new_errors(cand, cur) == []
+    assert fstab.new_errors(cur, cand) == ["/a: e2", "line 9: parse error"]
+    assert fstab.new_errors(cand, cur) == []
 
 
 # --- the command under a fake root -------------------------------------------------------
@@ -558,10 +560,10 @@ def test_cli_missing_fstab_is_a_clear_error(fake_root: Path) -> None:
 def test_apply_refuses_when_file_changed_after_plan(fake_root: Path) -> None:
     root = host(fake_root)
     fst = root / "etc/fstab"
-    target = F.locate(HostRoot.open(root), None)
+    target = fstab.locate(HostRoot.open(root), None)
     old = fst.read_bytes()
-    _, new = F.plan_noatime(F.parse(F.decode(old)), {"/mnt/ssd": ["x"]}, [])
-    item = F.fstab_write_item(target, old, F.encode(new.render()), ["/mnt/ssd"])
+    _, new = fstab.plan_noatime(fstab.parse(fstab.decode(old)), {"/mnt/ssd": ["x"]}, [])
+    item = fstab.fstab_write_item(target, old, fstab.encode(new.render()), ["/mnt/ssd"])
     fst.write_bytes(old + b"# edited meanwhile\n")
     assert item.action is not None
     with pytest.raises(OpsError, match="changed since the plan was made"):
@@ -577,7 +579,7 @@ def test_apply_refuses_a_candidate_with_new_errors(fake_root: Path) -> None:
     fst = root / "etc/fstab"
     old = fst.read_bytes()
     bad = old.replace(b"none           swap", b"none           swap nonsense")
-    item = F.fstab_write_item(F.locate(HostRoot.open(root), None), old, bad, ["x"])
+    item = fstab.fstab_write_item(fstab.locate(HostRoot.open(root), None), old, bad, ["x"])
     assert item.action is not None
     with pytest.raises(OpsError, match="findmnt --verify finds new errors"):
         item.action(ApplyContext(HostRoot.open(root), "e1", "fstab"))
@@ -591,8 +593,9 @@ def test_kill_9_during_apply_leaves_old_or_new_and_a_rerun_finishes(fake_root: P
     root = host(fake_root)
     fst = root / "etc/fstab"
     old = fst.read_bytes()
-    _, planned = F.plan_noatime(F.parse(F.decode(old)), {"/": ["x"], "/mnt/ssd": ["x"]}, [])
-    new = F.encode(planned.render())
+    _, planned = fstab.plan_noatime(fstab.parse(fstab.decode(old)),
+                                    {"/": ["x"], "/mnt/ssd": ["x"]}, [])
+    new = fstab.encode(planned.render())
     env = {k: v for k, v in os.environ.items() if not k.startswith("MNIC_OPS_")}
     env["PYTHONPATH"] = str(REPO)
     argv = [sys.executable, "-m", "mnic_ops", "--root", str(root), "fstab", "--apply"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mnic_ops import facts, hostclass
-from mnic_ops.hostroot import HostRoot
+from mnic_ops.core.hostroot import HostRoot
+from mnic_ops.facts import hostclass, hostfacts
 from tests.conftest import FIXTURES, run_mnic
 
 HOSTS = sorted(p for p in (FIXTURES / "hosts").iterdir() if p.is_dir())
@@ -102,6 +102,6 @@ def test_flag_env_config_precedence(tmp_path: Path) -> None:
 
 def test_garbled_sysfs_is_absent_with_reason() -> None:
     root = HostRoot.open(FIXTURES / "hosts" / "garbled-chassis-laptop")
-    f = facts.gather(root, facts.DETECT_SECTIONS)
+    f = hostfacts.gather(root, hostfacts.DETECT_SECTIONS)
     assert "chassis_type" not in f["dmi"]
     assert "not a number" in f["absent"]["dmi.chassis_type"]

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mnic_ops import jsonedit
-from mnic_ops.errors import InputError
+from mnic_ops.core.errors import InputError
+from mnic_ops.engines import jsonedit
 
 
 def test_changes_only_the_value_span() -> None:
@@ -47,7 +47,7 @@ def test_insert_and_replace_styles(text: str, overlay: dict[str, Any], want: str
 
 def test_duplicate_keys_are_refused_with_their_place() -> None:
     # A user's file with a key twice is ambiguous (json reads the last, other tools the
-    # first): refused with file:line:col rather than edited (mnic_ops.userjson).
+    # first): refused with file:line:col rather than edited (mnic_ops.core.userjson).
     with pytest.raises(InputError) as ei:
         jsonedit.merge('{"a": 1,\n "a": 2}', {"a": 3}, "f")
     assert ei.value.message.startswith("f:2:2: duplicate key 'a'"), ei.value.message

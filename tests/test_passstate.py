@@ -7,8 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from mnic_ops import passstate
-from mnic_ops.hostroot import HostRoot
+from mnic_ops.core.hostroot import HostRoot
+from mnic_ops.facts import passstate
 from tests.cleanhelp import make_project, write_config
 from tests.conftest import run_mnic
 

@@ -1,4 +1,4 @@
-"""The one rule for what is due (mnic_ops.policy) and the data map it is bound by."""
+"""The one rule for what is due (mnic_ops.facts.policy) and the data map it is bound by."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from mnic_ops import framework_map as fmap
-from mnic_ops import policy
-from mnic_ops.config import Config
-from mnic_ops.hostroot import HostRoot
-from mnic_ops.projects import load_project
+from mnic_ops.core import framework_map
+from mnic_ops.core.config import Config
+from mnic_ops.core.hostroot import HostRoot
+from mnic_ops.facts import policy
+from mnic_ops.facts.projects import load_project
 from tests.conftest import run_mnic, write_tree
 
 DAY = 86400.0
@@ -118,7 +118,7 @@ def test_glob_meet_agrees_with_fnmatch() -> None:
     import fnmatch
     import itertools
 
-    from mnic_ops import globmeet
+    from mnic_ops.facts import globmeet
 
     pats = ["*", "a*", "*b", "a?b", "[ab]*", "[!a]*", "*/*.j", "a/*", "?/?", "*.j",
             "[a-b]/b*", "[!/]*", "a*b*a", "b", "", "[", "[]a]*", "*a*"]
@@ -242,19 +242,19 @@ def test_thinking_logs_compress_only_as_declared(fake_root: Path) -> None:
 
 
 def test_the_map_names_every_reader_it_protects() -> None:
-    store = fmap.FOLDERS["checkpoint_store"]
-    assert store.config == (fmap.CHECKPOINT_CONFIG, "storage.base_path")
+    store = framework_map.FOLDERS["checkpoint_store"]
+    assert store.config == (framework_map.CHECKPOINT_CONFIG, "storage.base_path")
     names = {r.pattern for r in store.rules}
     assert {"checkpoint_index.json", "agent_coordination.json", "quality_gate_history.json",
             "trigger_history.json", "metadata/*.json", "checkpoints/*.dat.gz"} <= names
-    for f in fmap.FOLDERS.values():
+    for f in framework_map.FOLDERS.values():
         for r in f.rules:
             assert r.reader and r.samples and all(r.covers(s.rsplit("/", 1)[-1], s)
                                                   for s in r.samples), r
-    assert fmap.by_name("sessions", "state.json", "state.json") is not None
-    assert fmap.by_name("thinking_logs", "x.json", "core/a/x.json") is None  # a glob
-    assert fmap.written_by("checkpoint_store", "3.3.0") is False
-    assert fmap.written_by("checkpoint_store", "3.10.0") is True
+    assert framework_map.by_name("sessions", "state.json", "state.json") is not None
+    assert framework_map.by_name("thinking_logs", "x.json", "core/a/x.json") is None  # a glob
+    assert framework_map.written_by("checkpoint_store", "3.3.0") is False
+    assert framework_map.written_by("checkpoint_store", "3.10.0") is True
 
 
 def test_an_admin_pattern_over_glob_read_logs_deletes_nothing(fake_root: Path) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mnic_ops import projects
-from mnic_ops.errors import InputError
-from mnic_ops.hostroot import HostRoot
+from mnic_ops.core.errors import InputError
+from mnic_ops.core.hostroot import HostRoot
+from mnic_ops.facts import projects
 from tests.conftest import run_mnic
 from tests.test_projects import make_install, write_config
 

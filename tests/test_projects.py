@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from mnic_ops import projects
-from mnic_ops.config import load
-from mnic_ops.errors import InputError
-from mnic_ops.hostroot import HostRoot
-from mnic_ops.output import AppContext
+from mnic_ops.core.app import AppContext
+from mnic_ops.core.config import load
+from mnic_ops.core.errors import InputError
+from mnic_ops.core.hostroot import HostRoot
+from mnic_ops.facts import projects
 from tests.conftest import REPO, require, run_mnic, write_tree
 from tests.linkhelp import record
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mnic_ops import hostservices
-from mnic_ops.hostroot import HostRoot
+from mnic_ops.core.hostroot import HostRoot
+from mnic_ops.facts import hostservices
 from tests.conftest import run_mnic
 from tests.testhost import write_project
 

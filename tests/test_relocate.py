@@ -374,7 +374,7 @@ def test_not_enough_space_is_refused_before_copying(env: Env, tmp_path: Path) ->
 def test_enospc_mid_copy_cleans_up(env: Env, tmp_path: Path) -> None:
     """The preflight guesses; the copy must still survive a full disk: call the engine
     directly (no preflight) on a target too small for the tree."""
-    from mnic_ops import treemove
+    from mnic_ops.engines import treemove
 
     with Loop(tmp_path / "tiny.img", tmp_path / "tiny", 8, rotational=False) as tiny:
         p = env.project("ivan", files=2500)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from mnic_ops.errors import InputError
-from mnic_ops.facts import Mount
-from mnic_ops.hostroot import HostRoot
-from mnic_ops.projects import Project
-from mnic_ops.relocate import _refusal, choose_target, project_dirname
+from mnic_ops.capabilities.relocate import _refusal, choose_target, project_dirname
+from mnic_ops.core.errors import InputError
+from mnic_ops.core.hostroot import HostRoot
+from mnic_ops.facts.hostfacts import Mount
+from mnic_ops.facts.projects import Project
 
 DEFAULT = "/mnt/ssd/my-name-is-claude"
 

@@ -340,7 +340,7 @@ def test_symlinks_in_a_project_are_not_followed(fake_root: Path) -> None:
     (proj / ".claude/config").symlink_to(elsewhere)
     snap = snapshot(root)
     r = render(root, "--host-class", "laptop", "/home/alice/p")
-    assert r.code == 1  # that install's failure (mnic_ops.installfail), not bad usage
+    assert r.code == 1  # that install's failure (mnic_ops.core.installfail), not bad usage
     assert "symlink" in r.err and "nothing done for it" in r.err
     assert snapshot(root) == snap
     # A link as the file itself is refused too.
@@ -385,7 +385,8 @@ def test_jinja2_is_imported_only_when_rendering() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, mnic_ops.render, mnic_ops.cmd_host, mnic_ops.projects; "
+    code = ("import sys, mnic_ops.capabilities.render, mnic_ops.capabilities.host, "
+            "mnic_ops.facts.projects; "
             "assert 'jinja2' not in sys.modules, 'jinja2 imported at module level'")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                        text=True)

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from mnic_ops import policy, retention
-from mnic_ops.hostroot import HostRoot
-from mnic_ops.projects import Project, load_project
+from mnic_ops.core.hostroot import HostRoot
+from mnic_ops.engines import retention
+from mnic_ops.facts import policy
+from mnic_ops.facts.projects import Project, load_project
 from tests.conftest import write_tree
 
 DAY = 86400.0
@@ -266,11 +267,11 @@ def test_thinking_logs_cost_records_and_task_results(fake_root: Path) -> None:
 
 def _engine_gzip(path: Path) -> None:
     """NAME -> NAME.gz as mnic-ops's engine (an earlier pass) made it."""
-    from mnic_ops import compress as cz
+    from mnic_ops.engines import compress
 
     dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        o = cz.compress_at(dfd, path.name, cz.Options(dev=os.fstat(dfd).st_dev))
+        o = compress.compress_at(dfd, path.name, compress.Options(dev=os.fstat(dfd).st_dev))
     finally:
         os.close(dfd)
     assert o.state == "compressed", o
@@ -324,7 +325,7 @@ def test_a_pass_restores_only_archives_it_made_before(fake_root: Path) -> None:
     gzip bomb must not become root's write)."""
     import gzip
 
-    from mnic_ops import restore
+    from mnic_ops.engines import restore
 
     cid = "cp_20250101_000000_aaaaaaaa"
     p = make_store(fake_root, [(cid, "manual", 1)])

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mnic_ops import execute, safefs
-from mnic_ops.errors import CommandError, OpsError
+from mnic_ops.core import execute, safefs
+from mnic_ops.core.errors import CommandError, OpsError
 from tests.conftest import REPO, require
 
 

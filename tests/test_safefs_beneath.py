@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from mnic_ops import changes, safefs
-from mnic_ops.changes import Plan
-from mnic_ops.errors import OpsError
-from mnic_ops.filechange import file_item
-from mnic_ops.hostroot import HostRoot
+from mnic_ops.changes import model
+from mnic_ops.changes.filechange import file_item
+from mnic_ops.changes.model import Plan
+from mnic_ops.core import safefs
+from mnic_ops.core.errors import OpsError
+from mnic_ops.core.hostroot import HostRoot
 from tests.conftest import require
 
 
@@ -63,12 +64,12 @@ def test_file_item_beneath_keeps_owner_and_undoes(fake_root: Path) -> None:
                            beneath="/home/alice/p"),
                  file_item(root, "/home/alice/p/c/new.json", "{}\n", beneath="/home/alice/p",
                            uid=4242, gid=4343, mode=0o644)])
-    changes.apply_plan(plan, root)
+    model.apply_plan(plan, root)
     assert plan.counts()["changed"] == 2
     st = f.stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4242, 4343, 0o640)
     assert (proj / "c/new.json").stat().st_uid == 4242
-    changes.undo_entries(root, changes.read_journal(root))
+    model.undo_entries(root, model.read_journal(root))
     assert f.read_text() == "{}\n" and not (proj / "c/new.json").exists()
     st = f.stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4242, 4343, 0o640)

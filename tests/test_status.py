@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from mnic_ops import datasize, passstate
-from mnic_ops.hostroot import HostRoot
+from mnic_ops.core.hostroot import HostRoot
+from mnic_ops.facts import datasize, passstate
 from tests.conftest import Result, run_mnic
 from tests.fsenv import diff_snapshots, snapshot
 from tests.hosttree import PROJECT, build_host, pending_journal, watch_state

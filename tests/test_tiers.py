@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from mnic_ops import tiers
-from mnic_ops.config import HOST_CLASSES, load
-from mnic_ops.errors import InputError
-from mnic_ops.hostroot import HostRoot
+from mnic_ops.capabilities import tiers
+from mnic_ops.core.config import HOST_CLASSES, load
+from mnic_ops.core.errors import InputError
+from mnic_ops.core.hostroot import HostRoot
 from tests.conftest import write_tree
 
 GIB = 1024**3

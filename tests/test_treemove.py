@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mnic_ops import treemove
-from mnic_ops.treemove import MoveError, Place
+from mnic_ops.engines import treemove
+from mnic_ops.engines.treemove import MoveError, Place
 from tests.conftest import require
 from tests.fsenv import diff_snapshots, make_tree, private_mounts, snapshot, tmp_leftovers
 

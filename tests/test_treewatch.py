@@ -1,4 +1,4 @@
-"""mnic_ops.treewatch: inotify watches anchored on folder descriptors, in-process.
+"""mnic_ops.engines.treewatch: inotify watches anchored on folder descriptors, in-process.
 
 The watches must follow folders (not names) through renames and RENAME_EXCHANGE,
 never reach through a symlink, drop folders that leave the tree, and after lost
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from mnic_ops import compress as cz
-from mnic_ops import safefs
-from mnic_ops.treewatch import TreeWatch
+from mnic_ops.core import safefs
+from mnic_ops.engines import compress
+from mnic_ops.engines.treewatch import TreeWatch
 
 Hint = tuple[str, str, str, float]
 
@@ -26,7 +26,7 @@ def _opener(top: Path):  # type: ignore[no-untyped-def]
     def opener(parts: tuple[str, ...]) -> int:
         fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            return cz.open_dir_nofollow(fd, parts)
+            return compress.open_dir_nofollow(fd, parts)
         finally:
             os.close(fd)
     return opener
@@ -168,7 +168,7 @@ def test_a_link_as_the_top_is_refused(tmp_path: Path,
     def opener(parts: tuple[str, ...]) -> int:
         fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            return cz.open_dir_nofollow(fd, ("top", *parts))
+            return compress.open_dir_nofollow(fd, ("top", *parts))
         finally:
             os.close(fd)
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mnic_ops import userjson
-from mnic_ops.errors import InputError
-from mnic_ops.userjson import UserDataError
+from mnic_ops.core import userjson
+from mnic_ops.core.errors import InputError
+from mnic_ops.core.userjson import UserDataError
 
 
 @pytest.mark.parametrize(("doc", "where", "why"), [

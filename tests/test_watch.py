@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from mnic_ops import compress as cz
+from mnic_ops.engines import compress
 from tests.cleanhelp import (
     DAY,
     PROJECT,
@@ -145,7 +145,7 @@ def payload(i: int, size: int = 3000) -> bytes:
 
 
 def no_temporaries(base: Path) -> list[str]:
-    return [str(p) for p in base.rglob("*") if cz.is_ours(p.name)]
+    return [str(p) for p in base.rglob("*") if compress.is_ours(p.name)]
 
 
 # --- behaviour ------------------------------------------------------------------------
@@ -617,9 +617,9 @@ def test_plan_unit_is_pure_and_watchdog_is_imported_only_by_the_watcher(
     code = f"""
 import sys
 from mnic_ops import cli
-from mnic_ops.hostroot import HostRoot
-from mnic_ops.output import AppContext
-from mnic_ops.projects import find_projects
+from mnic_ops.core.hostroot import HostRoot
+from mnic_ops.core.app import AppContext
+from mnic_ops.facts.projects import find_projects
 from mnic_ops import watch
 app = AppContext(root=HostRoot.open({str(fake_root)!r}), config_path=None)
 items = watch.plan_unit(app, find_projects(app.root, app.config))
@@ -657,22 +657,21 @@ def test_bad_input_is_reported_without_a_traceback(fake_root: Path) -> None:
 # --- in-process pieces -------------------------------------------------------------------
 
 def _app(root: Path) -> Any:
-    from mnic_ops.hostroot import HostRoot
-    from mnic_ops.output import AppContext
+    from mnic_ops.core.app import AppContext
+    from mnic_ops.core.hostroot import HostRoot
 
     return AppContext(root=HostRoot.open(root), config_path=None)
 
 
 def test_network_filesystems_are_polled(fake_root: Path) -> None:
-    from mnic_ops import clean as cl
-    from mnic_ops import watch
-    from mnic_ops.facts import Mount
-    from mnic_ops.projects import find_projects
+    from mnic_ops.capabilities import clean, watch
+    from mnic_ops.facts.hostfacts import Mount
+    from mnic_ops.facts.projects import find_projects
 
     make_project(fake_root, files=0)
     write_config(fake_root)
     app = _app(fake_root)
-    pass_ = cl.Pass(app, check=True, only="compress")
+    pass_ = clean.Pass(app, check=True, only="compress")
     roots = watch.build_roots(app, find_projects(app.root, app.config), pass_, None)
     nfs = [Mount("/", "/dev/vda", "ext4", ["rw"], [], "254:0"),
            Mount("/home/alice/proj/project_archive", "srv:/archive", "nfs4", ["rw"], [],
@@ -687,7 +686,7 @@ def test_network_filesystems_are_polled(fake_root: Path) -> None:
 
 def test_rescan_after_lost_events_takes_only_files_written_since_start(
         fake_root: Path) -> None:
-    from mnic_ops import watch
+    from mnic_ops.capabilities import watch
 
     old = make_project(fake_root, files=10)
     write_config(fake_root)
@@ -726,7 +725,7 @@ def test_rescan_after_lost_events_takes_only_files_written_since_start(
     ("/srv/\udcff", None),
 ])
 def test_unit_words(raw: str, word: str | None) -> None:
-    from mnic_ops import watch
+    from mnic_ops.capabilities import watch
 
     assert watch.unit_word(raw) == word
 
@@ -737,7 +736,8 @@ def test_process_start_time_is_the_exec_not_the_first_line() -> None:
     t0 = time.time()
     out = subprocess.run(
         [sys.executable, "-c", "import time; time.sleep(1.5); "
-         "from mnic_ops.watch import process_start_time as p; print(p(), time.time())"],
+         "from mnic_ops.capabilities.watch import process_start_time as p; "
+         "print(p(), time.time())"],
         capture_output=True, text=True, check=True, timeout=60).stdout.split()
     started, asked = float(out[0]), float(out[1])
     assert t0 - 0.05 <= started <= t0 + 0.5, (t0, started)
@@ -747,7 +747,7 @@ def test_process_start_time_is_the_exec_not_the_first_line() -> None:
 def test_files_closed_between_exec_and_watching_are_picked_up(fake_root: Path) -> None:
     """A file closed after the process started but before its watches were set (no
     event, and older than the Daemon object) is taken by the start-up rescan."""
-    from mnic_ops import watch
+    from mnic_ops.capabilities import watch
 
     make_project(fake_root, files=3)
     write_config(fake_root)

@@ -1,12 +1,12 @@
-"""mnic_ops.watchstate: the watcher service's liveness record, read back and judged."""
+"""mnic_ops.facts.watchstate: the watcher service's liveness record, read back and judged."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from mnic_ops import watchstate
-from mnic_ops.hostroot import HostRoot
+from mnic_ops.core.hostroot import HostRoot
+from mnic_ops.facts import watchstate
 
 
 def record(**kw: object) -> dict[str, object]:

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from mnic_ops import watchstate
-from mnic_ops.hostroot import HostRoot
+from mnic_ops.core.hostroot import HostRoot
+from mnic_ops.facts import watchstate
 from tests.cleanhelp import PROJECT, make_project, write_config
 from tests.conftest import require
 from tests.security.stormhelp import (
@@ -290,8 +290,8 @@ def test_an_observer_that_keeps_dying_is_restarted_ever_more_slowly(
     """A cause that persists (a config value that kills the thread at once, a user who
     keeps breaking it) must not make the watcher spin: 3 restarts at once, then
     2, 4, 8 ... seconds apart, at most 5 minutes; the window forgets old restarts."""
-    from mnic_ops import watch
-    from mnic_ops.output import AppContext
+    from mnic_ops.capabilities import watch
+    from mnic_ops.core.app import AppContext
 
     root = tmp_path / "host"
     (root / "etc").mkdir(parents=True)
