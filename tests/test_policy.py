@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mnic_ops.core import framework_map
+from mnic_ops.core import framework_map, patterns
 from mnic_ops.core.config import Config
 from mnic_ops.core.hostroot import HostRoot
 from mnic_ops.facts import policy
@@ -78,11 +78,11 @@ def test_a_pattern_over_files_the_framework_reads_back_is_refused_at_load(
     ("checkpoint_store", "patterns", "*.md", False),
 ])
 def test_pattern_refusal(kind: str, key: str, pattern: str, refused: bool) -> None:
-    assert (policy.pattern_refusal(kind, key, pattern) is not None) is refused
+    assert (patterns.pattern_refusal(kind, key, pattern) is not None) is refused
 
 
 def test_the_refusal_names_a_file_it_would_have_touched() -> None:
-    why = policy.pattern_refusal("thinking_logs", "expire_patterns", "core/*/2026*")
+    why = patterns.pattern_refusal("thinking_logs", "expire_patterns", "core/*/2026*")
     assert why is not None and "would delete .claude/thinking-logs/core/x/2026" in why, why
     assert "by a glob" in why and "use a pattern ending in .gz" in why
 
@@ -118,7 +118,7 @@ def test_glob_meet_agrees_with_fnmatch() -> None:
     import fnmatch
     import itertools
 
-    from mnic_ops.facts import globmeet
+    from mnic_ops.core import globmeet
 
     pats = ["*", "a*", "*b", "a?b", "[ab]*", "[!a]*", "*/*.j", "a/*", "?/?", "*.j",
             "[a-b]/b*", "[!/]*", "a*b*a", "b", "", "[", "[]a]*", "*a*"]

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mnic_ops.core import installfail, installroot, metrics, progress
+from mnic_ops.core import installfail, installroot, metrics, patterns, progress
 from mnic_ops.core.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, EXIT_PENDING, InputError
 from mnic_ops.core.hostroot import HostRoot
 from mnic_ops.engines import compress, retention
@@ -409,7 +409,7 @@ class Pass:
                     pol = policies[kind]
                     kr = KindReport(project.data[kind].host_path, pol)
                     rep.kinds[kind] = kr
-                    ret = keep if keep is not None and kind in policy.RETENTION_KINDS \
+                    ret = keep if keep is not None and kind in patterns.RETENTION_KINDS \
                         else None
                     if not self._active(pol) and ret is None:
                         kr.note = pol.note or "no policy (compression and expiry off)"

@@ -105,7 +105,7 @@ def schedules(app: AppContext) -> dict[str, str]:
     tier_vals: dict[str, Any] = {}
     need_tier = any(not cfg.get(f"cron.{j}_schedule") for j in JOBS)
     if need_tier:
-        from mnic_ops.capabilities.host import detect
+        from mnic_ops.facts.hostclass import detect
 
         decision, _ = detect(app)
         out.update(TIER_SCHEDULES.get(decision.host_class, TIER_SCHEDULES["workstation"]))

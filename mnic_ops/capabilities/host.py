@@ -7,10 +7,12 @@ from typing import Any
 
 import click
 
+from mnic_ops import capabilities
 from mnic_ops.core.app import AppContext, emit
 from mnic_ops.core.config import HOST_CLASSES
 from mnic_ops.core.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, EXIT_PENDING, InputError
 from mnic_ops.facts import hostfacts
+from mnic_ops.facts.hostclass import detect
 
 
 def _flatten(data: Any, prefix: str = "") -> list[str]:
@@ -82,16 +84,6 @@ def detect_cmd(app: AppContext, host_class: str | None) -> int:
     return EXIT_OK
 
 
-def detect(app: AppContext, host_class: str | None = None) -> tuple[Any, dict[str, Any]]:
-    """The host-class decision and the facts it used; flag > env > config > detection."""
-    from mnic_ops.facts import hostclass
-
-    cfg = app.config
-    override = host_class or cfg["host_class"]
-    data = hostfacts.gather(app.root, hostfacts.DETECT_SECTIONS)
-    return hostclass.classify(data, override=override, thresholds=cfg["detect"]), data
-
-
 @click.command("config", epilog=EXIT_CODES_HELP)
 @click.option("--schema", is_flag=True, help="Print the documented schema instead.")
 @click.pass_obj
@@ -153,6 +145,7 @@ def undo_cmd(app: AppContext, which: str | None, list_only: bool, check: bool,
                                f"{e['description']}" for e in order)
              or "nothing to revert")
         return EXIT_PENDING if chosen else EXIT_OK
+    capabilities.load_undo_handlers()  # handlers live with their capability
     results = model.undo_entries(app.root, chosen)
     done = {r["entry"]: r["result"] for r in results}
     items = [_undo_item(e, "changed", done[e["entry"]]) if e["entry"] in done

@@ -182,8 +182,8 @@ def build(app: AppContext, host_class: str | None, apply_fstab: bool | None,
           *, verifying: bool = False) -> tuple[Plan, Context]:
     """One plan from every enabled step. A step that cannot plan (bad input in one
     install, say) becomes a failed item; nothing is applied when any step failed."""
-    from mnic_ops.capabilities.host import detect
     from mnic_ops.facts import projects
+    from mnic_ops.facts.hostclass import detect
 
     cfg = app.config
     decision, _facts = detect(app, host_class)

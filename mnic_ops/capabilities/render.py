@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mnic_ops.capabilities import tiers
-from mnic_ops.changes.model import SKIPPED, Item, Plan
+from mnic_ops.changes.model import SKIPPED, Item, Plan, failed_item
 from mnic_ops.core import installfail, quoting, safefs, userjson
 from mnic_ops.core.config import HOST_CLASSES
 from mnic_ops.core.errors import EXIT_CODES_HELP, InputError, OpsError
@@ -231,7 +231,7 @@ def plan_project(app: AppContext, proj: projects.Project, tpl: Templates, ctx: C
     except TemplateError:
         raise  # a broken template is everyone's problem: stop before any write
     except installfail.INSTALL_ERRORS as exc:
-        return [installfail.failed_item(
+        return [failed_item(
             app, proj.host_path, exc, "render",
             description=f"render {ctx.tier} tier into {proj.host_path}")]
     return items
@@ -284,7 +284,7 @@ def build(app: AppContext, host_class: str | None, names: Sequence[str]
           ) -> tuple[Plan, Context, list[projects.Project]]:
     """The whole plan; raises InputError (nothing written) for bad config, tier values or
     templates."""
-    from mnic_ops.capabilities.host import detect
+    from mnic_ops.facts.hostclass import detect
 
     cfg = app.config
     decision, facts = detect(app, host_class)

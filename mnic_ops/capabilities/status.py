@@ -154,7 +154,7 @@ class Status:
                      file=str(cfg.path), loaded=cfg.loaded)
 
     def host(self) -> dict[str, Any]:
-        from mnic_ops.capabilities.host import detect
+        from mnic_ops.facts.hostclass import detect
 
         self._needs_config()
         decision, _facts = detect(self.app)

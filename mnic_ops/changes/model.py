@@ -20,11 +20,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mnic_ops.core import safefs
+from mnic_ops.core import installfail, safefs
 from mnic_ops.core.errors import OpsError
 from mnic_ops.core.hostroot import HostRoot
+
+if TYPE_CHECKING:
+    from mnic_ops.core.app import AppContext
 
 log = logging.getLogger(__name__)
 
@@ -271,11 +274,9 @@ def undo_handler(kind: str) -> Callable[[UndoHandler], UndoHandler]:
 
 
 def undo_entries(root: HostRoot, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Revert journal entries newest first; stop at the first that cannot be reverted."""
-    import importlib
-
-    for mod in UNDO_MODULES:  # handlers live with their capability
-        importlib.import_module(mod)
+    """Revert journal entries newest first; stop at the first that cannot be reverted.
+    The handlers are those registered by the modules imported so far (the ``undo``
+    command imports them all: :func:`mnic_ops.capabilities.load_undo_handlers`)."""
     results = []
     with safefs.locked(root.path(STATE_DIR) / "lock"):
         for e in sorted(entries, key=lambda r: r["time"], reverse=True):
@@ -288,8 +289,12 @@ def undo_entries(root: HostRoot, entries: list[dict[str, Any]]) -> list[dict[str
     return results
 
 
-# Modules that register undo handlers; a capability adds itself here.
-UNDO_MODULES: list[str] = [
-    "mnic_ops.changes.filechange", "mnic_ops.capabilities.fstab", "mnic_ops.capabilities.cron",
-    "mnic_ops.capabilities.relocate", "mnic_ops.engines.pendingmoves",
-    "mnic_ops.capabilities.watch"]
+def failed_item(app: AppContext, install: str, error: BaseException | str, stage: str,
+                description: str | None = None) -> Item:
+    """Record the failure and return the plan item that shows it (state ``failed``, id
+    ``install:<path>``); :func:`mnic_ops.core.installfail.is_failed_install` tells it
+    from a failed change."""
+    f = app.failures.add(install, error, stage)
+    return Item(id=f"{installfail.ITEM_PREFIX}{install}", description=description or
+                f"{stage} {install}", state=FAILED,
+                error=f"{f.error}; nothing done for this install")

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mnic_ops.core.errors import EXIT_OK, EXIT_PENDING, OpsError
+from mnic_ops.core.installfail import InstallFailures
 
 if TYPE_CHECKING:
     from mnic_ops.core.config import Config
     from mnic_ops.core.hostroot import HostRoot
-    from mnic_ops.core.installfail import InstallFailures
 
 
 @dataclass
@@ -53,7 +53,7 @@ class AppContext:
         return want_color(self.color_mode, sys.stdout)
     # Installs that failed in this run (one user's bad file): reported in the JSON
     # document and by the CLI, which exits 1 for them; see mnic_ops.core.installfail.
-    failures: InstallFailures = field(default_factory=lambda: _failures())
+    failures: InstallFailures = field(default_factory=InstallFailures)
 
     @property
     def config(self) -> Config:
@@ -62,12 +62,6 @@ class AppContext:
 
             self._config = config.load(self.root, self.config_from or self.config_path)
         return self._config
-
-
-def _failures() -> InstallFailures:
-    from mnic_ops.core.installfail import InstallFailures
-
-    return InstallFailures()
 
 
 def want_color(mode: str, stream: Any) -> bool:

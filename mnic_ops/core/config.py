@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnic_ops.core import quoting
+from mnic_ops.core import patterns, quoting
 from mnic_ops.core.errors import InputError
 from mnic_ops.core.framework_map import DATA_KINDS
 from mnic_ops.core.hostroot import HostRoot
@@ -653,10 +653,9 @@ def config_check(fn: ConfigCheck) -> ConfigCheck:
 @config_check
 def _framework_data(cfg: Config, problems: Problems) -> None:
     """Clean patterns that would cover files the framework reads back are refused
-    (issue 14; the rule and the data map live in mnic_ops.facts.policy)."""
-    from mnic_ops.facts import policy
-
-    for dotted, why in policy.pattern_problems(cfg.values):
+    (issue 14; the rule lives in mnic_ops.core.patterns, the data map in
+    mnic_ops.core.framework_map)."""
+    for dotted, why in patterns.pattern_problems(cfg.values):
         problems.add(dotted, why)
 
 

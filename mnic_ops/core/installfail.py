@@ -13,7 +13,7 @@ How a command takes part (the same in every command):
 - work on one install runs inside :func:`guard`, which records an
   :class:`~mnic_ops.core.errors.OpsError` or :class:`OSError` as that install's failure (or
   a command calls ``app.failures.add`` itself); a plan shows the install as one failed
-  item (:func:`failed_item`) that does not stop the other installs' items;
+  item (:func:`mnic_ops.changes.model.failed_item`) that does not stop the other installs' items;
 - the failures of a run live on the :class:`~mnic_ops.core.app.AppContext`
   (``app.failures``): ``emit`` adds them to the JSON document of every command that
   works over installs as ``failed_installs`` (``[{"install", "stage", "error"}]``,
@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from mnic_ops.core.errors import EXIT_FAILURE, EXIT_OK, EXIT_PENDING, OpsError
 
 if TYPE_CHECKING:
-    from mnic_ops.changes.model import Item
     from mnic_ops.core.app import AppContext
 
 # What fails one install rather than the run: errors a user's files can cause. ValueError
@@ -148,18 +147,6 @@ def guard(app: AppContext, install: str, stage: str) -> Iterator[None]:
         yield
     except INSTALL_ERRORS as exc:
         app.failures.add(install, exc, stage)
-
-
-def failed_item(app: AppContext, install: str, error: BaseException | str, stage: str,
-                description: str | None = None) -> Item:
-    """Record the failure and return the plan item that shows it (state ``failed``, id
-    ``install:<path>``); :func:`is_failed_install` tells it from a failed change."""
-    from mnic_ops.changes.model import FAILED, Item
-
-    f = app.failures.add(install, error, stage)
-    return Item(id=f"{ITEM_PREFIX}{install}", description=description or
-                f"{stage} {install}", state=FAILED,
-                error=f"{f.error}; nothing done for this install")
 
 
 def is_failed_install(item: Any) -> bool:

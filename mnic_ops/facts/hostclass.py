@@ -10,7 +10,12 @@ signal left for VMs, containers and boards without DMI). Chassis 1 (Other) and 2
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from mnic_ops.facts import hostfacts
+
+if TYPE_CHECKING:
+    from mnic_ops.core.app import AppContext
 
 LAPTOP, WORKSTATION, SERVER = "laptop", "workstation", "server"
 
@@ -111,3 +116,11 @@ def classify(facts: dict[str, Any], *, override: str | None = None,
         cls = WORKSTATION
         why = f"{desc}: between the laptop and server thresholds -> workstation"
     return Decision(cls, "resources", [*reasons, why])
+
+
+def detect(app: AppContext, host_class: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """The host-class decision and the facts it used; flag > env > config > detection."""
+    cfg = app.config
+    override = host_class or cfg["host_class"]
+    data = hostfacts.gather(app.root, hostfacts.DETECT_SECTIONS)
+    return classify(data, override=override, thresholds=cfg["detect"]), data

@@ -1,7 +1,7 @@
 """Do two ``fnmatch`` patterns match a common string, and which?
 
 The config loader refuses a clean pattern that would cover files the framework reads
-back (:func:`mnic_ops.facts.policy.pattern_refusal`). Testing the pattern against a few sample
+back (:func:`mnic_ops.core.patterns.pattern_refusal`). Testing the pattern against a few sample
 names misses patterns that cover other names of the same family (``core/*/2026*`` covers
 ``core/<agent>/2026-...json`` thinking logs, which a 2025 sample is not); deciding it on
 the patterns themselves does not. Both patterns are read as ``fnmatch`` reads them
