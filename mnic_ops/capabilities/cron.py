@@ -21,6 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from mnic_ops.capabilities.protocol import (
+    ProvisionContext,
+    ProvisionStep,
+    missing_service,
+    no_installs,
+)
 from mnic_ops.changes.model import OK, ApplyContext, Item, Plan, Undo, undo_handler, unified_diff
 from mnic_ops.core import quoting, safefs
 from mnic_ops.core.errors import EXIT_CODES_HELP, EXIT_OK, InputError, OpsError
@@ -594,3 +600,21 @@ def show_cmd(app: AppContext, system: bool, user: str | None) -> int:
 
     emit(app, data, text)
     return EXIT_OK
+
+
+PROVISION = ProvisionStep(40, "cron", "cron")
+
+
+def provision_plan(ctx: ProvisionContext) -> list[Item]:
+    from mnic_ops.facts import hostservices
+
+    what = f"cleanup jobs in {SYSTEM_FILE}"
+    skip = no_installs(ctx, "cron", what)
+    if skip:
+        return skip
+    daemon = hostservices.cron_daemon(ctx.app.root)
+    if not daemon.present:
+        return missing_service(ctx, "cron", what, "cron",
+                               "apt install cron (or your distribution's cronie)",
+                               f"no cron daemon on this host ({daemon.evidence})")
+    return plan_install(ctx.app, Target(True, "root")).items

@@ -25,8 +25,6 @@ Everything is read-only except the optional node_exporter textfile (``--metrics`
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import logging
 import math
@@ -43,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from mnic_ops.capabilities import render
 from mnic_ops.core import execute, installfail, metrics, safefs, userjson
 from mnic_ops.core.errors import EXIT_FAILURE, EXIT_OK, InputError, OpsError
 from mnic_ops.facts import hostfacts, linkrecords, policy
@@ -776,20 +775,10 @@ def pythonoptimize_check(root: HostRoot, projects: list[Project]) -> Check:
 
 def tier_drift_check(app: AppContext, names: Sequence[str]) -> Check:
     """Pending items of ``render``'s plan are drift from the host class (the same plan
-    ``mnic-ops render --check`` prints). Skipped, with the reason, while the render
-    capability is not installed."""
-    if importlib.util.find_spec("mnic_ops.capabilities.render") is None:
-        return Check("tier_drift", "skip", "render capability not installed "
-                                           "(mnic_ops/capabilities/render.py absent); drift not "
-                                           "checked")
-    mod = importlib.import_module("mnic_ops.capabilities.render")
-    build = getattr(mod, "build", None)
-    if not callable(build):
-        return Check("tier_drift", "skip", "mnic_ops.capabilities.render offers no build(); "
-                                           "drift not checked")
+    ``mnic-ops render --check`` prints)."""
     again = _cmd(app.root, "render", "--check", "--diff", *names)
     try:
-        res = build(app, None, list(names))
+        res = render.build(app, None, list(names))
     except OpsError as exc:
         return Check("tier_drift", "fail", f"tier configs cannot be planned: {exc.message}",
                      "fix what the message names, then look again", again)

@@ -28,9 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from mnic_ops.capabilities.protocol import ProvisionContext, ProvisionStep
 from mnic_ops.changes.model import (
     FAILED,
     OK,
+    PENDING,
     SKIPPED,
     ApplyContext,
     Item,
@@ -1011,3 +1013,27 @@ def build(app: AppContext, mount_points: Sequence[str] = (), fstab_file: str | N
     return plan, title, {"fstab": target.display, "fstab_real": shown(str(target.real)),
                          "mount_points": [d.to_json() for d in decisions],
                          "verify": verify}
+
+
+PROVISION = ProvisionStep(30, "fstab")
+
+
+def provision_plan(ctx: ProvisionContext) -> list[Item]:
+    """noatime for the filesystems holding framework data: applied (and remounted) only
+    with --apply-fstab / provision.apply_fstab, else shown as a proposal."""
+    root = ctx.app.root
+    if not root.path("/etc/fstab").exists():
+        return [Item(id="fstab", description="noatime in /etc/fstab", state=SKIPPED,
+                     reason="no /etc/fstab on this host")]
+    # The SSD the data is about to move to holds framework data once this plan is
+    # applied: name it now so that one run suffices.
+    mps = [ctx.ssd_mount] if ctx.ssd_mount else []
+    plan, _title, _extra = build(ctx.app, also=mps,
+                                 apply_=ctx.apply_fstab and not ctx.verifying,
+                                 remount=ctx.apply_fstab)
+    if not ctx.apply_fstab:
+        for it in plan.items:
+            if it.state == PENDING:
+                it.state, it.action = SKIPPED, None
+                it.reason = "proposal only: apply with --apply-fstab (diff with --diff)"
+    return plan.items

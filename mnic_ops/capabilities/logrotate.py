@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mnic_ops.capabilities.protocol import ProvisionContext, ProvisionStep
 from mnic_ops.changes.model import SKIPPED, Item
 from mnic_ops.core import quoting
 
@@ -63,3 +64,10 @@ def plan(app: AppContext) -> list[Item]:
                      "/etc/logrotate.d): apt install logrotate, then provision again")]
     return [file_item(app.root, PATH, render(logs(app)), mode=0o644, uid=0, gid=0,
                       description=f"log rotation for {', '.join(logs(app))} in {PATH}")]
+
+
+PROVISION = ProvisionStep(60, "logrotate", "logrotate")
+
+
+def provision_plan(ctx: ProvisionContext) -> list[Item]:
+    return plan(ctx.app)

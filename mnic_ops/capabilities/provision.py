@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import click
 
+from mnic_ops.capabilities import protocol
 from mnic_ops.changes.model import FAILED, OK, PENDING, SKIPPED, Item, Plan
 from mnic_ops.changes.run import run_plan
 from mnic_ops.core import installfail, userjson
@@ -26,160 +25,8 @@ from mnic_ops.core.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, OpsErro
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Context:
-    """What every step gets: the decision, the installs, the switches."""
-
-    app: AppContext
-    host_class: str
-    source: str
-    projects: list[Any]
-    apply_fstab: bool
-    verifying: bool = False
-    notes: list[str] = field(default_factory=list)
-    ssd_mount: str | None = None  # mount point of the relocation target, once planned
-    ssd_target: str | None = None  # the relocation target folder, once planned
-
-
-Step = Callable[[Context], list[Item]]
-
-
-def _step_render(ctx: Context) -> list[Item]:
-    from mnic_ops.capabilities import render
-
-    plan, _rctx, _selected = render.build(ctx.app, ctx.host_class, ())
-    return plan.items
-
-
-def _step_relocate(ctx: Context) -> list[Item]:
-    """Sessions and checkpoints onto the SSD, when a target that passes relocate's
-    checks exists; otherwise a skipped item saying why."""
-    from mnic_ops.capabilities import relocate
-    from mnic_ops.core.config import SCHEMA, Key
-    from mnic_ops.core.errors import InputError
-    from mnic_ops.facts import hostfacts
-
-    app = ctx.app
-    jdir = app.root.path(relocate.JOURNAL_DIR)
-    recovery, busy = relocate.plan_recovery(app, jdir, ctx.projects)
-    mounts = hostfacts.mounts(app.root, hostfacts.Absent())
-    default = SCHEMA["ssd_path"]
-    assert isinstance(default, Key)
-    try:
-        target = relocate.choose_target(app.root, app.config.get("ssd_path"),
-                                        default.default, None, mounts)
-        relocate.check_target(target, mounts, False)
-    except InputError as exc:
-        return [*recovery.items,
-                Item(id="relocate", description="move sessions and checkpoints to an SSD",
-                     state=SKIPPED, reason=exc.message)]
-    if target.mount is not None and target.mount.mount_point != "/":
-        ctx.ssd_mount = target.mount.mount_point
-    ctx.ssd_target = target.host_path
-    plan = relocate.plan_out(app, ctx.projects, target, False, jdir, mounts, busy)
-    return [*recovery.items, *plan.items]
-
-
-def _no_installs(ctx: Context, name: str, what: str) -> list[Item]:
-    """Cron jobs and a watcher with nothing to work on: not planned, and said."""
-    if ctx.projects or ctx.app.failures:
-        return []
-    return [Item(id=name, description=what, state=SKIPPED,
-                 reason="no framework install found: nothing for it to do (provision "
-                        "again once there is one; see projects and search_paths)")]
-
-
-def _missing(ctx: Context, name: str, what: str, needs: str, fix: str,
-             evidence: str) -> list[Item]:
-    """A service the step relies on is not on the host: a failed item naming the fix
-    (the rest of the plan still applies, exit 1), or skipped when
-    ``provision.missing_<needs>`` says so."""
-    key = f"provision.missing_{needs}"
-    why = f"{evidence}, so it would never run"
-    if ctx.app.config.get(key, "fail") == "skip":
-        return [Item(id=name, description=what, state=SKIPPED,
-                     reason=f"{why}; {key} = \"skip\" (fix: {fix})")]
-    return [Item(id=name, description=what, state=FAILED, contained=True,
-                 error=f"{why}; fix: {fix} (or set {key} = \"skip\" or "
-                       f"provision.{name} = false)")]
-
-
-def _step_cron(ctx: Context) -> list[Item]:
-    from mnic_ops.capabilities import cron
-    from mnic_ops.facts import hostservices
-
-    what = f"cleanup jobs in {cron.SYSTEM_FILE}"
-    skip = _no_installs(ctx, "cron", what)
-    if skip:
-        return skip
-    daemon = hostservices.cron_daemon(ctx.app.root)
-    if not daemon.present:
-        return _missing(ctx, "cron", what, "cron",
-                        "apt install cron (or your distribution's cronie)",
-                        f"no cron daemon on this host ({daemon.evidence})")
-    return cron.plan_install(ctx.app, cron.Target(True, "root")).items
-
-
-def _step_watcher(ctx: Context) -> list[Item]:
-    from mnic_ops.capabilities.watch import UNIT_NAME, plan_unit
-    from mnic_ops.facts import hostservices
-
-    what = f"the watcher unit {UNIT_NAME}"
-    skip = _no_installs(ctx, "watcher", what)
-    if skip:
-        return skip
-    init = hostservices.systemd(ctx.app.root)
-    if not init.present:
-        return _missing(ctx, "watcher", what, "systemd",
-                        "boot the host with systemd (apt install systemd-sysv), or run "
-                        "`mnic-ops watch` under the host's own supervisor",
-                        f"systemd is not this host's init ({init.evidence})")
-    return plan_unit(ctx.app, ctx.projects,
-                     extra_paths=[ctx.ssd_target] if ctx.ssd_target else [])
-
-
-def _step_logrotate(ctx: Context) -> list[Item]:
-    from mnic_ops.capabilities import logrotate
-
-    return logrotate.plan(ctx.app)
-
-
-def _step_fstab(ctx: Context) -> list[Item]:
-    """noatime for the filesystems holding framework data: applied (and remounted) only
-    with --apply-fstab / provision.apply_fstab, else shown as a proposal."""
-    from mnic_ops.capabilities import fstab
-
-    root = ctx.app.root
-    if not root.path("/etc/fstab").exists():
-        return [Item(id="fstab", description="noatime in /etc/fstab", state=SKIPPED,
-                     reason="no /etc/fstab on this host")]
-    # The SSD the data is about to move to holds framework data once this plan is
-    # applied: name it now so that one run suffices.
-    mps = [ctx.ssd_mount] if ctx.ssd_mount else []
-    plan, _title, _extra = fstab.build(ctx.app, also=mps,
-                                       apply_=ctx.apply_fstab and not ctx.verifying,
-                                       remount=ctx.apply_fstab)
-    if not ctx.apply_fstab:
-        for it in plan.items:
-            if it.state == PENDING:
-                it.state, it.action = SKIPPED, None
-                it.reason = "proposal only: apply with --apply-fstab (diff with --diff)"
-    return plan.items
-
-
-# (name, provision.<switch> that turns it off, step), in the order they apply.
-STEPS: list[tuple[str, str, Step]] = [
-    ("render", "", _step_render),
-    ("relocate", "relocate", _step_relocate),
-    ("fstab", "", _step_fstab),
-    ("cron", "cron", _step_cron),
-    ("watcher", "watcher", _step_watcher),
-    ("logrotate", "logrotate", _step_logrotate),
-]
-
-
 def build(app: AppContext, host_class: str | None, apply_fstab: bool | None,
-          *, verifying: bool = False) -> tuple[Plan, Context]:
+          *, verifying: bool = False) -> tuple[Plan, protocol.ProvisionContext]:
     """One plan from every enabled step. A step that cannot plan (bad input in one
     install, say) becomes a failed item; nothing is applied when any step failed."""
     from mnic_ops.facts import projects
@@ -192,16 +39,17 @@ def build(app: AppContext, host_class: str | None, apply_fstab: bool | None,
     found = installfail.usable(app, projects.find_projects(app.root, cfg))
     if apply_fstab is None:
         apply_fstab = bool(cfg.get("provision.apply_fstab", False))
-    ctx = Context(app=app, host_class=decision.host_class, source=decision.source,
+    ctx = protocol.ProvisionContext(app=app, host_class=decision.host_class, source=decision.source,
                   projects=found, apply_fstab=apply_fstab, verifying=verifying)
     plan = Plan()
-    for name, switch, step in STEPS:
+    for step in protocol.provision_steps():
+        name, switch = step.name, step.switch
         if switch and not cfg.get(f"provision.{switch}", True):
             plan.add(Item(id=name, description=name, state=SKIPPED,
                           reason=f"provision.{switch} = false"))
             continue
         try:
-            plan.extend(step(ctx))
+            plan.extend(step.plan(ctx))
         except OpsError as exc:
             plan.add(Item(id=name, description=f"plan {name}", state=FAILED,
                           error=exc.message))

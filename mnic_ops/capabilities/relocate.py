@@ -27,6 +27,7 @@ from typing import Any
 
 import click
 
+from mnic_ops.capabilities.protocol import ProvisionContext, ProvisionStep
 from mnic_ops.changes.model import OK, SKIPPED, ApplyContext, Item, Plan, Undo, undo_handler
 from mnic_ops.changes.run import run_plan
 from mnic_ops.core import installroot, progress, safefs
@@ -978,3 +979,33 @@ def _undo_relocate(root: HostRoot, rec: dict[str, Any]) -> str:
         _out(root, rec, jdir, None)
     return f"moved {rec['public']} to {rec['link_text']} again"
 
+
+PROVISION = ProvisionStep(20, "relocate", "relocate")
+
+
+def provision_plan(ctx: ProvisionContext) -> list[Item]:
+    """Sessions and checkpoints onto the SSD, when a target that passes relocate's
+    checks exists; otherwise a skipped item saying why."""
+    from mnic_ops.core.config import SCHEMA, Key
+    from mnic_ops.core.errors import InputError
+    from mnic_ops.facts import hostfacts
+
+    app = ctx.app
+    jdir = app.root.path(JOURNAL_DIR)
+    recovery, busy = plan_recovery(app, jdir, ctx.projects)
+    mounts = hostfacts.mounts(app.root, hostfacts.Absent())
+    default = SCHEMA["ssd_path"]
+    assert isinstance(default, Key)
+    try:
+        target = choose_target(app.root, app.config.get("ssd_path"),
+                               default.default, None, mounts)
+        check_target(target, mounts, False)
+    except InputError as exc:
+        return [*recovery.items,
+                Item(id="relocate", description="move sessions and checkpoints to an SSD",
+                     state=SKIPPED, reason=exc.message)]
+    if target.mount is not None and target.mount.mount_point != "/":
+        ctx.ssd_mount = target.mount.mount_point
+    ctx.ssd_target = target.host_path
+    plan = plan_out(app, ctx.projects, target, False, jdir, mounts, busy)
+    return [*recovery.items, *plan.items]

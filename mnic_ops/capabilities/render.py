@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mnic_ops.capabilities import tiers
+from mnic_ops.capabilities.protocol import ProvisionContext, ProvisionStep
 from mnic_ops.changes.model import SKIPPED, Item, Plan, failed_item
 from mnic_ops.core import installfail, quoting, safefs, userjson
 from mnic_ops.core.config import HOST_CLASSES
@@ -341,3 +342,11 @@ def render_cmd(app: AppContext, check: bool, diff: bool, host_class: str | None,
     # app.failures: the CLI names it and exits 1 (the others are rendered).
     return run_plan(app, plan, check=check, diff=diff, command="render", title=title,
                     extra=extra)
+
+
+PROVISION = ProvisionStep(10, "render")
+
+
+def provision_plan(ctx: ProvisionContext) -> list[Item]:
+    plan, _rctx, _selected = build(ctx.app, ctx.host_class, ())
+    return plan.items

@@ -63,6 +63,12 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mnic_ops.capabilities import clean
+from mnic_ops.capabilities.protocol import (
+    ProvisionContext,
+    ProvisionStep,
+    missing_service,
+    no_installs,
+)
 from mnic_ops.changes.model import OK, ApplyContext, Item, Undo, undo_handler, unified_diff
 from mnic_ops.core import installfail, quoting, safefs
 from mnic_ops.core.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, InputError, OpsError
@@ -1914,3 +1920,23 @@ def watch_cmd(app: AppContext, poll: bool, once_settled: bool, install_unit: boo
     except OSError as exc:
         log.error("watcher failed: %s", exc)
         return EXIT_FAILURE
+
+
+PROVISION = ProvisionStep(50, "watcher", "watcher")
+
+
+def provision_plan(ctx: ProvisionContext) -> list[Item]:
+    from mnic_ops.facts import hostservices
+
+    what = f"the watcher unit {UNIT_NAME}"
+    skip = no_installs(ctx, "watcher", what)
+    if skip:
+        return skip
+    init = hostservices.systemd(ctx.app.root)
+    if not init.present:
+        return missing_service(ctx, "watcher", what, "systemd",
+                               "boot the host with systemd (apt install systemd-sysv), or run "
+                        "`mnic-ops watch` under the host's own supervisor",
+                        f"systemd is not this host's init ({init.evidence})")
+    return plan_unit(ctx.app, ctx.projects,
+                     extra_paths=[ctx.ssd_target] if ctx.ssd_target else [])
