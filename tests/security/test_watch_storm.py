@@ -25,6 +25,7 @@ import pytest
 
 from mnic_ops.core.hostroot import HostRoot
 from mnic_ops.facts import watchstate
+from tests.capabilities.test_watch import Watcher, payload, settle_env
 from tests.cleanhelp import PROJECT, make_project, write_config
 from tests.conftest import require
 from tests.security.stormhelp import (
@@ -36,7 +37,6 @@ from tests.security.stormhelp import (
     stop_storm,
     user_python,
 )
-from tests.test_watch import Watcher, payload, settle_env
 
 SETTLE = 2.0  # settle time of every class in these tests
 POLL = 1.0  # the polling observer's interval

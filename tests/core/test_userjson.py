@@ -46,7 +46,7 @@ def test_size_limit() -> None:
 
 
 def test_framework_config_parses_as_json_does() -> None:
-    fw = Path(__file__).parent / "fixtures" / "framework-configs"
+    fw = Path(__file__).parent.parent / "fixtures" / "framework-configs"
     files = sorted(fw.glob("*.json"))
     assert files
     for f in files:

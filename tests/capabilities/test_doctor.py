@@ -24,7 +24,7 @@ from mnic_ops.facts import policy
 from mnic_ops.facts._probe import front_matter
 from tests.conftest import REPO, require, run_mnic, write_tree
 
-FIX = Path(__file__).resolve().parent / "fixtures" / "doctor"
+FIX = Path(__file__).resolve().parent.parent / "fixtures" / "doctor"
 RENDER = importlib.util.find_spec("mnic_ops.capabilities.render") is not None
 DAY = 86400
 
@@ -238,7 +238,8 @@ def test_rotational_loop_device_with_relatime(tmp_path: Path) -> None:
         script = f"""
 set -e
 mount -o relatime {dev} {mnt}
-{py} -c 'import sys; from pathlib import Path; from tests.test_doctor import make_install
+{py} -c 'import sys; from pathlib import Path
+from tests.capabilities.test_doctor import make_install
 make_install(Path(sys.argv[1]), agents=3)' {mnt}/proj
 {py} -m mnic_ops --config {cfg} doctor --json {mnt}/proj > {out} || echo "exit $?"
 umount {mnt}

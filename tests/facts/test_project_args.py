@@ -14,7 +14,7 @@ from mnic_ops.core.errors import InputError
 from mnic_ops.core.hostroot import HostRoot
 from mnic_ops.facts import projects
 from tests.conftest import run_mnic
-from tests.test_projects import make_install, write_config
+from tests.facts.test_projects import make_install, write_config
 
 
 def _host(fake_root: Path) -> Path:
