@@ -10,10 +10,8 @@ import importlib
 import pkgutil
 from types import ModuleType
 
-from mnic_ops import changes, engines
-
 # the layers whose modules may register undo handlers (changes.model.undo_handler)
-UNDO_PACKAGES: tuple[ModuleType, ...] = (changes, engines)
+UNDO_PACKAGES = ("mnic_ops.changes", "mnic_ops.engines")
 
 
 def modules() -> list[ModuleType]:
@@ -25,7 +23,8 @@ def modules() -> list[ModuleType]:
 def load_undo_handlers() -> None:
     """Import every module that may register an undo handler: the capabilities and the
     change and engine layers below them (each registers its kinds when imported)."""
-    for pkg in UNDO_PACKAGES:
+    for name in UNDO_PACKAGES:
+        pkg = importlib.import_module(name)
         for m in pkgutil.iter_modules(pkg.__path__):
-            importlib.import_module(f"{pkg.__name__}.{m.name}")
+            importlib.import_module(f"{name}.{m.name}")
     modules()

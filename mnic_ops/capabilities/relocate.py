@@ -201,10 +201,10 @@ def _kinds(app: AppContext) -> list[str]:
     if bad:
         where = "config"
         if app.config.loaded and app.config.path is not None:
-            from mnic_ops.core.config import _line_of
+            from mnic_ops.core.config import line_of
 
             try:
-                line = _line_of(app.config.path.read_text(), ["relocate", "kinds"])
+                line = line_of(app.config.path.read_text(), ["relocate", "kinds"])
             except OSError:
                 line = None
             where = f"{app.config.path}:{line}" if line else str(app.config.path)

@@ -442,7 +442,6 @@ def line_of(text: str, dotted: Sequence[str]) -> int | None:
     return None
 
 
-_line_of = line_of  # the name other modules have imported
 
 
 def _shown(dotted: Sequence[str]) -> str:

@@ -620,7 +620,7 @@ from mnic_ops import cli
 from mnic_ops.core.hostroot import HostRoot
 from mnic_ops.core.app import AppContext
 from mnic_ops.facts.projects import find_projects
-from mnic_ops import watch
+from mnic_ops.capabilities import watch
 app = AppContext(root=HostRoot.open({str(fake_root)!r}), config_path=None)
 items = watch.plan_unit(app, find_projects(app.root, app.config))
 assert [i.state for i in items] == ["pending", "pending"], [i.to_json() for i in items]

@@ -62,7 +62,7 @@ def test_kill_9_never_leaves_a_torn_file(tmp_path: Path) -> None:
     target.write_bytes(b"A" * (4 << 20))
     script = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(REPO)!r})
-        from mnic_ops import safefs
+        from mnic_ops.core import safefs
         i = 0
         while True:
             safefs.atomic_write({str(target)!r}, bytes([65 + i % 3]) * (4 << 20))
@@ -125,7 +125,7 @@ def test_lock_is_exclusive(tmp_path: Path) -> None:
         assert got
         code = textwrap.dedent(f"""
             import sys; sys.path.insert(0, {str(REPO)!r})
-            from mnic_ops import safefs
+            from mnic_ops.core import safefs
             with safefs.locked({str(lock)!r}, blocking=False) as got:
                 sys.exit(0 if got else 5)
         """)

@@ -205,7 +205,7 @@ def test_polling_never_lists_through_a_swapped_link() -> None:
 
 DRIVER = r"""
 import os, sys, threading
-from mnic_ops import watch
+from mnic_ops.capabilities import watch
 fault, trigger = os.environ["WATCHFS_FAULT"], os.environ["WATCHFS_TRIGGER"]
 fired = []
 
@@ -216,7 +216,7 @@ def armed():
     return True
 
 if fault == "inotify-dies":
-    from mnic_ops import treewatch
+    from mnic_ops.engines import treewatch
     parse = treewatch.TreeWatch._parse
     def _parse(self, data):
         if armed():
@@ -224,7 +224,7 @@ if fault == "inotify-dies":
         return parse(self, data)
     treewatch.TreeWatch._parse = _parse
 elif fault == "inotify-stalls":
-    from mnic_ops import treewatch
+    from mnic_ops.engines import treewatch
     watch.READER_STALL = 2.0
     read = treewatch.TreeWatch._read
     def _read(self):
