@@ -31,8 +31,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mnic_ops import config, projects  # noqa: E402
-from mnic_ops.hostroot import HostRoot  # noqa: E402
+from mnic_ops.core import config  # noqa: E402
+from mnic_ops.core.hostroot import HostRoot  # noqa: E402
+from mnic_ops.facts import projects  # noqa: E402
 
 
 def mk_install(p: Path) -> None:

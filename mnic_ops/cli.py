@@ -15,28 +15,28 @@ from typing import Any
 import click
 
 from mnic_ops import __version__
-from mnic_ops.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_USAGE, OpsError
-from mnic_ops.output import AppContext
+from mnic_ops.core.app import AppContext
+from mnic_ops.core.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_USAGE, OpsError
 
 # command name -> "module:attribute" of a click command
 LAZY_COMMANDS: dict[str, str] = {
-    "facts": "mnic_ops.cmd_host:facts_cmd",
-    "detect": "mnic_ops.cmd_host:detect_cmd",
-    "undo": "mnic_ops.cmd_host:undo_cmd",
-    "config": "mnic_ops.cmd_host:config_cmd",
-    "projects": "mnic_ops.projects:projects_cmd",
-    "render": "mnic_ops.render:render_cmd",
-    "relocate": "mnic_ops.relocate:relocate_cmd",
-    "fstab": "mnic_ops.fstab:fstab_cmd",
-    "clean": "mnic_ops.clean:clean_cmd",
-    "cron": "mnic_ops.cron:cron_cmd",
-    "watch": "mnic_ops.watch:watch_cmd",
-    "provision": "mnic_ops.provision:provision_cmd",
-    "verify": "mnic_ops.provision:verify_cmd",
-    "doctor": "mnic_ops.doctor:doctor_cmd",
-    "status": "mnic_ops.status:status_cmd",
-    "completion": "mnic_ops.completion:completion_cmd",
-    "manpage": "mnic_ops.completion:manpage_cmd",
+    "facts": "mnic_ops.capabilities.host:facts_cmd",
+    "detect": "mnic_ops.capabilities.host:detect_cmd",
+    "undo": "mnic_ops.capabilities.host:undo_cmd",
+    "config": "mnic_ops.capabilities.host:config_cmd",
+    "projects": "mnic_ops.facts.projects:projects_cmd",
+    "render": "mnic_ops.capabilities.render:render_cmd",
+    "relocate": "mnic_ops.capabilities.relocate:relocate_cmd",
+    "fstab": "mnic_ops.capabilities.fstab:fstab_cmd",
+    "clean": "mnic_ops.capabilities.clean:clean_cmd",
+    "cron": "mnic_ops.capabilities.cron:cron_cmd",
+    "watch": "mnic_ops.capabilities.watch:watch_cmd",
+    "provision": "mnic_ops.capabilities.provision:provision_cmd",
+    "verify": "mnic_ops.capabilities.provision:verify_cmd",
+    "doctor": "mnic_ops.capabilities.doctor:doctor_cmd",
+    "status": "mnic_ops.capabilities.status:status_cmd",
+    "completion": "mnic_ops.capabilities.completion:completion_cmd",
+    "manpage": "mnic_ops.capabilities.completion:manpage_cmd",
 }
 
 
@@ -105,7 +105,7 @@ def cli(ctx: click.Context, root: str, config_path: str | None, config_from: str
     Every change can be previewed with --check (and --diff), is logged, and is recorded
     for `mnic-ops undo`.
     """
-    from mnic_ops.hostroot import HostRoot
+    from mnic_ops.core.hostroot import HostRoot
 
     # The terminal gets warnings (-v: info, -vv: debug); the root logger passes
     # everything on so that the apply log file can take INFO whatever the terminal shows.
@@ -138,7 +138,7 @@ def _finish(ctx: click.Context, /, rv: Any, **_: Any) -> Any:
             click.echo(f"mnic-ops: error: {f.text()}", err=True)
         code = rv = app.failures.exit_code(code)
     if app.json and app.result is not None:
-        from mnic_ops.output import document, error_entry, print_document
+        from mnic_ops.core.app import document, error_entry, print_document
 
         data = dict(app.result)
         if app.failures.active:
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def fail(code: int, exc: BaseException, text: str) -> None:
         if as_json:
-            from mnic_ops.output import error_document
+            from mnic_ops.core.app import error_document
 
             error_document(_command_name(args), code, exc, text)
         else:

@@ -93,7 +93,7 @@ def fake_root(tmp_path: Path) -> Path:
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     """tests/infra is a testinfra suite for a provisioned host: collected only when
-    pointed at one with --hosts (tests/test_provision_host.py does that in CI)."""
+    pointed at one with --hosts (tests/capabilities/test_provision_host.py does that in CI)."""
     if "infra" in collection_path.parts and collection_path.parent.name != "fixtures" \
             and not config.getoption("hosts", default=None):
         return True

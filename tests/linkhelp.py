@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mnic_ops import linkrecords
-from mnic_ops.hostroot import HostRoot
+from mnic_ops.core.hostroot import HostRoot
+from mnic_ops.facts import linkrecords
 
 
 def relocate_by_hand(root: Path, project: str, rel: str, target: str, kind: str,

@@ -16,9 +16,9 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from mnic_ops.cli import LAZY_COMMANDS, cli
+from tests.capabilities.test_watch import Watcher, settle_env
 from tests.conftest import REPO, run_mnic
 from tests.hosttree import PROJECT, break_install, build_host, pending_journal
-from tests.test_watch import Watcher, settle_env
 
 SCHEMA = json.loads((REPO / "docs/json-schema.json").read_text())
 VALIDATOR = Draft202012Validator(SCHEMA)

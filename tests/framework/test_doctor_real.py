@@ -1,5 +1,5 @@
 """doctor's compression finding on an install the real framework made: it reports what
-``clean`` would compress (the one data-folder policy, :func:`mnic_ops.policy.due`) and
+``clean`` would compress (the one data-folder policy, :func:`mnic_ops.facts.policy.due`) and
 nothing else, so that running the fix it names clears it. Files clean rightly leaves
 alone (thinking logs whose config turns compression off, files the framework reads back
 by name, classes whose expiry is the retention it declares) are never a finding: such a

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from mnic_ops import config
-from mnic_ops.errors import InputError
-from mnic_ops.hostroot import HostRoot
+from mnic_ops.core import config
+from mnic_ops.core.errors import InputError
+from mnic_ops.core.hostroot import HostRoot
 from tests.conftest import run_mnic
 
 
@@ -110,7 +110,7 @@ def test_valid_values_still_load(fake_root: Path) -> None:
     assert c["tiers.server.clean.sessions.compress_after_days"] == 3.0
     assert c["clean.level"] == 9 and c["ssd_path"] == ""
     # the tier's clean/cron tables are not tier values: render accepts them
-    from mnic_ops import tiers
+    from mnic_ops.capabilities import tiers
 
     table = tiers.load_table([tiers.shipped_templates()])
     assert tiers.effective(table, "server", c)["max_agents"] == 4

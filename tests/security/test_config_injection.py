@@ -60,7 +60,7 @@ def test_cron_file_holds_exactly_the_two_jobs(root: Path) -> None:
     log = "/var/log/mnic ops \"100%\" 'x'.log"
     (root / "etc/mnic-ops/config.toml").write_text(
         'search_paths = []\n[cron]\nlog = "' + log.replace('"', '\\"') + '"\n')
-    from mnic_ops import quoting
+    from mnic_ops.core import quoting
 
     r = mnic(root, "cron", "install", "--system")
     assert r.code == 0, r.err

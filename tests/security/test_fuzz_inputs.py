@@ -19,9 +19,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mnic_ops import config, quoting
-from mnic_ops.errors import InputError
-from mnic_ops.hostroot import HostRoot
+from mnic_ops.core import config, quoting
+from mnic_ops.core.errors import InputError
+from mnic_ops.core.hostroot import HostRoot
 from tests.security.inputs_support import mnic_inprocess, snapshot
 from tests.testhost import write_project
 

@@ -1,4 +1,4 @@
-"""The quoting layer (mnic_ops/quoting.py) cannot add a line or a directive.
+"""The quoting layer (mnic_ops/core/quoting.py) cannot add a line or a directive.
 
 Property tests over printable and control characters: every value either reads back
 exactly as given through a model of the program that reads the file (POSIX sh, cron's
@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mnic_ops import quoting
-from mnic_ops.quoting import UnsafeValue
+from mnic_ops.core import quoting
+from mnic_ops.core.quoting import UnsafeValue
 
 # Printable text, every control character, the Unicode line breaks, undecodable bytes
 # (surrogateescape) and the characters each file format treats specially.
@@ -171,8 +171,8 @@ def test_python_crontab_writes_the_percent_rule() -> None:
 # --- the builders ------------------------------------------------------------------------
 
 def _app(tmp: Path) -> object:
-    from mnic_ops.hostroot import HostRoot
-    from mnic_ops.output import AppContext
+    from mnic_ops.core.app import AppContext
+    from mnic_ops.core.hostroot import HostRoot
 
     root = tmp / "host"
     for d in ("etc/cron.d", "etc/mnic-ops", "proc", "sys"):
@@ -189,7 +189,7 @@ def test_cron_install_writes_exactly_two_jobs_or_nothing(tmp_path: Path, value: 
     """Whatever cron.log holds (even a value the config loader would refuse, set here
     behind its back), the planned /etc/cron.d/mnic-ops has the header, MAILTO, SHELL
     and exactly our two jobs, each logging to exactly that path; or it is refused."""
-    from mnic_ops import cron
+    from mnic_ops.capabilities import cron
 
     app = _app(tmp_path)
     log = "/var/log/" + value
@@ -219,7 +219,7 @@ def test_unit_has_its_directives_only(tmp_path: Path, value: str) -> None:
     """A data folder name (a user can create any) and the config path: the unit keeps
     the same directives, the folder is writable under its exact name or left out with a
     comment, and a config path that cannot be written refuses the unit."""
-    from mnic_ops import watch
+    from mnic_ops.capabilities import watch
 
     app = _app(tmp_path)
     path = "/home/u/" + value
@@ -256,7 +256,7 @@ def test_unit_has_its_directives_only(tmp_path: Path, value: str) -> None:
 
 
 def _system_template(name: str, ctx: dict[str, object]) -> str:
-    from mnic_ops import render, tiers
+    from mnic_ops.capabilities import render, tiers
 
     return render.Templates([tiers.shipped_templates()]).render(name, ctx)
 

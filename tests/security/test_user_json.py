@@ -174,7 +174,7 @@ open(base + "/.claude/agents/deep.md", "w").write("---\\nx: " + "[" * 5000 + "\\
 def test_bounded_parser_fast_path_keeps_every_refusal(doc: str, where: str) -> None:
     """The bounded parser lets the C parser go first and scans only on a refusal or a
     deep result: the refusals and their places are those of the scan."""
-    from mnic_ops import userjson
+    from mnic_ops.core import userjson
 
     with pytest.raises(userjson.UserDataError) as ei:
         userjson.parse(doc, "f")
@@ -189,7 +189,7 @@ def test_a_value_error_past_the_parsers_fails_that_install_only() -> None:
     import os
     from types import SimpleNamespace
 
-    from mnic_ops import installfail
+    from mnic_ops.core import installfail
 
     app = SimpleNamespace(failures=installfail.InstallFailures())
     with installfail.guard(app, "/home/a/app", "clean"):  # type: ignore[arg-type]

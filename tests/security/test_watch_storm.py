@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 
-from mnic_ops import watchstate
-from mnic_ops.hostroot import HostRoot
+from mnic_ops.core.hostroot import HostRoot
+from mnic_ops.facts import watchstate
+from tests.capabilities.test_watch import Watcher, payload, settle_env
 from tests.cleanhelp import PROJECT, make_project, write_config
 from tests.conftest import require
 from tests.security.stormhelp import (
@@ -36,7 +37,6 @@ from tests.security.stormhelp import (
     stop_storm,
     user_python,
 )
-from tests.test_watch import Watcher, payload, settle_env
 
 SETTLE = 2.0  # settle time of every class in these tests
 POLL = 1.0  # the polling observer's interval
@@ -205,7 +205,7 @@ def test_polling_never_lists_through_a_swapped_link() -> None:
 
 DRIVER = r"""
 import os, sys, threading
-from mnic_ops import watch
+from mnic_ops.capabilities import watch
 fault, trigger = os.environ["WATCHFS_FAULT"], os.environ["WATCHFS_TRIGGER"]
 fired = []
 
@@ -216,7 +216,7 @@ def armed():
     return True
 
 if fault == "inotify-dies":
-    from mnic_ops import treewatch
+    from mnic_ops.engines import treewatch
     parse = treewatch.TreeWatch._parse
     def _parse(self, data):
         if armed():
@@ -224,7 +224,7 @@ if fault == "inotify-dies":
         return parse(self, data)
     treewatch.TreeWatch._parse = _parse
 elif fault == "inotify-stalls":
-    from mnic_ops import treewatch
+    from mnic_ops.engines import treewatch
     watch.READER_STALL = 2.0
     read = treewatch.TreeWatch._read
     def _read(self):
@@ -290,8 +290,8 @@ def test_an_observer_that_keeps_dying_is_restarted_ever_more_slowly(
     """A cause that persists (a config value that kills the thread at once, a user who
     keeps breaking it) must not make the watcher spin: 3 restarts at once, then
     2, 4, 8 ... seconds apart, at most 5 minutes; the window forgets old restarts."""
-    from mnic_ops import watch
-    from mnic_ops.output import AppContext
+    from mnic_ops.capabilities import watch
+    from mnic_ops.core.app import AppContext
 
     root = tmp_path / "host"
     (root / "etc").mkdir(parents=True)

@@ -53,7 +53,7 @@ def test_classes_file_is_the_shared_definition() -> None:
         assert (c.memory_mb, c.cpus, c.chassis) == (raw[name]["memory_mb"],
                                                     raw[name]["cpus"], raw[name]["chassis"])
     # The chassis types decide the intended class in mnic-ops itself.
-    from mnic_ops.hostclass import CHASSIS_CLASS
+    from mnic_ops.facts.hostclass import CHASSIS_CLASS
     assert {n: CHASSIS_CLASS[c.chassis] for n, c in classes.items()} == \
         {n: n for n in classes}
 
