@@ -62,7 +62,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mnic_ops.capabilities import clean
 from mnic_ops.capabilities.protocol import (
     ProvisionContext,
     ProvisionStep,
@@ -73,6 +72,7 @@ from mnic_ops.changes.model import OK, ApplyContext, Item, Undo, undo_handler, u
 from mnic_ops.core import installfail, quoting, safefs
 from mnic_ops.core.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, InputError, OpsError
 from mnic_ops.engines import compress, datatree
+from mnic_ops.engines.cleanjobs import engine, open_tree, printable
 from mnic_ops.facts import inotify, linkrecords, policy, watchstate
 from mnic_ops.facts.projects import DATA_KINDS, Project, human
 
@@ -197,7 +197,7 @@ def build_roots(app: AppContext, projects: Sequence[Project],
                           link_ident=_lident(d.path))
             loc = linkrecords.locate(app.root, p, kind, records)
             if loc.state == linkrecords.REFUSED:
-                r.state, r.note = REFUSED, clean.printable(loc.note)
+                r.state, r.note = REFUSED, printable(loc.note)
             else:
                 r.prefix, r.parts, r.owner = loc.prefix, loc.parts, loc.owner
                 r.base_ident = loc.base_ident
@@ -232,7 +232,7 @@ def prepare_root(app: AppContext, r: WatchRoot, mounts: list[Mount], force_poll:
         elif exc.errno in (errno.ELOOP, errno.ENOTDIR):
             r.state, r.note = REFUSED, "a symlink is in the way: not followed"
         elif exc.errno == errno.EPERM:
-            r.state, r.note = REFUSED, clean.printable(exc.strerror or "not followed")
+            r.state, r.note = REFUSED, printable(exc.strerror or "not followed")
         else:
             r.state, r.note = REFUSED, f"cannot open: {exc.strerror}"
         return
@@ -259,7 +259,7 @@ def count_dirs(app: AppContext, r: WatchRoot) -> int:
     """Folders below (and including) a data folder: one inotify watch each
     (:func:`mnic_ops.engines.datatree.count_folders`, the one count doctor and render use)."""
     try:
-        top = clean.open_tree(app.root, r.prefix or "/", r.parts, r.base_ident)
+        top = open_tree(app.root, r.prefix or "/", r.parts, r.base_ident)
     except OSError:
         return 0
     try:
@@ -453,7 +453,7 @@ class Daemon:
 
         app = app or self.app
         cfg = app.config
-        eng = clean.engine(cfg)
+        eng = engine(cfg)
         tier = policy.tier_clean(app)
         poll_seconds = float(cfg.get("watch.poll_seconds", 30.0))
         rescan_every = float(cfg.get("watch.rescan_minutes", 60.0)) * 60.0
@@ -561,7 +561,7 @@ class Daemon:
         root, prefix, parts, base = self.app.root, r.prefix or "/", r.parts, r.base_ident
 
         def opener(below: tuple[str, ...]) -> int:
-            return clean.open_tree(root, prefix, parts + below, base)
+            return open_tree(root, prefix, parts + below, base)
 
         return opener
 
@@ -579,7 +579,7 @@ class Daemon:
             p = parent
             r = self.poll_roots.get(p)
         try:
-            fd = clean.open_tree(self.app.root, r.prefix or "/",
+            fd = open_tree(self.app.root, r.prefix or "/",
                               r.parts + (tuple(rel.split("/")) if rel else ()), r.base_ident)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
@@ -673,9 +673,9 @@ class Daemon:
         self.storm_polled += 1
         self.stormers.pop(r.real, None)
         self.notice("polling", logging.WARNING,
-                    f"{clean.printable(r.host_path)}: {why}; polling it every "
+                    f"{printable(r.host_path)}: {why}; polling it every "
                     f"{self.poll_seconds:g}s from now on (until the watcher restarts or "
-                    "reloads)", path=clean.printable(r.host_path), kind=r.kind, reason=why)
+                    "reloads)", path=printable(r.host_path), kind=r.kind, reason=why)
         if r.state == WATCHING:
             self.rescan(r, "", "since_start")
 
@@ -778,7 +778,7 @@ class Daemon:
         them), then watch every ready root."""
         for r in self.roots:
             if r.state == REFUSED:
-                log.warning("%s: not watched: %s", clean.printable(r.host_path), r.note)
+                log.warning("%s: not watched: %s", printable(r.host_path), r.note)
         need = sum(r.dirs for r in self.roots if r.state == READY and not r.poll)
         if need and not self.force_poll:
             limits = read_limits(self.app.root)
@@ -866,7 +866,7 @@ class Daemon:
         heapq.heappush(self.heap, (due, next(self.seq), key))
         if self.verbose:
             log.info("%s: %s; compress after %s quiet", why,
-                     clean.printable(f"{r.host_path}/{rel}"), _dur(r.settle))
+                     printable(f"{r.host_path}/{rel}"), _dur(r.settle))
 
     def _reschedule(self, key: Key, due: float) -> None:
         self.pending[key] = due
@@ -908,7 +908,7 @@ class Daemon:
         (--once-settled). ``recover`` also finishes temporaries a killed run left."""
         parts = r.parts + tuple(sub.split("/")) if sub else r.parts
         try:
-            top = clean.open_tree(self.app.root, r.prefix or "/", parts, r.base_ident)
+            top = open_tree(self.app.root, r.prefix or "/", parts, r.base_ident)
         except OSError:
             return
         stale: dict[str, list[str]] = {}
@@ -951,14 +951,14 @@ class Daemon:
             for rd, names in stale.items():
                 parts = r.parts + tuple(rd.split("/")) if rd else r.parts
                 try:
-                    dfd = clean.open_tree(self.app.root, r.prefix or "/", parts, r.base_ident)
+                    dfd = open_tree(self.app.root, r.prefix or "/", parts, r.base_ident)
                 except OSError:
                     continue
                 try:
                     for n in names:
                         o = compress.recover_stale(dfd, n, compress.Options(dev=r.dev))
                         if o.state in (compress.RECOVERED, compress.FINISHED):
-                            log.info("%s: %s", clean.printable(f"{r.host_path}/{rd}/{n}"),
+                            log.info("%s: %s", printable(f"{r.host_path}/{rd}/{n}"),
                                      o.detail)
                 finally:
                     os.close(dfd)
@@ -1008,7 +1008,7 @@ class Daemon:
             try:
                 self._compress_group(r, reldir, names)
             except OSError as exc:  # the folder itself (EIO, ...): try again later
-                log.warning("%s: %s; retrying in %s", clean.printable(f"{r.host_path}/{reldir}"),
+                log.warning("%s: %s; retrying in %s", printable(f"{r.host_path}/{reldir}"),
                             exc.strerror or exc, _dur(max(r.settle, 60)))
                 for n in names:
                     self._reschedule((real, reldir, n), time.time() + max(r.settle, 60))
@@ -1020,25 +1020,25 @@ class Daemon:
         with compress.project_lock(self.app.root, r.project.host_path) as got:
             if not got:
                 log.info("%s: another pass holds the lock; retrying in %gs",
-                         clean.printable(r.project.host_path), LOCK_RETRY)
+                         printable(r.project.host_path), LOCK_RETRY)
                 for n in names:
                     self._reschedule((r.real, reldir, n), time.time() + LOCK_RETRY)
                 return
             parts = r.parts + tuple(reldir.split("/")) if reldir else r.parts
             try:
-                dfd = clean.open_tree(self.app.root, r.prefix or "/", parts, r.base_ident)
+                dfd = open_tree(self.app.root, r.prefix or "/", parts, r.base_ident)
             except OSError as exc:
                 if exc.errno == errno.ESTALE:
                     self.next_root_check = 0.0  # the install was replaced: rebuild it
                 if exc.errno != errno.ENOENT:
-                    log.info("%s: not entered: %s", clean.printable(f"{r.host_path}/{reldir}"),
+                    log.info("%s: not entered: %s", printable(f"{r.host_path}/{reldir}"),
                              "a symlink is in the way" if exc.errno in
                              (errno.ELOOP, errno.ENOTDIR) else exc.strerror)
                 return
             try:
                 if os.fstat(dfd).st_dev != r.dev:
                     log.info("%s: on another filesystem; not entered",
-                             clean.printable(f"{r.host_path}/{reldir}"))
+                             printable(f"{r.host_path}/{reldir}"))
                     return
                 for i in range(0, len(names), self.engine.batch):
                     if self.stopping:
@@ -1059,7 +1059,7 @@ class Daemon:
         except Interrupted:
             self.interruptible = False
             log.warning("stopping: rolled back the archive(s) being written for %s",
-                        ", ".join(clean.printable(f"{r.host_path}/{reldir}/{n}".replace("//", "/"))
+                        ", ".join(printable(f"{r.host_path}/{reldir}/{n}".replace("//", "/"))
                                   for n in names[:3]) + (" ..." if len(names) > 3 else ""))
             for n in names:
                 self._reschedule((r.real, reldir, n), time.time())
@@ -1071,7 +1071,7 @@ class Daemon:
 
     def _outcome(self, r: WatchRoot, reldir: str, dfd: int, o: compress.Outcome) -> None:
         rel = f"{reldir}/{o.name}" if reldir else o.name
-        shown = clean.printable(f"{r.host_path}/{rel}")
+        shown = printable(f"{r.host_path}/{rel}")
         key = (r.real, reldir, o.name)
         now = time.time()
         if o.state in (compress.COMPRESSED, compress.FINISHED):
@@ -1082,7 +1082,7 @@ class Daemon:
             extra: dict[str, Any] = {}
             note = ""
             if o.kept_as:  # a collision resolved (see mnic_ops.engines.compress.keep_numbered)
-                kept = clean.printable(posixpath.join(posixpath.dirname(
+                kept = printable(posixpath.join(posixpath.dirname(
                     f"{r.host_path}/{rel}"), o.kept_as))
                 extra["kept_as"] = kept
                 note = f"; the older {shown}.gz had other content: kept as {kept}"
@@ -1131,7 +1131,7 @@ class Daemon:
                 f"{UNIT_NAME}): run `mnic-ops watch --install-unit` (or provision) and "
                 "restart the service") if self.service else "the filesystem is read-only"
         log.error("%s: read-only here; no longer compressed there: %s",
-                  clean.printable(r.host_path), hint)
+                  printable(r.host_path), hint)
         self._unschedule(r)
         r.state, r.note = READ_ONLY, hint
         self._index()
@@ -1182,13 +1182,13 @@ class Daemon:
             proj = load_project(self.app.root, host, old[0].project.layout)
             new = self._setup_roots([proj])
         except (OSError, OpsError) as exc:
-            log.warning("%s: cannot re-read the install: %s", clean.printable(host), exc)
+            log.warning("%s: cannot re-read the install: %s", printable(host), exc)
             return
         fresh = [r for r in new if r.state == READY and before.get(r.kind) != (r.real, r.ident)]
         if fresh and self.service:
             log.warning("%s: data folder(s) %s appeared or were re-created; restarting so "
                         "that the service's sandbox lets it write there",
-                        clean.printable(host), ", ".join(r.kind for r in fresh))
+                        printable(host), ", ".join(r.kind for r in fresh))
             self.exit_code, self.stopping = EXIT_RESTART, True
             return
         for r in old:
@@ -1198,14 +1198,14 @@ class Daemon:
             if r.state == READY:
                 self._schedule(r)
             if r.state == REFUSED:
-                log.warning("%s: not watched: %s", clean.printable(r.host_path), r.note)
+                log.warning("%s: not watched: %s", printable(r.host_path), r.note)
         self._index()
         live = set(self.by_real)
         for key in [k for k in self.pending if k[0] not in live]:
             del self.pending[key]
         for r in new:
             if r.state == WATCHING and any(r is f for f in fresh):
-                log.info("%s: watching again", clean.printable(r.host_path))
+                log.info("%s: watching again", printable(r.host_path))
                 self.rescan(r, "", "new")
 
     # -- reload, pending across restarts --------------------------------------------------
@@ -1449,7 +1449,7 @@ def preflight(app: AppContext, names: Sequence[str], poll: bool) -> int:
     from mnic_ops.facts.projects import select_projects
 
     projects = select_projects(app, names)
-    clean.engine(app.config)  # the config is checked as the watcher checks it
+    engine(app.config)  # the config is checked as the watcher checks it
     tier = policy.tier_clean(app)
     mounts = hostfacts.mounts(app.root, hostfacts.Absent())
     force = poll or bool(app.config.get("watch.poll", False))
@@ -1480,7 +1480,7 @@ def preflight(app: AppContext, names: Sequence[str], poll: bool) -> int:
             what = (f"{r.dirs} folders, {'polling' if r.poll else 'inotify'}"
                     + (", network filesystem" if r.network else "")) \
                 if r.state == READY else r.state + (f": {r.note}" if r.note else "")
-            lines.append(f"{clean.printable(r.host_path)} ({r.kind}, settle "
+            lines.append(f"{printable(r.host_path)} ({r.kind}, settle "
                          f"{_dur(r.settle)}): {what}")
         if problem:
             lines.append(f"{problem}: the watcher would fall back to polling. To use "
@@ -1536,7 +1536,7 @@ def writable_paths(app: AppContext, projects: Sequence[Project],
     under its own name and, for relocated data, its link's target (absent ones too, they
     may appear), plus ``extra`` (the relocation target when provision is about to move
     data there, so that the unit is the same before and after the move)."""
-    clean.engine(app.config)  # a bad config is refused here as where the watcher starts
+    engine(app.config)  # a bad config is refused here as where the watcher starts
     roots = build_roots(app, projects, policy.tier_clean(app))
     ok = [r for r in roots if r.prefix is not None and r.state != REFUSED]
     paths = sorted({r.target_host for r in ok} | {r.host_path for r in ok}

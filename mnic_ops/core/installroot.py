@@ -8,7 +8,7 @@ and she may rename one and put a link to another user's folder in its place. So 
 open of the install root, and of anything below it, checks the descriptor it opened
 (``fstat``) against the recorded identity: :func:`check` where a folder is opened from
 its prefix (:func:`mnic_ops.facts.linkrecords.open_folder`,
-:func:`mnic_ops.capabilities.clean.open_tree`:
+:func:`mnic_ops.engines.cleanjobs.open_tree`:
 clean, its workers, the watcher, doctor, fstab, projects), ``base_ident`` where
 :mod:`mnic_ops.core.safefs` opens below it (framework configs, retention's task index,
 render's reads and writes through :mod:`mnic_ops.changes.filechange`, relocate's

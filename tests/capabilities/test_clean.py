@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mnic_ops.capabilities import clean
 from mnic_ops.core.config import load
 from mnic_ops.core.hostroot import HostRoot
-from mnic_ops.engines import compress
+from mnic_ops.engines import cleanjobs, compress
+from mnic_ops.facts.policy import resolve_policy
 from mnic_ops.facts.projects import PROTECTED_NAMES, load_project
 from tests.cleanhelp import (
     DAY,
@@ -128,7 +128,7 @@ def test_policy_layers(fake_root: Path) -> None:
                             "[clean.sessions]\npatterns = ['*.txt']\n")
     root = HostRoot.open(fake_root)
     cfg = load(root, env={})
-    pol = clean.resolve_policy(cfg, load_project(root, PROJECT, "project"))
+    pol = resolve_policy(cfg, load_project(root, PROJECT, "project"))
     th = pol["thinking_logs"]
     assert (th.compress_after_days, th.delete_after_days) == (3, 60)
     assert th.sources["compress_after_days"] == "framework"
@@ -193,7 +193,7 @@ def test_textfile_labels_survive_hostile_install_names(fake_root: Path) -> None:
     fams = {f.name: f for f in text_string_to_metric_families(
         (tdir / "clean.prom").read_text())}
     labels = [s.labels for s in fams["mnic_ops_clean_bytes_saved"].samples if s.labels]
-    assert labels == [{"project": clean.printable(odd)}], labels
+    assert labels == [{"project": cleanjobs.printable(odd)}], labels
 
 
 def test_second_pass_skips_while_the_lock_is_held(fake_root: Path) -> None:

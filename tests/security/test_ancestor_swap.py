@@ -176,12 +176,12 @@ def test_every_open_of_a_replaced_install_is_refused(host: NsHost,
     reads and writes (filechange beneath=), relocate's places (treemove), doctor's
     measuring child, the watcher, and a framework config read after the swap. All
     refuse (ESTALE, "replaced"), and Bob's install is byte for byte as it was."""
-    from mnic_ops.capabilities import clean, doctor, watch
+    from mnic_ops.capabilities import doctor, watch
     from mnic_ops.changes import filechange
     from mnic_ops.core import installroot, safefs
     from mnic_ops.core.app import AppContext
     from mnic_ops.core.hostroot import HostRoot
-    from mnic_ops.engines import retention, treemove
+    from mnic_ops.engines import cleanjobs, cleanpass, retention, treemove
     from mnic_ops.facts import fwconfig, linkrecords
     from mnic_ops.facts.policy import Declared
     from mnic_ops.facts.projects import select_projects
@@ -213,9 +213,9 @@ def test_every_open_of_a_replaced_install_is_refused(host: NsHost,
         loc = linkrecords.locate(root, proj, "thinking_logs")
         assert loc.state == linkrecords.FOLDER and loc.owner == alice.uid
         refused("locate/open_location", lambda: linkrecords.open_location(root, loc))
-        refused("clean worker", lambda: clean.open_tree(root, proj.host_path,
-                                                     ("project_archive",), proj.ident))
-        refused("pass", lambda: clean.Pass(app, check=False, only="expire").run_project(
+        refused("clean worker", lambda: cleanjobs.open_tree(root, proj.host_path,
+                                                         ("project_archive",), proj.ident))
+        refused("pass", lambda: cleanpass.Pass(app, check=False, only="expire").run_project(
             proj, None))
         decl = Declared()
         decl.set("task_results", "retention_days", 1.0, "test")
