@@ -24,7 +24,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "detect": "mnic_ops.capabilities.host:detect_cmd",
     "undo": "mnic_ops.capabilities.host:undo_cmd",
     "config": "mnic_ops.capabilities.host:config_cmd",
-    "projects": "mnic_ops.facts.projects:projects_cmd",
+    "projects": "mnic_ops.capabilities.projects:projects_cmd",
     "render": "mnic_ops.capabilities.render:render_cmd",
     "relocate": "mnic_ops.capabilities.relocate:relocate_cmd",
     "fstab": "mnic_ops.capabilities.fstab:fstab_cmd",

@@ -43,7 +43,6 @@ KNOWN_LARGE: dict[str, int] = {
     "mnic_ops/engines/compress.py": 1043,
     "mnic_ops/engines/retention.py": 933,
     "mnic_ops/engines/treemove.py": 1621,
-    "mnic_ops/facts/projects.py": 753,
 }
 
 # Private names used across modules today: (user file, "module._name"). Make the name

@@ -73,7 +73,7 @@ from mnic_ops.core import installfail, quoting, safefs
 from mnic_ops.core.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, InputError, OpsError
 from mnic_ops.engines import compress, datatree
 from mnic_ops.engines.cleanjobs import engine, open_tree, printable
-from mnic_ops.facts import inotify, linkrecords, policy, watchstate
+from mnic_ops.facts import inotify, linkrecords, policy, projectargs, watchstate
 from mnic_ops.facts.projects import DATA_KINDS, Project, human
 
 if TYPE_CHECKING:
@@ -1883,7 +1883,7 @@ def watch_cmd(app: AppContext, poll: bool, once_settled: bool, install_unit: boo
     """
     from mnic_ops.changes.model import Plan
     from mnic_ops.changes.run import run_plan
-    from mnic_ops.facts.projects import resolve_args, select_projects
+    from mnic_ops.facts.projects import select_projects
 
     if install_unit and remove_unit:
         raise InputError("give --install-unit or --remove-unit, not both")
@@ -1893,7 +1893,7 @@ def watch_cmd(app: AppContext, poll: bool, once_settled: bool, install_unit: boo
                              "not to --install-unit/--remove-unit")
         if install_unit:
             # the unit runs from /, not from here: relative paths become host paths
-            args = resolve_args(app, names)
+            args = projectargs.resolve_args(app, names)
             extra = [*(["--poll"] if poll else []), *(["--", *args] if args else [])]
             items = plan_unit(app, select_projects(app, names), extra)
             cmd = "watch --install-unit"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +12,8 @@ from mnic_ops.core.app import AppContext
 from mnic_ops.core.config import load
 from mnic_ops.core.errors import InputError
 from mnic_ops.core.hostroot import HostRoot
-from mnic_ops.facts import projects
-from tests.conftest import REPO, require, run_mnic, write_tree
+from mnic_ops.facts import datameasure, projects
+from tests.conftest import run_mnic, write_tree
 from tests.linkhelp import record
 
 
@@ -117,15 +115,15 @@ def test_data_map_paths_links_and_checkpoint_store(fake_root: Path, caplog:
     assert logs.is_link and logs.exists
     assert logs.link_target == "/mnt/ssd/my-name-is-claude/sessions"
     # A link mnic-ops did not make is not followed: nothing is measured through it ...
-    assert projects.measure(logs, p) == (0, 0)
-    assert projects.data_top(logs, p) is None
+    assert datameasure.measure(logs, p) == (0, 0)
+    assert datameasure.data_top(logs, p) is None
     # ... a link relocate made (in its record) is: the relocated data, at its target.
     record(fake_root, "/home/alice/p", "project_archive/logs",
            "/mnt/ssd/my-name-is-claude/sessions", "logs", p.uid, p.gid,
            dest_base="/mnt/ssd", dest_rel="my-name-is-claude/sessions")
-    assert projects.measure(logs, p) == (8, 2)
-    assert projects.data_top(logs, p) == str(ssd)
-    assert projects.measure(logs) == (0, 0)  # without its install: never followed
+    assert datameasure.measure(logs, p) == (8, 2)
+    assert datameasure.data_top(logs, p) == str(ssd)
+    assert datameasure.measure(logs) == (0, 0)  # without its install: never followed
     assert not d["sessions"].is_link and d["sessions"].link_target is None
 
     # A relative link is made absolute; ".." cannot climb above the root.
@@ -143,16 +141,6 @@ def test_data_map_paths_links_and_checkpoint_store(fake_root: Path, caplog:
     assert "outside the install" in caplog.text
 
 
-def test_measure_follows_no_symlink(tmp_path: Path) -> None:
-    d = write_tree(tmp_path / "d", {"a": "1" * 10, "sub/b": "2" * 5, "sub/deeper/c": ""})
-    big = write_tree(tmp_path / "outside", {"big": "x" * 10000})
-    (d / "sub/link").symlink_to(big / "big")
-    (d / "dirlink").symlink_to(big)
-    hr = HostRoot.open(tmp_path)
-    dd = projects.data_dir(hr, "logs", "/d")
-    assert projects.measure(dd) == (15, 3)
-
-
 def test_owner_names_come_from_the_roots_own_files(fake_root: Path) -> None:
     base = make_install(fake_root / "home/alice/p")
     uid, gid = os.getuid(), os.getgid()
@@ -165,20 +153,6 @@ def test_owner_names_come_from_the_roots_own_files(fake_root: Path) -> None:
                            "etc/group": f"devs:x:{gid}:\n"})
     (p,) = find(fake_root)
     assert (p.uid, p.gid, p.user, p.group) == (uid, gid, "alice", "devs")
-
-
-def test_other_filesystems_are_not_searched(fake_root: Path) -> None:
-    require("unshare")
-    make_install(fake_root / "srv/local")
-    mnt = fake_root / "srv/mounted"
-    mnt.mkdir()
-    script = (f"mount -t tmpfs none {mnt} && mkdir -p {mnt}/p/.claude/agents {mnt}/p/.ai-tools"
-              f" && {sys.executable} -m mnic_ops --root {fake_root} --json projects")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                       capture_output=True, text=True, env=env, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert [p["root"] for p in json.loads(r.stdout)["projects"]] == ["/srv/local"]
 
 
 def test_select_projects(fake_root: Path) -> None:
@@ -202,81 +176,7 @@ def test_select_projects(fake_root: Path) -> None:
         projects.select_projects(app, ["/data"])
 
 
-def test_projects_command_text_and_json(fake_root: Path) -> None:
-    make_install(fake_root / "home/alice/p", version="3.9.1")
-    r = run_mnic("--root", str(fake_root), "projects", "--json")
-    assert r.code == 0, r.err
-    (row,) = json.loads(r.out)["projects"]
-    assert row["root"] == "/home/alice/p" and row["version"] == "3.9.1"
-    sessions = row["data"]["sessions"]
-    assert (sessions["bytes"], sessions["files"]) == (1008, 2)
-    assert row["data"]["checkpoints"]["exists"] is False
-    r = run_mnic("--root", str(fake_root), "projects")
-    assert r.code == 0, r.err
-    assert "/home/alice/p" in r.out and "1008 B in 2 files" in r.out
-    r = run_mnic("--root", str(fake_root), "projects", "nope")
-    assert r.code == 2 and "nope: no such framework install" in r.err
-    assert "Traceback" not in r.err
-    write_config(fake_root, 'search_paths = ["relative/path"]\n')
-    r = run_mnic("--root", str(fake_root), "projects")
-    assert r.code == 2 and "not an absolute path" in r.err
-
-
-@pytest.mark.slow
-def test_ten_thousand_folders_three_installs(tmp_path: Path) -> None:
-    """The benchmark's tree (look-alikes, node_modules, .git, a virtualenv): exactly the
-    three installs are found. Timing lives in benchmarks/projects_search.py."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "projects_search", REPO / "benchmarks" / "projects_search.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    root = tmp_path / "host"
-    want = bench.build(root, 10_000)
-    assert sum(1 for _ in os.walk(root)) >= 9_900
-    assert sorted(p.host_path for p in find(root)) == sorted(want)
-
-
 # --- the data map from the framework's code (issue 14) -------------------------------
-
-README_3_10 = ("# Claude Code Multi-Agent Framework\n\n[![Version](https://img.shields.io/"
-               "badge/Version-3.10.0-FF6B35)](CHANGELOG.md)\n\n**Current Version:** 3.10.0 "
-               "| **Release Date:** October 17, 2025\n")
-CHANGELOG_3_10 = "# Changelog\n\n## [3.10.0] - 2025-10-17\n\n## [3.9.0] - 2025-01-16\n"
-
-
-@pytest.mark.parametrize(("files", "version", "sources"), [
-    # as the copy script installs it: the stale VERSION beside the real release notes
-    ({"VERSION": "3.2.1\n", "FRAMEWORK_README.md": README_3_10,
-      "FRAMEWORK_CHANGELOG.md": CHANGELOG_3_10}, "3.10.0",
-     {"FRAMEWORK_README.md": "3.10.0", "FRAMEWORK_CHANGELOG.md": "3.10.0", "VERSION": "3.2.1"}),
-    # the README gone: the changelog's newest entry
-    ({"VERSION": "3.2.1\n", "FRAMEWORK_CHANGELOG.md": "## [3.3.0] - 2025-10-05\n"}, "3.3.0",
-     {"FRAMEWORK_CHANGELOG.md": "3.3.0", "VERSION": "3.2.1"}),
-    # only configs: framework_version, else the newest component version (a lower bound)
-    ({"VERSION": "3.2.1\n", ".claude/config/extended-thinking-config.json":
-      '{"version": "1.0.0", "framework_version": "3.10.0"}'}, "3.10.0",
-     {".claude/config/extended-thinking-config.json framework_version": "3.10.0",
-      "VERSION": "3.2.1"}),
-    ({".claude/config/checkpoint-config.json": '{"version": "3.7.0"}',
-      ".claude/config/parallel-agents-config.json": '{"version": "3.8.0"}'}, "3.8.0",
-     {".claude/config/checkpoint-config.json version": "3.7.0",
-      ".claude/config/parallel-agents-config.json version": "3.8.0"}),
-    ({"VERSION": "3.2.1\n"}, "3.2.1", {"VERSION": "3.2.1"}),  # nothing better to go by
-    ({}, None, {}),
-])
-def test_version_comes_from_the_release_notes_not_the_stale_version_file(
-        fake_root: Path, files: dict[str, str], version: str | None,
-        sources: dict[str, str]) -> None:
-    make_install(fake_root / "home/alice/p", extra=files)
-    (p,) = find(fake_root)
-    assert p.version == version
-    assert p.version_sources == sources
-    stale = [n for n in p.notes if n.startswith("VERSION says")]
-    assert bool(stale) == (version not in (None, "3.2.1") and "VERSION" in files)
-
 
 def test_an_install_without_config_says_so_and_render_says_why_it_skips(
         fake_root: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from mnic_ops.core.errors import InputError
 from mnic_ops.core.hostroot import HostRoot
-from mnic_ops.facts import projects
+from mnic_ops.facts import projectargs
 from tests.conftest import run_mnic
 from tests.facts.test_projects import make_install, write_config
 
@@ -104,11 +104,11 @@ def test_host_path_of_a_root_given_through_a_symlink(tmp_path: Path) -> None:
     (real / "srv/x").mkdir(parents=True)
     (tmp_path / "alias").symlink_to(real)
     hr = HostRoot.open(tmp_path / "alias")
-    assert projects.host_path_of(hr, ".", cwd=str(real / "srv/x")) == "/srv/x"
-    assert projects.host_path_of(hr, "..", cwd=str(real / "srv")) == "/"
+    assert projectargs.host_path_of(hr, ".", cwd=str(real / "srv/x")) == "/srv/x"
+    assert projectargs.host_path_of(hr, "..", cwd=str(real / "srv")) == "/"
     with pytest.raises(InputError):
-        projects.host_path_of(hr, "x", cwd=str(tmp_path))
-    assert projects.host_path_of(HostRoot(Path("/")), "b/../c", cwd="/a") == "/a/c"
+        projectargs.host_path_of(hr, "x", cwd=str(tmp_path))
+    assert projectargs.host_path_of(HostRoot(Path("/")), "b/../c", cwd="/a") == "/a/c"
 
 
 def test_watch_unit_gets_host_paths_not_relative_ones(fake_root: Path) -> None:
