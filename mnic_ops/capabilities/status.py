@@ -271,21 +271,21 @@ class Status:
                      age_seconds=round(age, 1) if age is not None else None)
 
     def watcher(self) -> dict[str, Any]:
-        from mnic_ops.capabilities import watch
+        from mnic_ops.capabilities import watchunit
 
         root = self.app.root
         state = watchstate.read(root)
         status, why = watchstate.assess(state, now=self.now, live=root.live)
-        installed = os.path.lexists(root.path(watch.unit_path))
-        enabled = os.path.lexists(root.path(watch.WANTS_LINK))
+        installed = os.path.lexists(root.path(watchunit.unit_path))
+        enabled = os.path.lexists(root.path(watchunit.WANTS_LINK))
         active: bool | None = None
-        if watch.systemd_running(root) and installed:
+        if watchunit.systemd_running(root) and installed:
             from mnic_ops.core import execute
 
-            active = execute.run(["systemctl", "is-active", "--quiet", watch.UNIT_NAME],
+            active = execute.run(["systemctl", "is-active", "--quiet", watchunit.UNIT_NAME],
                                  check=False, timeout=10).returncode == 0
         s = state or {}
-        unit = {"file": watch.unit_path, "installed": installed, "enabled": enabled,
+        unit = {"file": watchunit.unit_path, "installed": installed, "enabled": enabled,
                 "active": active}
         data = {"status": status, "why": why, "running": status == "running",
                 "pid": s.get("pid"), "since": s.get("started"),

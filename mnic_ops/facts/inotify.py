@@ -9,7 +9,7 @@ and ``max_user_instances`` are per user, and the watcher runs as root, so every 
 root process that uses inotify (systemd, udisks, editors...) draws from the same limit.
 
 - :func:`needed`: the folders, plus what the user holds already (measured where it can
-  be, see ``watch.inotify_usage``), plus :func:`headroom`: a tenth of the folders for
+  be, see ``watchlimits.inotify_usage``), plus :func:`headroom`: a tenth of the folders for
   the folders made between two rescans and 64 for the other root processes on a host
   where nothing was measured. A limit fits when it is at least that (:func:`fits`).
 - :func:`suggested`: twice :func:`needed`, rounded up to a power of two, and never below

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from mnic_ops.capabilities import doctor, tiers, watch
+from mnic_ops.capabilities import doctor, tiers, watchroots
 from mnic_ops.core.app import AppContext
 from mnic_ops.core.hostroot import HostRoot
 from mnic_ops.engines import datatree
-from mnic_ops.facts import inotify
+from mnic_ops.facts import inotify, watchlimits
 from mnic_ops.facts.projects import DATA_KINDS, find_projects
 from tests.cleanhelp import make_project, write_config
 from tests.conftest import write_tree
@@ -30,7 +30,7 @@ def doctor_status(root: Path, limit: int, folders: int) -> str:
 
 
 def watch_fix_value(need: int, used: int = 0) -> int:
-    text = watch.Limits(max_watches=1, max_instances=None, used_watches=used).fix(need)
+    text = watchlimits.Limits(max_watches=1, max_instances=None, used_watches=used).fix(need)
     m = re.search(r"max_user_watches = (\d+)", text)
     assert m, text
     return int(m.group(1))
@@ -44,21 +44,21 @@ def test_each_fix_satisfies_every_check(fake_root: Path, folders: int) -> None:
         d, _ = tiers.derive(values, cpus=8, memory_bytes=4096 * GIB, watch_dirs=folders)
         rendered = d["inotify_watches"]
         assert doctor_status(fake_root, rendered, folders) == "ok", name
-        assert watch.Limits(rendered, None).problem(folders) is None, name
+        assert watchlimits.Limits(rendered, None).problem(folders) is None, name
     # watch's fix
     fixed = watch_fix_value(folders)
     assert doctor_status(fake_root, fixed, folders) == "ok"
-    assert watch.Limits(fixed, None).problem(folders) is None
+    assert watchlimits.Limits(fixed, None).problem(folders) is None
     # doctor's fix
     write_tree(fake_root, {"proc/sys/fs/inotify/max_user_watches": "1\n"})
     chk = doctor.inotify_check(HostRoot.open(fake_root), folders)
     if chk.status == "fail":
         want = chk.details["suggested"]
         assert doctor_status(fake_root, want, folders) == "ok"
-        assert watch.Limits(want, None).problem(folders) is None
+        assert watchlimits.Limits(want, None).problem(folders) is None
         assert want == fixed  # the same value is named by both
     # with watches in use by other processes of the user, watch's fix still fits
-    assert watch.Limits(watch_fix_value(folders, 9000), None, 9000).problem(folders) is None
+    assert watchlimits.Limits(watch_fix_value(folders, 9000), None, 9000).problem(folders) is None
 
 
 @pytest.mark.parametrize("folders", [0, 5, 100, 10_000, 470_000])
@@ -69,7 +69,7 @@ def test_doctor_and_watch_draw_the_line_at_the_same_limit(fake_root: Path,
         if limit < 1:
             continue
         ok = doctor_status(fake_root, limit, folders) == "ok"
-        assert ok == (watch.Limits(limit, None).problem(folders) is None), limit
+        assert ok == (watchlimits.Limits(limit, None).problem(folders) is None), limit
         assert ok == (limit >= line)
 
 
@@ -92,12 +92,12 @@ def test_render_doctor_and_watch_count_the_same_folders(fake_root: Path) -> None
              for k in DATA_KINDS}
     dirs = {k: s.dirs for k, s in scans.items() if s is not None}
     assert dirs["sessions"] == 1 + 6 * 3
-    roots = watch.build_roots(app, found, None)
+    roots = watchroots.build_roots(app, found, None)
     checked = 0
     for r in roots:
-        watch.prepare_root(app, r, [], False)
-        if r.state == watch.READY:
-            assert watch.count_dirs(app, r) == dirs[r.kind], r.kind
+        watchroots.prepare_root(app, r, [], False)
+        if r.state == watchroots.READY:
+            assert watchroots.count_dirs(app, r) == dirs[r.kind], r.kind
             checked += 1
     assert checked >= 3
     assert render.count_watch_dirs(app.root, found) == sum(dirs.values())

@@ -176,7 +176,7 @@ def test_every_open_of_a_replaced_install_is_refused(host: NsHost,
     reads and writes (filechange beneath=), relocate's places (treemove), doctor's
     measuring child, the watcher, and a framework config read after the swap. All
     refuse (ESTALE, "replaced"), and Bob's install is byte for byte as it was."""
-    from mnic_ops.capabilities import doctor, watch
+    from mnic_ops.capabilities import doctor, watchroots
     from mnic_ops.changes import filechange
     from mnic_ops.core import installroot, safefs
     from mnic_ops.core.app import AppContext
@@ -238,12 +238,12 @@ def test_every_open_of_a_replaced_install_is_refused(host: NsHost,
             str(proj.path), "project_archive/sessions", proj.ident).open_parent())
         row = doctor.doctor_project(app, proj, [], [], set())
         assert "was replaced since mnic-ops found it" in json.dumps(row["checks"]), row
-        roots = watch.build_roots(app, [proj], None)
-        ready = [r for r in roots if r.prefix is not None and r.state != watch.REFUSED]
+        roots = watchroots.build_roots(app, [proj], None)
+        ready = [r for r in roots if r.prefix is not None and r.state != watchroots.REFUSED]
         assert ready
         for r in ready:
-            watch.prepare_root(app, r, [], False)
-            assert r.state in (watch.REFUSED, watch.ABSENT), (r.kind, r.state, r.note)
+            watchroots.prepare_root(app, r, [], False)
+            assert r.state in (watchroots.REFUSED, watchroots.ABSENT), (r.kind, r.state, r.note)
         c = fwconfig.read(proj.path, proj.host_path,  # read after the swap: not bob's
                           ".claude/config/extended-thinking-config.json",
                           base_ident=proj.ident)

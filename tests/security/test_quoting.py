@@ -219,15 +219,15 @@ def test_unit_has_its_directives_only(tmp_path: Path, value: str) -> None:
     """A data folder name (a user can create any) and the config path: the unit keeps
     the same directives, the folder is writable under its exact name or left out with a
     comment, and a config path that cannot be written refuses the unit."""
-    from mnic_ops.capabilities import watch
+    from mnic_ops.capabilities import watchunit
 
     app = _app(tmp_path)
     path = "/home/u/" + value
-    base = watch.render_unit(app, ["/home/u/plain"],  # type: ignore[arg-type]
+    base = watchunit.render_unit(app, ["/home/u/plain"],  # type: ignore[arg-type]
                              ["/usr/bin/mnic-ops", "watch"])
     keys = [ln.split("=", 1)[0] for ln in base.split("\n") if "=" in ln
             and not ln.startswith("#")]
-    text = watch.render_unit(app, [path],  # type: ignore[arg-type]
+    text = watchunit.render_unit(app, [path],  # type: ignore[arg-type]
                              ["/usr/bin/mnic-ops", "watch"])
     got = [ln.split("=", 1)[0] for ln in text.split("\n") if "=" in ln
            and not ln.startswith("#")]
@@ -244,7 +244,7 @@ def test_unit_has_its_directives_only(tmp_path: Path, value: str) -> None:
         assert systemd_words(rw[0][len("ReadWritePaths="):], exec_line=False) == \
             ["-" + path]
     try:
-        text = watch.render_unit(app, [], ["/usr/bin/mnic-ops",  # type: ignore[arg-type]
+        text = watchunit.render_unit(app, [], ["/usr/bin/mnic-ops",  # type: ignore[arg-type]
                                            "--config", path, "watch"])
     except UnsafeValue:
         assert has_bad(path)

@@ -205,7 +205,7 @@ def test_polling_never_lists_through_a_swapped_link() -> None:
 
 DRIVER = r"""
 import os, sys, threading
-from mnic_ops.capabilities import watch
+from mnic_ops.capabilities import watchdaemon, watchobservers
 fault, trigger = os.environ["WATCHFS_FAULT"], os.environ["WATCHFS_TRIGGER"]
 fired = []
 
@@ -225,7 +225,7 @@ if fault == "inotify-dies":
     treewatch.TreeWatch._parse = _parse
 elif fault == "inotify-stalls":
     from mnic_ops.engines import treewatch
-    watch.READER_STALL = 2.0
+    watchobservers.READER_STALL = 2.0
     read = treewatch.TreeWatch._read
     def _read(self):
         if armed():
@@ -233,12 +233,12 @@ elif fault == "inotify-stalls":
         return read(self)
     treewatch.TreeWatch._read = _read
 elif fault == "polling-dies":
-    listdir = watch.Daemon._listdir
+    listdir = watchdaemon.Daemon._listdir
     def _listdir(self, path):
         if armed():
             raise RuntimeError("injected: the polling emitter dies")
         return listdir(self, path)
-    watch.Daemon._listdir = _listdir
+    watchdaemon.Daemon._listdir = _listdir
 from mnic_ops.cli import main
 sys.argv = ["mnic-ops", *sys.argv[4:]]  # after: python -m mnic_ops
 main(sys.argv[1:])
@@ -290,19 +290,20 @@ def test_an_observer_that_keeps_dying_is_restarted_ever_more_slowly(
     """A cause that persists (a config value that kills the thread at once, a user who
     keeps breaking it) must not make the watcher spin: 3 restarts at once, then
     2, 4, 8 ... seconds apart, at most 5 minutes; the window forgets old restarts."""
-    from mnic_ops.capabilities import watch
+    from mnic_ops.capabilities import watchobservers
+    from mnic_ops.capabilities.watchdaemon import Daemon
     from mnic_ops.core.app import AppContext
 
     root = tmp_path / "host"
     (root / "etc").mkdir(parents=True)
     make_project(root, files=0)
     write_config(root)
-    d = watch.Daemon(AppContext(root=HostRoot.open(root), config_path=None), (),
-                     poll=False, once_settled=False, service=False)
+    d = Daemon(AppContext(root=HostRoot.open(root), config_path=None), (),
+               poll=False, once_settled=False, service=False)
     d.roots = []
     clock = [1000.0]
     delays = []
-    monkeypatch.setattr(watch.time, "time", lambda: clock[0])
+    monkeypatch.setattr(watchobservers.time, "time", lambda: clock[0])
     for _ in range(12):
         d._restart_observers("the observer died")
         delays.append(0.0 if d.restart_at is None else d.restart_at - clock[0])
@@ -311,7 +312,7 @@ def test_an_observer_that_keeps_dying_is_restarted_ever_more_slowly(
             d._restart_observers(d.restart_why)  # the loop comes back when due
         assert d.restart_at is None
     assert delays == [0, 0, 0, 2, 4, 8, 16, 32, 64, 128, 256, 300], delays
-    clock[0] += watch.RESTART_WINDOW + 1
+    clock[0] += watchobservers.RESTART_WINDOW + 1
     d._restart_observers("much later")
     assert d.restart_at is None  # old restarts no longer count
     assert d.restart_count == 13
