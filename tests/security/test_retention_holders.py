@@ -35,8 +35,11 @@ def alice() -> Iterator[User]:
 
 
 def _sit(uid: int, gid: int, where: str) -> subprocess.Popen[str]:
+    # its own session, as a framework or another user's shell has: mnic-ops does not
+    # count its own process group (the shell or pipeline that ran it)
     p = subprocess.Popen([USER_PYTHON, "-c", SIT, where], user=uid, group=gid,
-                         extra_groups=[], stdout=subprocess.PIPE, text=True, cwd="/")
+                         extra_groups=[], stdout=subprocess.PIPE, text=True, cwd="/",
+                         start_new_session=True)
     assert p.stdout is not None and p.stdout.readline().strip() == "in"
     return p
 
