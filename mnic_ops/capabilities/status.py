@@ -309,18 +309,20 @@ class Status:
 
     def cron(self) -> dict[str, Any]:
         from mnic_ops.capabilities import cron
+        from mnic_ops.engines import cronfile
 
         self._needs_config()
         try:
-            shown = cron.show_data(self.app, cron.Target(True, "root"))
+            shown = cron.show_data(self.app, cronfile.Target(True, "root"))
         except OpsError as exc:  # cron ignores what it cannot parse: the jobs do not run
-            return _part(FAILED, f"{cron.SYSTEM_FILE}: {exc.message}", where=cron.SYSTEM_FILE,
+            return _part(FAILED, f"{cronfile.SYSTEM_FILE}: {exc.message}",
+                         where=cronfile.SYSTEM_FILE,
                          installed=False, jobs=[], error=exc.message)
         self.cron_installed = bool(shown["installed"])
         jobs = shown["jobs"]
         if jobs:
             summary = f"{shown['where']}: " + "; ".join(
-                f"{j['marker'].removeprefix(cron.MARK)} {j['schedule']} next "
+                f"{j['marker'].removeprefix(cronfile.MARK)} {j['schedule']} next "
                 f"{(j['next_run'] or '-').replace('T', ' ')}" for j in jobs)
             health = OK
         else:

@@ -3,7 +3,6 @@ fixes, node_exporter metrics read back with the real Prometheus parser."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pty
@@ -18,14 +17,13 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mnic_ops.capabilities import doctor
+from mnic_ops.capabilities.doctorreport import LEVEL_VALUE
 from mnic_ops.core.config import Config
 from mnic_ops.facts import policy
 from mnic_ops.facts._probe import front_matter
 from tests.conftest import REPO, require, run_mnic, write_tree
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "doctor"
-RENDER = importlib.util.find_spec("mnic_ops.capabilities.render") is not None
 DAY = 86400
 
 
@@ -86,9 +84,8 @@ def healthy_host(root: Path, *, rotational: bool = False, opts: str = "rw,noatim
 
 def render_host(root: Path) -> None:
     """Bring the tier configs in line with the host class (doctor's own fix)."""
-    if RENDER:
-        r = run_mnic("--root", str(root), "render")
-        assert r.code == 0, r.out + r.err
+    r = run_mnic("--root", str(root), "render")
+    assert r.code == 0, r.out + r.err
 
 
 def chown_tree(top: Path, uid: int) -> None:
@@ -175,7 +172,7 @@ def test_small_install_is_excellent_everywhere(fake_root: Path, spawn: Any) -> N
                                                             if c["status"] != "ok"]
     skipped = {c["id"] for c in every if c["status"] == "skip"}
     # root owns this install, and render leaves root's PYTHONOPTIMIZE alone on purpose
-    assert skipped == ({"pythonoptimize"} if RENDER else {"pythonoptimize", "tier_drift"})
+    assert skipped == {"pythonoptimize"}
     assert rep["ok"] is True and code == 0
 
 
@@ -328,7 +325,7 @@ def test_metrics_file_parses_and_carries_every_figure(fake_root: Path, spawn: An
         for name, f in p["figures"].items():
             assert samples[(metric[name], lab)] == pytest.approx(f["value"])
             assert samples[("mnic_ops_doctor_level", lab | {("figure", name)})] == \
-                doctor.LEVEL_VALUE[f["level"]]
+                LEVEL_VALUE[f["level"]]
         assert samples[("mnic_ops_doctor_agents", lab)] == \
             p["figures"]["agent_activation"]["details"]["agents"]
         for c in p["checks"]:
@@ -338,7 +335,7 @@ def test_metrics_file_parses_and_carries_every_figure(fake_root: Path, spawn: An
     wm = rep["host"]["figures"]["watcher_memory"]
     assert samples[("mnic_ops_doctor_watcher_memory_bytes", frozenset())] == wm["value"]
     assert samples[("mnic_ops_doctor_level", frozenset({("figure", "watcher_memory")}))] \
-        == doctor.LEVEL_VALUE[wm["level"]]
+        == LEVEL_VALUE[wm["level"]]
     assert samples[("mnic_ops_doctor_ok", frozenset())] == int(rep["ok"])
     if shutil.which("promtool"):
         r = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
@@ -472,45 +469,23 @@ def test_host_checks_fail_with_their_fixes(fake_root: Path) -> None:
     po = h["pythonoptimize"]
     assert po["status"] == "fail" and po["details"]["users"] == ["alice"]
     assert po["command"] == f"{r} render"
-    if RENDER:
-        assert h["tier_drift"]["status"] == "fail"
-        assert h["tier_drift"]["command"] == f"{r} render"
-    else:
-        assert h["tier_drift"]["status"] == "skip"
+    assert h["tier_drift"]["status"] == "fail"
+    assert h["tier_drift"]["command"] == f"{r} render"
 
     # The fixes doctor named: render (profile, sysctl file, tier configs), a cron job.
-    if RENDER:
-        render_host(root)
-    else:
-        write_tree(root, {"etc/profile.d/mnic-ops.sh": "export PYTHONOPTIMIZE=2\n",
-                          "etc/sysctl.d/60-mnic-ops.conf": "fs.inotify.max_user_watches = "
-                                                           "524288\n"})
+    render_host(root)
     write_tree(root, {
         "var/spool/cron/crontabs/root": "*/30 * * * * /usr/bin/mnic-ops clean --quiet\n"})
     _, rep, _ = doctor_json(root)
     h = {c["id"]: c for c in rep["host"]["checks"]}
     assert h["cron"]["status"] == "ok" and h["pythonoptimize"]["status"] == "ok"
-    if RENDER:
-        assert h["tier_drift"]["status"] == "ok"
+    assert h["tier_drift"]["status"] == "ok"
     # The sysctl file is there but the running limit is still 20: load it.
     assert h["inotify"]["status"] == "fail"
     assert h["inotify"]["fix"] == "load it: sysctl -p /etc/sysctl.d/60-mnic-ops.conf"
     (root / "proc/sys/fs/inotify/max_user_watches").write_text("524288\n")
     _, rep, _ = doctor_json(root)
     assert {c["id"]: c for c in rep["host"]["checks"]}["inotify"]["status"] == "ok"
-
-
-@pytest.mark.parametrize(("text", "everyone", "uids"), [
-    ("export PYTHONOPTIMIZE=2\n", True, set()),
-    ("PYTHONOPTIMIZE=\"1\"\n", True, set()),
-    ("export PYTHONOPTIMIZE=0\n", False, set()),
-    ("# export PYTHONOPTIMIZE=2\n", False, set()),
-    ('case "$(id -u)" in\n    1000|1001)\n        export PYTHONOPTIMIZE=2\n        ;;\n'
-     "esac\nexport OTHER=1\n", False, {1000, 1001}),
-    ('case "$(id -u)" in 1000) export PYTHONOPTIMIZE=2 ;; esac\n', False, {1000}),
-])
-def test_who_gets_pythonoptimize(text: str, everyone: bool, uids: set[int]) -> None:
-    assert doctor.optimize_for(text) == (everyone, uids)
 
 
 def test_terminal_table_coloured_only_on_a_tty(fake_root: Path) -> None:
@@ -553,32 +528,6 @@ def test_no_installs_found(fake_root: Path) -> None:
 
 
 # --- units --------------------------------------------------------------------------------
-
-@pytest.mark.parametrize(("value", "want"), [
-    (0.0, "excellent"), (0.499, "excellent"), (0.5, "good"), (0.99, "good"),
-    (1.0, "target"), (1.99, "target"), (2.0, "missed"), (None, "unknown")])
-def test_levels_follow_the_guides_table(value: float | None, want: str) -> None:
-    assert doctor.level(value, doctor.FIGURES["agent_activation"]) == want
-
-
-def test_memory_levels_in_mib() -> None:
-    th = doctor.FIGURES["memory"]
-    assert doctor.level(99 * doctor.MIB, th) == "excellent"
-    assert doctor.level(180 * doctor.MIB, th) == "target"
-    assert doctor.level(200 * doctor.MIB, th) == "missed"
-
-
-@pytest.mark.parametrize(("argv", "want"), [
-    (["/opt/mnic-ops/bin/python", "/opt/mnic-ops/bin/mnic-ops", "watch"], "/"),
-    (["python", "-m", "mnic_ops", "--root", "/srv/img", "-v", "watch", "--poll"], "/srv/img"),
-    (["mnic-ops", "--root=/x/", "--config", "/c.toml", "watch"], "/x"),
-    (["mnic-ops", "clean"], None),
-    (["mnic-ops", "doctor", "watch"], None),
-    (["vim", "watch"], None),
-])
-def test_watch_command_lines(argv: list[str], want: str | None) -> None:
-    assert doctor.watch_root(argv) == want
-
 
 @pytest.mark.parametrize(("text", "kind"), [
     ("---\nname: a\ndescription: b\n---\nbody", "ok"),
@@ -651,54 +600,6 @@ def test_uncompressed_follows_clean_patterns_and_off_switch(fake_root: Path) -> 
     assert r.code == 0, r.err
     _, rep, _ = doctor_json(root)
     assert checks(rep["projects"][0])["uncompressed"]["status"] == "ok"
-
-
-def test_tier_drift_uses_render_plan(fake_root: Path, monkeypatch: pytest.MonkeyPatch
-                                     ) -> None:
-    """Drift = pending items of render's plan; refused items fail; a render bug skips.
-    A stand-in module with render's build() shape until render lands on main."""
-    import importlib.machinery
-    import types
-
-    from mnic_ops.changes.model import Item, Plan
-    from mnic_ops.core.app import AppContext
-    from mnic_ops.core.hostroot import HostRoot
-
-    seen: list[Any] = []
-    state: dict[str, Any] = {"items": []}
-
-    def build(app: Any, host_class: Any, names: list[str]) -> tuple[Plan, None, list[Any]]:
-        seen.append((host_class, names))
-        if "raise" in state:
-            raise state["raise"]
-        plan = Plan()
-        for it in state["items"]:
-            plan.add(it)
-        return plan, None, []
-
-    if not RENDER:
-        mod = types.ModuleType("mnic_ops.capabilities.render")
-        mod.__spec__ = importlib.machinery.ModuleSpec("mnic_ops.capabilities.render", None)
-        monkeypatch.setitem(sys.modules, "mnic_ops.capabilities.render", mod)
-    from mnic_ops.capabilities import render
-
-    monkeypatch.setattr(render, "build", build, raising=False)
-    app = AppContext(root=HostRoot.open(fake_root), config_path=None)
-    assert doctor.tier_drift_check(app, ["/home/a/p"]).status == "ok"
-    assert seen == [(None, ["/home/a/p"])]
-    state["items"] = [Item("file:/etc/profile.d/mnic-ops.sh", "write /etc/profile.d/mnic-ops.sh",
-                           state="ok"),
-                      Item("p:maxParallelAgents", "set maxParallelAgents 2 -> 5")]
-    c = doctor.tier_drift_check(app, [])
-    assert c.status == "fail" and c.details["pending"] == ["set maxParallelAgents 2 -> 5"]
-    assert c.command == f"mnic-ops --root {fake_root} render"
-    state["items"] = [Item("x", "merge parallel-agents-config.json", state="failed",
-                           error="x.json:3:5: not valid JSON")]
-    c = doctor.tier_drift_check(app, [])
-    assert c.status == "fail" and "x.json:3:5" in c.finding
-    state["raise"] = RuntimeError("boom")
-    c = doctor.tier_drift_check(app, [])
-    assert c.status == "skip" and "boom" in c.finding
 
 
 def test_clean_patterns_replace_the_builtin_suffixes(fake_root: Path) -> None:

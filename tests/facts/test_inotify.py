@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mnic_ops.capabilities import doctor, tiers, watchroots
+from mnic_ops.capabilities import doctorhost, doctorinstall, tiers, watchroots
 from mnic_ops.core.app import AppContext
 from mnic_ops.core.hostroot import HostRoot
 from mnic_ops.engines import datatree
@@ -26,7 +26,7 @@ GIB = 1024**3
 
 def doctor_status(root: Path, limit: int, folders: int) -> str:
     write_tree(root, {"proc/sys/fs/inotify/max_user_watches": f"{limit}\n"})
-    return doctor.inotify_check(HostRoot.open(root), folders).status
+    return doctorhost.inotify_check(HostRoot.open(root), folders).status
 
 
 def watch_fix_value(need: int, used: int = 0) -> int:
@@ -51,7 +51,7 @@ def test_each_fix_satisfies_every_check(fake_root: Path, folders: int) -> None:
     assert watchlimits.Limits(fixed, None).problem(folders) is None
     # doctor's fix
     write_tree(fake_root, {"proc/sys/fs/inotify/max_user_watches": "1\n"})
-    chk = doctor.inotify_check(HostRoot.open(fake_root), folders)
+    chk = doctorhost.inotify_check(HostRoot.open(fake_root), folders)
     if chk.status == "fail":
         want = chk.details["suggested"]
         assert doctor_status(fake_root, want, folders) == "ok"
@@ -88,7 +88,7 @@ def test_render_doctor_and_watch_count_the_same_folders(fake_root: Path) -> None
     assert len(found) == 1
     p = found[0]
     now = time.time()
-    scans = {k: doctor.scan_data(app.root, p, k, pol=None, now=now, big_bytes=1 << 30)
+    scans = {k: doctorinstall.scan_data(app.root, p, k, pol=None, now=now, big_bytes=1 << 30)
              for k in DATA_KINDS}
     dirs = {k: s.dirs for k, s in scans.items() if s is not None}
     assert dirs["sessions"] == 1 + 6 * 3

@@ -190,12 +190,13 @@ def test_cron_install_writes_exactly_two_jobs_or_nothing(tmp_path: Path, value: 
     behind its back), the planned /etc/cron.d/mnic-ops has the header, MAILTO, SHELL
     and exactly our two jobs, each logging to exactly that path; or it is refused."""
     from mnic_ops.capabilities import cron
+    from mnic_ops.engines import cronfile
 
     app = _app(tmp_path)
     log = "/var/log/" + value
     app.config.set("cron.log", log)  # type: ignore[attr-defined]
     try:
-        plan = cron.plan_install(app, cron.Target(True, "root"))  # type: ignore[arg-type]
+        plan = cron.plan_install(app, cronfile.Target(True, "root"))  # type: ignore[arg-type]
     except UnsafeValue:
         assert has_bad(log) or "\\" in log or re.search(r"\s#", log)
         return
