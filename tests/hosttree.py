@@ -58,7 +58,7 @@ def break_install(root: Path, host_path: str = PROJECT) -> Path:
 
 
 def pending_journal(root: Path, host_path: str = PROJECT, *, phase: str = "copy") -> str:
-    """The journal of a move killed half-way (as treemove writes it); returns its id."""
+    """The journal of a move killed half-way (as movejournal writes it); returns its id."""
     jdir = root / "var/lib/mnic-ops/relocate"
     jdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     real = str(root / host_path.lstrip("/"))

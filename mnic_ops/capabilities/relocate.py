@@ -34,8 +34,8 @@ from mnic_ops.core import installroot, progress, safefs
 from mnic_ops.core.app import AppContext, emit
 from mnic_ops.core.errors import EXIT_CODES_HELP, EXIT_OK, InputError, OpsError
 from mnic_ops.core.hostroot import HostRoot
-from mnic_ops.engines import pendingmoves, treemove
-from mnic_ops.facts import hostfacts, linkrecords
+from mnic_ops.engines import movejournal, moveplace, pendingmoves, treemove, treestat
+from mnic_ops.facts import holders, hostfacts, linkrecords
 from mnic_ops.facts.projects import DATA_KINDS, DataDir, Project, human, select_projects
 
 log = logging.getLogger(__name__)
@@ -216,8 +216,8 @@ def _kinds(app: AppContext) -> list[str]:
 # --- progress -----------------------------------------------------------------------
 
 @contextmanager
-def _progress(app: AppContext, label: str, size: treemove.TreeSize
-              ) -> Iterator[treemove.Progress | None]:
+def _progress(app: AppContext, label: str, size: treestat.TreeSize
+              ) -> Iterator[moveplace.Progress | None]:
     """A bytes-and-files bar on a terminal (copy, then verify; see mnic_ops.core.progress)."""
     if size.bytes + size.files == 0:
         yield None
@@ -250,7 +250,7 @@ class _Move:
     rel: str  # data folder relative to the install root
     dest_base: str  # host path of the target base
     dest_rel: str  # "<install>-<hash>/<kind>"
-    size: treemove.TreeSize = field(default_factory=treemove.TreeSize)
+    size: treestat.TreeSize = field(default_factory=treestat.TreeSize)
 
     @property
     def dest_host(self) -> str:
@@ -286,7 +286,7 @@ def _rel_in_project(p: Project, d: DataDir) -> str:
 def _holders_error(app: AppContext, paths: list[Path], what: str) -> str | None:
     if not app.root.live:
         return None
-    hs = treemove.holders([str(p) for p in paths])
+    hs = holders.holders([str(p) for p in paths])
     if not hs:
         return None
     pids = sorted({h.pid for h in hs})
@@ -303,7 +303,7 @@ class _Space:
         self.margin, self.min_free = margin_percent, min_free
         self.need: dict[int, tuple[int, int]] = {}
 
-    def check(self, real: Path, host: str, size: treemove.TreeSize, what: str) -> None:
+    def check(self, real: Path, host: str, size: treestat.TreeSize, what: str) -> None:
         anc = _existing_ancestor(real)
         dev = os.stat(anc).st_dev
         free, inodes = _free(anc)
@@ -373,7 +373,7 @@ def plan_out(app: AppContext, projects: list[Project], target: Target, force: bo
                                   f"{rec.link_text}; left there (--force moves it to "
                                   f"{mv.dest_host})"))
                     continue
-                mv.size = treemove.measure_tree(root.path(rec.target))
+                mv.size = treestat.measure_tree(root.path(rec.target))
                 plan.add(_move_item(app, mv, jdir, space, problems, relink_from=rec))
                 continue
             st = os.lstat(d.path)
@@ -391,7 +391,7 @@ def plan_out(app: AppContext, projects: list[Project], target: Target, force: bo
             if st.st_uid != p.uid:
                 plan.add(Item(iid, desc, SKIPPED, _not_owner(p, st.st_uid)))
                 continue
-            mv.size = treemove.measure_tree(d.path)
+            mv.size = treestat.measure_tree(d.path)
             plan.add(_move_item(app, mv, jdir, space, problems, relink_from=None))
     if problems:
         raise OpsError("refusing to move anything:\n  " + "\n  ".join(problems))
@@ -467,12 +467,12 @@ def _progress_for(app: AppContext, mv: _Move) -> Any:
     return _progress(app, f"{mv.data.kind} of {mv.project.name}", mv.size)
 
 
-def _places(root: HostRoot, rec: dict[str, Any]) -> tuple[treemove.Place, treemove.Place]:
+def _places(root: HostRoot, rec: dict[str, Any]) -> tuple[moveplace.Place, moveplace.Place]:
     """The data folder (below the install root, checked to be the one found) and its
     place on the target (below the admin's target base)."""
-    return (treemove.Place(str(root.path(rec["project"])), rec["public_rel"],
-                           rec.get("root_ident")),
-            treemove.Place(str(root.path(rec["dest_base"])), rec["dest_rel"]))
+    return (moveplace.Place(str(root.path(rec["project"])), rec["public_rel"],
+                            rec.get("root_ident")),
+            moveplace.Place(str(root.path(rec["dest_base"])), rec["dest_rel"]))
 
 
 def _make_base(root: HostRoot, host_dir: str) -> None:
@@ -616,13 +616,13 @@ def _remove_project_dir_if_empty(root: HostRoot, rec: dict[str, Any]) -> None:
             os.rmdir(root.path(host_dir))
 
 
-def _do_out(app: AppContext, mv: _Move, jdir: Path, bar: Any) -> treemove.MoveResult | None:
+def _do_out(app: AppContext, mv: _Move, jdir: Path, bar: Any) -> moveplace.MoveResult | None:
     return _out(app.root, mv.record("out"), jdir, bar,
                 bool(app.config.get("relocate.verify_from_disk", True)))
 
 
 def _out(root: HostRoot, rec: dict[str, Any], jdir: Path, bar: Any,
-         from_disk: bool = True) -> treemove.MoveResult | None:
+         from_disk: bool = True) -> moveplace.MoveResult | None:
     pub, dst = _places(root, rec)
     kind, text, uid = pub.state()
     if kind == "link" and text == rec["link_text"]:
@@ -649,13 +649,13 @@ def _out(root: HostRoot, rec: dict[str, Any], jdir: Path, bar: Any,
     return res
 
 
-def _do_back(app: AppContext, mv: _Move, jdir: Path, bar: Any) -> treemove.MoveResult | None:
+def _do_back(app: AppContext, mv: _Move, jdir: Path, bar: Any) -> moveplace.MoveResult | None:
     return _back(app.root, mv.record("back"), jdir, bar,
                  bool(app.config.get("relocate.verify_from_disk", True)))
 
 
 def _back(root: HostRoot, rec: dict[str, Any], jdir: Path, bar: Any,
-          from_disk: bool = True) -> treemove.MoveResult | None:
+          from_disk: bool = True) -> moveplace.MoveResult | None:
     pub, dst = _places(root, rec)
     kind = pub.state()[0]
     if kind == "dir":
@@ -760,7 +760,7 @@ def plan_back(app: AppContext, projects: list[Project], force: bool, jdir: Path,
                 plan.add(Item(iid, desc, SKIPPED, rec))
                 continue
             real = root.path(rec.target)
-            mv = _Move(p, d, rel, rec.dest_base, rec.dest_rel, treemove.measure_tree(real))
+            mv = _Move(p, d, rel, rec.dest_base, rec.dest_rel, treestat.measure_tree(real))
             hold = _holders_error(app, [real], d.host_path)
             if hold:
                 problems.append(hold)
@@ -808,7 +808,7 @@ def plan_recovery(app: AppContext, jdir: Path, projects: list[Project]
     and skipped: never `changed`, never in the way of another install."""
     plan = Plan()
     busy: dict[str, str] = {}  # data folder -> why it is not moved in this run
-    for pm in treemove.pending_moves(jdir):
+    for pm in movejournal.pending_moves(jdir):
         if pm.data is None:
             plan.add(Item(f"recover:{pm.id}", f"interrupted move {pm.id}", SKIPPED,
                           f"{pm.error} (relocate --list-pending shows it; relocate --forget "
@@ -906,7 +906,7 @@ def relocate_cmd(app: AppContext, check: bool, diff: bool, to: str | None, undo:
             raise InputError(f"{'--list-pending' if list_pending else '--forget'} takes "
                              "no PROJECT, --to, --undo or --force")
         if list_pending:
-            rows = [pm.to_json() for pm in treemove.pending_moves(jdir)]
+            rows = [pm.to_json() for pm in movejournal.pending_moves(jdir)]
             emit(app, {"command": "relocate", "journal_dir": JOURNAL_DIR,
                        "pending": rows}, lambda: pendingmoves.text(rows, JOURNAL_DIR))
             return EXIT_OK
@@ -953,11 +953,11 @@ def _undo_relocate(root: HostRoot, rec: dict[str, Any]) -> str:
     """Revert a recorded move: a move out comes back, a move back goes out again."""
     jdir = root.path(JOURNAL_DIR)
     pub, _dst = _places(root, rec)
-    jpath = treemove.journal_path(jdir, pub)
+    jpath = movejournal.journal_path(jdir, pub)
     if jpath.exists():
         treemove.recover(jpath)
     if root.live:
-        hs = treemove.holders([str(pub.path), str(root.path(rec["link_text"]))])
+        hs = holders.holders([str(pub.path), str(root.path(rec["link_text"]))])
         if hs:
             raise OpsError(f"{rec['public']}: in use by PIDs "
                            f"{', '.join(str(h.pid) for h in hs)}; stop them and run again")

@@ -331,9 +331,9 @@ class Status:
         return _part(health, summary, **shown)
 
     def pending_moves(self) -> dict[str, Any]:
-        from mnic_ops.engines import pendingmoves, treemove
+        from mnic_ops.engines import movejournal, pendingmoves
 
-        rows = [pm.to_json() for pm in treemove.pending_moves(
+        rows = [pm.to_json() for pm in movejournal.pending_moves(
             self.app.root.path(pendingmoves.JOURNAL_DIR))]
         if not rows:
             return _part(OK, "no interrupted moves", journal_dir=pendingmoves.JOURNAL_DIR,

@@ -12,7 +12,7 @@ its prefix (:func:`mnic_ops.facts.linkrecords.open_folder`,
 clean, its workers, the watcher, doctor, fstab, projects), ``base_ident`` where
 :mod:`mnic_ops.core.safefs` opens below it (framework configs, retention's task index,
 render's reads and writes through :mod:`mnic_ops.changes.filechange`, relocate's
-:class:`mnic_ops.engines.treemove.Place`, doctor's measuring child). A different folder is a
+:class:`mnic_ops.engines.moveplace.Place`, doctor's measuring child). A different folder is a
 refusal,
 :class:`Replaced` (an ``OSError``, ``ESTALE``): the pass does nothing more for that
 install and reports it (``failed_installs``, exit 1). Below the root every component is

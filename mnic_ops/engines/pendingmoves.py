@@ -2,7 +2,7 @@
 belongs to, whether it is in this run, listing (``relocate --list-pending``) and
 discarding one that can no longer be finished (``relocate --forget ID``, undoable).
 
-The journals themselves, and what each left on disk, are :mod:`mnic_ops.engines.treemove`'s;
+The journals themselves, and what each left on disk, are :mod:`mnic_ops.engines.movejournal`'s;
 finishing them is ``relocate``'s (``plan_recovery``).
 """
 
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from mnic_ops.changes.model import ApplyContext, Item, Plan, Undo, undo_handler
 from mnic_ops.core.errors import InputError, OpsError
 from mnic_ops.core.hostroot import HostRoot
-from mnic_ops.engines import treemove
+from mnic_ops.engines import movejournal
 from mnic_ops.facts import hostfacts
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 JOURNAL_DIR = "/var/lib/mnic-ops/relocate"
 
 
-def journal_host(pm: treemove.PendingMove) -> tuple[str, str | None]:
+def journal_host(pm: movejournal.PendingMove) -> tuple[str, str | None]:
     """(host path of the moved folder, host path of its install or None) of a journal."""
     assert pm.data is not None
     meta = pm.data.get("meta") or {}
@@ -32,7 +32,7 @@ def journal_host(pm: treemove.PendingMove) -> tuple[str, str | None]:
     return str(host), (str(project) if isinstance(project, str) else None)
 
 
-def in_run(pm: treemove.PendingMove, projects: list[Project]) -> bool:
+def in_run(pm: movejournal.PendingMove, projects: list[Project]) -> bool:
     """Does the journal belong to one of this run's installs (recovery runs only then)?"""
     host, project = journal_host(pm)
     if project is not None:
@@ -77,7 +77,7 @@ def text(rows: list[dict[str, Any]], jdir_host: str) -> str:
 def forget_plan(jdir: Path, move_id: str) -> Plan:
     """One item: discard a journal whose move left nothing on disk (undoable)."""
     plan = Plan()
-    match = [pm for pm in treemove.pending_moves(jdir)
+    match = [pm for pm in movejournal.pending_moves(jdir)
              if move_id in (pm.id, f"{pm.id}.json")
              or (pm.data is not None and move_id in journal_host(pm)[:1])]
     if not match:
@@ -94,7 +94,7 @@ def forget_plan(jdir: Path, move_id: str) -> Plan:
                 data={"id": pm.id, "journal": str(pm.path), "status": pm.status()})
 
     def action(ctx: ApplyContext) -> Undo | None:
-        data = treemove.forget(jdir, pm.id)
+        data = movejournal.forget(jdir, pm.id)
         return Undo("relocate-forget", {"id": pm.id, "journal": data})
 
     item.action = action
@@ -105,5 +105,5 @@ def forget_plan(jdir: Path, move_id: str) -> Plan:
 @undo_handler("relocate-forget")
 def _undo_forget(root: HostRoot, rec: dict[str, Any]) -> str:
     """Put a forgotten journal back: the next relocate of its install finishes it."""
-    treemove.restore_journal(root.path(JOURNAL_DIR), rec["id"], rec["journal"])
+    movejournal.restore_journal(root.path(JOURNAL_DIR), rec["id"], rec["journal"])
     return f"journal {rec['id']} restored"

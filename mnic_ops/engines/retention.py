@@ -272,12 +272,12 @@ def framework_holders(paths: list[str], owner: int | None = None) -> list[str]:
     effective) or root's (real uid 0) count: the framework runs as the install's owner
     (or root), and another user's shell sitting in the folder must not stop the owner's
     retention (a user's setuid-root program keeps her real uid: it does not count)."""
-    from mnic_ops.engines import treemove
+    from mnic_ops.facts import holders
 
     me = os.getpid()
     mine = _own_session()
     out: list[str] = []
-    for h in treemove.holders(paths):
+    for h in holders.holders(paths):
         if h.pid == me or h.pid in mine or _ours(h.pid, me):
             continue
         if owner is not None and h.uids != (-1, -1) and owner not in h.uids \

@@ -374,16 +374,16 @@ def test_not_enough_space_is_refused_before_copying(env: Env, tmp_path: Path) ->
 def test_enospc_mid_copy_cleans_up(env: Env, tmp_path: Path) -> None:
     """The preflight guesses; the copy must still survive a full disk: call the engine
     directly (no preflight) on a target too small for the tree."""
-    from mnic_ops.engines import treemove
+    from mnic_ops.engines import moveplace, treemove
 
     with Loop(tmp_path / "tiny.img", tmp_path / "tiny", 8, rotational=False) as tiny:
         p = env.project("ivan", files=2500)
         before = snapshot(p.sessions)
         (tiny.mnt / "proj").mkdir()
         jdir = tmp_path / "journal"
-        with pytest.raises(treemove.MoveError) as ei:
-            treemove.link_out(treemove.Place(str(p.root), "project_archive/sessions"),
-                              treemove.Place(str(tiny.mnt), "proj/sessions"),
+        with pytest.raises(moveplace.MoveError) as ei:
+            treemove.link_out(moveplace.Place(str(p.root), "project_archive/sessions"),
+                              moveplace.Place(str(tiny.mnt), "proj/sessions"),
                               str(tiny.mnt / "proj/sessions"), jdir)
         assert "no space left" in ei.value.message
         assert "partial copy was removed" in ei.value.message

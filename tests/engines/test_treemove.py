@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from mnic_ops.engines import treemove
-from mnic_ops.engines.treemove import MoveError, Place
+from mnic_ops.engines import moveplace, treemove
+from mnic_ops.engines.moveplace import MoveError, Place
 from tests.conftest import require
 from tests.fsenv import diff_snapshots, make_tree, private_mounts, snapshot, tmp_leftovers
 
@@ -131,7 +130,7 @@ def test_source_written_between_verify_and_swap(setup: tuple[Place, Place, str, 
     the swap, so the swap is undone, the unused copy removed, the new data kept."""
     pub, dest, text, jdir = setup
     victim = next(pub.path.rglob("SESSION_*.md"))
-    real_crash = treemove._crashpoint
+    real_crash = moveplace.crashpoint
 
     def hook(name: str) -> None:
         if name == "copy-verified":
@@ -139,7 +138,7 @@ def test_source_written_between_verify_and_swap(setup: tuple[Place, Place, str, 
                 fh.write(b"late write\n")
         real_crash(name)
 
-    monkeypatch.setattr(treemove, "_crashpoint", hook)
+    monkeypatch.setattr(moveplace, "crashpoint", hook)
     with pytest.raises(MoveError) as ei:
         treemove.link_out(pub, dest, text, jdir)
     assert "changed while it was being moved" in ei.value.message
@@ -154,7 +153,7 @@ def test_corrupted_copy_is_caught(setup: tuple[Place, Place, str, Path],
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     pub, dest, text, jdir = setup
     before = snapshot(pub.path)
-    real_crash = treemove._crashpoint
+    real_crash = moveplace.crashpoint
 
     def hook(name: str) -> None:
         if name == "copy-copied":  # flip one byte of one copied file, keeping its size
@@ -168,7 +167,7 @@ def test_corrupted_copy_is_caught(setup: tuple[Place, Place, str, Path],
             os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
         real_crash(name)
 
-    monkeypatch.setattr(treemove, "_crashpoint", hook)
+    monkeypatch.setattr(moveplace, "crashpoint", hook)
     with pytest.raises(MoveError) as ei:
         treemove.link_out(pub, dest, text, jdir)
     assert "content of the copy differs" in ei.value.message
@@ -196,26 +195,6 @@ def test_refusals(setup: tuple[Place, Place, str, Path]) -> None:
     assert pub.path.is_dir() and not dest.path.exists()
 
 
-def test_measure_and_holders(tmp_path: Path) -> None:
-    make_tree(tmp_path / "t", 120)
-    size = treemove.measure_tree(tmp_path / "t")
-    regular = {(st.st_ino) for p in (tmp_path / "t").rglob("*")
-               if p.is_file() and not p.is_symlink() and (st := p.lstat())}
-    assert size.files == len(regular) and size.hardlinked >= 1
-    victim = next((tmp_path / "t").rglob("SESSION_*.md"))
-    proc = subprocess.Popen([sys.executable, "-c", "import sys,time\nf=open(sys.argv[1])\n"
-                             "print('ok', flush=True)\ntime.sleep(30)", str(victim)],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ok"
-        hs = treemove.holders([str(tmp_path / "t")])
-        assert [(h.pid, h.path) for h in hs] == [(proc.pid, str(victim))]
-        assert treemove.holders([str(tmp_path / "elsewhere")]) == []
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 def test_link_target_written_between_verify_and_swap_back(
         setup: tuple[Place, Place, str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """Moving back: a write through the link after the verification puts the link back
@@ -223,7 +202,7 @@ def test_link_target_written_between_verify_and_swap_back(
     pub, dest, text, jdir = setup
     treemove.link_out(pub, dest, text, jdir)
     victim = next(Path(text).rglob("SESSION_*.md"))
-    real_crash = treemove._crashpoint
+    real_crash = moveplace.crashpoint
 
     def hook(name: str) -> None:
         if name == "copy-verified":
@@ -231,14 +210,14 @@ def test_link_target_written_between_verify_and_swap_back(
                 fh.write(b"written through the link\n")
         real_crash(name)
 
-    monkeypatch.setattr(treemove, "_crashpoint", hook)
+    monkeypatch.setattr(moveplace, "crashpoint", hook)
     with pytest.raises(MoveError) as ei:
         treemove.link_back(pub, dest, text, jdir)
     assert "changed while it was being moved back" in ei.value.message
     assert os.readlink(pub.path) == text
     assert victim.read_bytes().endswith(b"written through the link\n")
     assert tmp_leftovers(pub.path.parent, dest.path.parent) == []
-    monkeypatch.setattr(treemove, "_crashpoint", real_crash)
+    monkeypatch.setattr(moveplace, "crashpoint", real_crash)
     before = snapshot(pub.path)
     treemove.link_back(pub, dest, text, jdir)  # a second try, undisturbed, works
     assert diff_snapshots(before, snapshot(pub.path)) == []

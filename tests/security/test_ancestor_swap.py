@@ -181,7 +181,7 @@ def test_every_open_of_a_replaced_install_is_refused(host: NsHost,
     from mnic_ops.core import installroot, safefs
     from mnic_ops.core.app import AppContext
     from mnic_ops.core.hostroot import HostRoot
-    from mnic_ops.engines import cleanjobs, cleanpass, retention, treemove
+    from mnic_ops.engines import cleanjobs, cleanpass, moveplace, retention
     from mnic_ops.facts import fwconfig, linkrecords
     from mnic_ops.facts.policy import Declared
     from mnic_ops.facts.projects import select_projects
@@ -234,7 +234,7 @@ def test_every_open_of_a_replaced_install_is_refused(host: NsHost,
         refused("render write", lambda: filechange.file_item(
             root, f"{proj.host_path}/.claude/config/x.json", "{}", beneath=proj.host_path,
             beneath_ident=proj.ident))
-        refused("relocate place", lambda: treemove.Place(
+        refused("relocate place", lambda: moveplace.Place(
             str(proj.path), "project_archive/sessions", proj.ident).open_parent())
         row = doctor.doctor_project(app, proj, [], [], set())
         assert "was replaced since mnic-ops found it" in json.dumps(row["checks"]), row
