@@ -29,8 +29,8 @@ import click
 from mnic_ops.core import installfail, installroot, metrics, patterns, progress
 from mnic_ops.core.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, EXIT_PENDING, InputError
 from mnic_ops.core.hostroot import HostRoot
-from mnic_ops.engines import compress, datatree, retention
-from mnic_ops.engines.compress import Options
+from mnic_ops.engines import archives, compress, datatree, dirlock, inplace, retention, tempfiles
+from mnic_ops.engines.gzipformat import codec
 from mnic_ops.facts import linkrecords, policy
 from mnic_ops.facts.policy import DAY, DEFAULTS, Policy, resolve_policy
 from mnic_ops.facts.projects import DATA_KINDS, Project, human, select_projects
@@ -97,7 +97,7 @@ def engine(cfg: Config) -> Engine:
     if not 1 <= level <= 9:
         raise InputError(f"clean.level: expected 1-9, got {level}")
     compressor = str(cfg.get("clean.compressor", "auto"))
-    compress.codec(compressor)  # fail early (input error) when not installed
+    codec(compressor)  # fail early (input error) when not installed
     warn_follow_links_under(cfg)
     return Engine(level, compressor, int(cfg.get("clean.batch_files", 256)))
 
@@ -116,8 +116,8 @@ class Job:
     compress: list[str]
     expire: list[str]
     stale: list[str]
-    copts: Options  # a bare name: the field "compress" shadows the module here
-    eopts: Options
+    copts: inplace.Options
+    eopts: inplace.Options
     base_ident: installroot.Ident | None = None  # what ``prefix`` must be (install root)
 
 
@@ -132,7 +132,7 @@ def open_tree(root: HostRoot, prefix: str, parts: tuple[str, ...] = (),
                  | os.O_CLOEXEC)
     try:
         installroot.check(fd, base_ident, prefix)
-        return compress.open_dir_nofollow(fd, parts)
+        return dirlock.open_dir_nofollow(fd, parts)
     finally:
         os.close(fd)
 
@@ -154,29 +154,29 @@ def _job_dir(job: Job) -> int:
     return fd
 
 
-def run_job(job: Job) -> list[compress.Outcome]:
+def run_job(job: Job) -> list[inplace.Outcome]:
     """Compress, expire and recover one directory's names; outcome per name."""
     try:
         dfd = _job_dir(job)
     except OSError as exc:
         reason = "changed" if exc.errno in (2, 20, 40, errno.ESTALE) else "unreadable_dir"
-        return [compress.Outcome(n, compress.SKIPPED, reason, exc.strerror or "")
+        return [inplace.Outcome(n, inplace.SKIPPED, reason, exc.strerror or "")
                 for n in [*job.stale, *job.compress, *job.expire]]
-    out = [compress.recover_stale(dfd, n, job.copts) for n in job.stale]
+    out = [tempfiles.recover_stale(dfd, n, job.copts) for n in job.stale]
     if job.compress:
         out.extend(compress.compress_batch(dfd, job.compress, job.copts))
-    out.extend(compress.expire_at(dfd, n, job.eopts) for n in job.expire)
+    out.extend(archives.expire_at(dfd, n, job.eopts) for n in job.expire)
     return out
 
 
-def check_job(job: Job) -> list[compress.Outcome]:
+def check_job(job: Job) -> list[inplace.Outcome]:
     """``--check``: what :func:`run_job` would do with the batch's files to compress,
     from the same per-file checks (open files included), with nothing written."""
     try:
         dfd = _job_dir(job)
     except OSError as exc:
         reason = "changed" if exc.errno in (2, 20, 40) else "unreadable_dir"
-        return [compress.Outcome(n, compress.SKIPPED, reason, exc.strerror or "")
+        return [inplace.Outcome(n, inplace.SKIPPED, reason, exc.strerror or "")
                 for n in job.compress]
     return compress.check_batch(dfd, job.compress, job.copts)
 
@@ -229,7 +229,7 @@ class KindReport:
         if len(ex) < MAX_EXAMPLES:
             ex.append(printable(rel))
 
-    def add(self, o: compress.Outcome, rel: str) -> None:
+    def add(self, o: inplace.Outcome, rel: str) -> None:
         if o.kept_as:
             self.collisions += 1
             kept = posixpath.join(posixpath.dirname(rel), o.kept_as)
@@ -238,20 +238,20 @@ class KindReport:
             if len(self.collision_files) < MAX_COLLISIONS:
                 self.collision_files.append({"file": printable(rel),
                                              "kept_as": printable(kept)})
-        if o.state == compress.COMPRESSED:
+        if o.state == inplace.COMPRESSED:
             self.compressed += 1
             self.bytes_before += o.before
             self.bytes_after += o.after
-        elif o.state == compress.FINISHED:
+        elif o.state == inplace.FINISHED:
             self.finished += 1
             self.bytes_before += o.before
             self.bytes_after += o.after
-        elif o.state == compress.EXPIRED:
+        elif o.state == inplace.EXPIRED:
             self.expired += 1
             self.expired_bytes += o.before
-        elif o.state == compress.RECOVERED:
+        elif o.state == inplace.RECOVERED:
             self.recovered += 1
-        elif o.state == compress.FAILED:
+        elif o.state == inplace.FAILED:
             self.failed += 1
             self.skip(o.reason, rel + (f" ({o.detail})" if o.detail else ""))
         else:
@@ -317,7 +317,7 @@ class Pass:
         n = int(cfg.get("clean.workers", 0)) or min(8, 2 * len(os.sched_getaffinity(0)))
         self.workers = max(1, n)
         self.pool: ProcessPoolExecutor | None = None
-        self.inflight: dict[Future[list[compress.Outcome]], tuple[KindReport, str]] = {}
+        self.inflight: dict[Future[list[inplace.Outcome]], tuple[KindReport, str]] = {}
         self.now = time.time()
         self.wait = 0.0  # seconds to wait for a project's lock (clean --wait)
         # progress: files handed over (found) and done, bytes in and out
@@ -347,11 +347,11 @@ class Pass:
             rep, reldir = self.inflight.pop(fut)
             self._collect(fut.result(), rep, reldir)
 
-    def _collect(self, outcomes: list[compress.Outcome], rep: KindReport, reldir: str) -> None:
+    def _collect(self, outcomes: list[inplace.Outcome], rep: KindReport, reldir: str) -> None:
         for o in outcomes:
-            if o.reason == "vanished" and compress.is_ours(o.name):
+            if o.reason == "vanished" and tempfiles.is_ours(o.name):
                 continue  # a temporary its own pass finished meanwhile: no news
-            if not compress.is_ours(o.name) and o.state != compress.RECOVERED:
+            if not tempfiles.is_ours(o.name) and o.state != inplace.RECOVERED:
                 self.done += 1
                 self.bytes_in += o.before
                 self.bytes_out += o.after
@@ -368,7 +368,7 @@ class Pass:
     def own_temporary(self, name: str) -> bool:
         """A temporary of this pass (its own process or one of its workers): it is
         being worked on right now, neither stale nor anything to report."""
-        parsed = compress.parse_stale(name)
+        parsed = tempfiles.parse_stale(name)
         if parsed is None:
             return False
         pid = parsed[2]
@@ -416,8 +416,8 @@ class Pass:
             self.root, project, decl, check=self.check, now=self.now,
             restore_max_bytes=int(self.app.config.get("clean.restore_max_mib", 256)) << 20) \
             if self.only != "compress" else None
-        with compress.project_lock(self.root, project.host_path, self.wait,
-                             probe=self.check) as got:
+        with dirlock.project_lock(self.root, project.host_path, self.wait,
+                            probe=self.check) as got:
             if not got:
                 rep.status = "locked"
                 return rep
@@ -484,15 +484,15 @@ class Pass:
             only = self.only
             cut_c = self.now - pol.compress_after_days * DAY
             cut_e = self.now - pol.delete_after_days * DAY
-            copts = compress.Options(level=self.level, compressor=self.compressor, dev=dev,
-                               max_mtime=cut_c)
-            eopts = compress.Options(dev=dev, max_mtime=cut_e)
+            copts = inplace.Options(level=self.level, compressor=self.compressor, dev=dev,
+                              max_mtime=cut_c)
+            eopts = inplace.Options(dev=dev, max_mtime=cut_e)
             for reldir, dparts, ident, entries in datatree.walk(top, dev, rep.skip):
                 batch = Job(self.root, prefix, parts + dparts, ident, [], [], [], copts, eopts,
                             where.base_ident)
                 for name, st in entries:
                     rel = f"{reldir}/{name}" if reldir else name
-                    if compress.is_ours(name):
+                    if tempfiles.is_ours(name):
                         if not self.own_temporary(name):
                             batch.stale.append(name)
                         continue
@@ -692,7 +692,7 @@ def _text(reports: list[ProjectReport], totals: dict[str, Any], check: bool,
                 ex = k.examples.get(reason, [])
                 shown = ", ".join(ex[: (MAX_EXAMPLES if verbose else 3)])
                 more = "" if n <= len(ex[: (MAX_EXAMPLES if verbose else 3)]) else ", ..."
-                lines.append(f"    skipped {n}: {compress.REASONS.get(reason, reason)}: "
+                lines.append(f"    skipped {n}: {inplace.REASONS.get(reason, reason)}: "
                              f"{shown}{more}")
             for c in k.collision_files[: (MAX_COLLISIONS if verbose else 3)]:
                 lines.append(f"    {c['file']}.gz had other content: kept as "

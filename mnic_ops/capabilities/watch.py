@@ -72,7 +72,7 @@ from mnic_ops.capabilities.protocol import (
 from mnic_ops.changes.model import OK, ApplyContext, Item, Undo, undo_handler, unified_diff
 from mnic_ops.core import installfail, quoting, safefs
 from mnic_ops.core.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, InputError, OpsError
-from mnic_ops.engines import compress, datatree
+from mnic_ops.engines import compress, datatree, dirlock, inplace, tempfiles
 from mnic_ops.facts import inotify, linkrecords, policy, watchstate
 from mnic_ops.facts.projects import DATA_KINDS, Project, human
 
@@ -271,7 +271,7 @@ def count_dirs(app: AppContext, r: WatchRoot) -> int:
 def wanted(r: WatchRoot, name: str, rel: str) -> bool:
     """Is this name, ``rel`` below the data folder, one the watcher compresses (the
     clean policy's own rule, :func:`mnic_ops.facts.policy.compress_wanted`)?"""
-    if compress.is_ours(name) or safefs.is_tmp_name(name):
+    if tempfiles.is_ours(name) or safefs.is_tmp_name(name):
         return False
     return policy.compress_wanted(r.policy, name, rel)
 
@@ -919,7 +919,7 @@ class Daemon:
             for reldir, _dparts, _ident, entries in datatree.walk(top, r.dev):
                 rd = f"{sub}/{reldir}".strip("/") if sub else reldir
                 for name, st in entries:
-                    if compress.is_ours(name):
+                    if tempfiles.is_ours(name):
                         if recover:
                             stale.setdefault(rd, []).append(name)
                         continue
@@ -945,7 +945,7 @@ class Daemon:
             self._recover(r, stale)
 
     def _recover(self, r: WatchRoot, stale: dict[str, list[str]]) -> None:
-        with compress.project_lock(self.app.root, r.project.host_path) as got:
+        with dirlock.project_lock(self.app.root, r.project.host_path) as got:
             if not got:
                 return  # clean holds the lock: it recovers them itself
             for rd, names in stale.items():
@@ -956,8 +956,8 @@ class Daemon:
                     continue
                 try:
                     for n in names:
-                        o = compress.recover_stale(dfd, n, compress.Options(dev=r.dev))
-                        if o.state in (compress.RECOVERED, compress.FINISHED):
+                        o = tempfiles.recover_stale(dfd, n, inplace.Options(dev=r.dev))
+                        if o.state in (inplace.RECOVERED, inplace.FINISHED):
                             log.info("%s: %s", clean.printable(f"{r.host_path}/{rd}/{n}"),
                                      o.detail)
                 finally:
@@ -1017,7 +1017,7 @@ class Daemon:
             heapq.heapify(self.heap)
 
     def _compress_group(self, r: WatchRoot, reldir: str, names: list[str]) -> None:
-        with compress.project_lock(self.app.root, r.project.host_path) as got:
+        with dirlock.project_lock(self.app.root, r.project.host_path) as got:
             if not got:
                 log.info("%s: another pass holds the lock; retrying in %gs",
                          clean.printable(r.project.host_path), LOCK_RETRY)
@@ -1051,8 +1051,8 @@ class Daemon:
 
     def _batch(self, r: WatchRoot, reldir: str, dfd: int, names: list[str]) -> None:
         now = time.time()
-        opts = compress.Options(level=self.engine.level, compressor=self.engine.compressor,
-                          dev=r.dev, max_mtime=now - r.settle if r.settle > 0 else None)
+        opts = inplace.Options(level=self.engine.level, compressor=self.engine.compressor,
+                         dev=r.dev, max_mtime=now - r.settle if r.settle > 0 else None)
         try:
             self.interruptible = True
             outcomes = compress.compress_batch(dfd, names, opts, on_prepared=self._commit_phase)
@@ -1069,19 +1069,19 @@ class Daemon:
         for o in outcomes:
             self._outcome(r, reldir, dfd, o)
 
-    def _outcome(self, r: WatchRoot, reldir: str, dfd: int, o: compress.Outcome) -> None:
+    def _outcome(self, r: WatchRoot, reldir: str, dfd: int, o: inplace.Outcome) -> None:
         rel = f"{reldir}/{o.name}" if reldir else o.name
         shown = clean.printable(f"{r.host_path}/{rel}")
         key = (r.real, reldir, o.name)
         now = time.time()
-        if o.state in (compress.COMPRESSED, compress.FINISHED):
+        if o.state in (inplace.COMPRESSED, inplace.FINISHED):
             self.compressed += 1
             self.last_compressed = round(now, 3)
             saved = o.before - o.after
             self.saved += saved
             extra: dict[str, Any] = {}
             note = ""
-            if o.kept_as:  # a collision resolved (see mnic_ops.engines.compress.keep_numbered)
+            if o.kept_as:  # a collision resolved (see mnic_ops.engines.archives.keep_numbered)
                 kept = clean.printable(posixpath.join(posixpath.dirname(
                     f"{r.host_path}/{rel}"), o.kept_as))
                 extra["kept_as"] = kept
@@ -1095,8 +1095,8 @@ class Daemon:
             st: os.stat_result | None = os.stat(o.name, dir_fd=dfd, follow_symlinks=False)
         except OSError:
             st = None
-        reason = compress.REASONS.get(o.reason, o.reason) + (f" ({o.detail})" if o.detail else "")
-        if o.state == compress.FAILED:
+        reason = inplace.REASONS.get(o.reason, o.reason) + (f" ({o.detail})" if o.detail else "")
+        if o.state == inplace.FAILED:
             if o.reason == "read_only":
                 self._read_only(r)
                 return

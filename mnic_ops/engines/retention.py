@@ -45,7 +45,7 @@ from typing import Any
 from mnic_ops.core import framework_map, safefs, userjson
 from mnic_ops.core.errors import OpsError
 from mnic_ops.core.hostroot import HostRoot
-from mnic_ops.engines import compress, restore
+from mnic_ops.engines import archives, dirlock, inplace, restore, tempfiles
 from mnic_ops.facts.policy import CHECKPOINT_LEVELS, DAY, Declared
 
 JOURNAL_DIR = "/var/lib/mnic-ops/retention"
@@ -167,7 +167,7 @@ def _lstat(dirfd: int, name: str) -> os.stat_result | None:
 
 def _open_sub(dirfd: int, name: str) -> int | None:
     try:
-        return compress.open_dir_nofollow(dirfd, (name,))
+        return dirlock.open_dir_nofollow(dirfd, (name,))
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
             return None
@@ -213,9 +213,9 @@ def _recover_stale(dirfd: int, dev: int) -> int:
         return 0
     n = 0
     for name in listing:
-        if compress.parse_stale(name) is not None:
-            o = compress.recover_stale(dirfd, name, compress.Options(dev=dev))
-            n += o.state in (compress.RECOVERED, compress.FINISHED)
+        if tempfiles.parse_stale(name) is not None:
+            o = tempfiles.recover_stale(dirfd, name, inplace.Options(dev=dev))
+            n += o.state in (inplace.RECOVERED, inplace.FINISHED)
     return n
 
 
@@ -232,13 +232,13 @@ def _recover_stale_in(dirfd: int, sub: str, dev: int) -> int:
 def _delete(dirfd: int, name: str, dev: int) -> int:
     """Remove one regular single-link file (moved aside first, so that a name swapped
     meanwhile is never the one deleted); its size, 0 when it was not there."""
-    o = compress.expire_at(dirfd, name, compress.Options(dev=dev))
-    if o.state == compress.EXPIRED:
+    o = archives.expire_at(dirfd, name, inplace.Options(dev=dev))
+    if o.state == inplace.EXPIRED:
         return o.before
     if o.reason == "vanished":
         return 0
     raise OSError(errno.EIO,
-                  f"{name}: {compress.REASONS.get(o.reason, o.reason)} {o.detail}".strip())
+                  f"{name}: {inplace.REASONS.get(o.reason, o.reason)} {o.detail}".strip())
 
 
 _NUMBERED_RE = re.compile(r"^(?P<base>.+)\.[1-9]\d{0,5}\.gz$", re.S)
@@ -668,10 +668,10 @@ class Retention:
         rep.status = "done"
         gone: list[tuple[str, Gone]] = []
         for fd, name, rel, st in _files(store.fd, store.dev):
-            if compress.is_ours(name) or safefs.is_tmp_name(name):
-                if not self.check and compress.parse_stale(name) is not None:
-                    o = compress.recover_stale(fd, name, compress.Options(dev=store.dev))
-                    rep.recovered += o.state in (compress.RECOVERED, compress.FINISHED)
+            if tempfiles.is_ours(name) or safefs.is_tmp_name(name):
+                if not self.check and tempfiles.parse_stale(name) is not None:
+                    o = tempfiles.recover_stale(fd, name, inplace.Options(dev=store.dev))
+                    rep.recovered += o.state in (inplace.RECOVERED, inplace.FINISHED)
                 continue
             if name == THINKING_INDEX or not (name.endswith(".json") or name.endswith(".gz")):
                 continue
@@ -702,7 +702,7 @@ class Retention:
         for rel in rels:
             parts = rel.split("/")
             try:
-                fd = compress.open_dir_nofollow(store.fd, parts[:-1])
+                fd = dirlock.open_dir_nofollow(store.fd, parts[:-1])
             except OSError:
                 continue
             try:

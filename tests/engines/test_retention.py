@@ -267,11 +267,11 @@ def test_thinking_logs_cost_records_and_task_results(fake_root: Path) -> None:
 
 def _engine_gzip(path: Path) -> None:
     """NAME -> NAME.gz as mnic-ops's engine (an earlier pass) made it."""
-    from mnic_ops.engines import compress
+    from mnic_ops.engines import compress, inplace
 
     dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        o = compress.compress_at(dfd, path.name, compress.Options(dev=os.fstat(dfd).st_dev))
+        o = compress.compress_at(dfd, path.name, inplace.Options(dev=os.fstat(dfd).st_dev))
     finally:
         os.close(dfd)
     assert o.state == "compressed", o
