@@ -41,7 +41,6 @@ KNOWN_LARGE: dict[str, int] = {
     "mnic_ops/capabilities/watch.py": 1935,
     "mnic_ops/core/config.py": 748,
     "mnic_ops/core/safefs.py": 601,
-    "mnic_ops/engines/retention.py": 933,
     "mnic_ops/engines/treemove.py": 1621,
     "mnic_ops/facts/projects.py": 753,
 }
