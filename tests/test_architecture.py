@@ -37,8 +37,6 @@ KNOWN_LARGE: dict[str, int] = {
     "mnic_ops/capabilities/relocate.py": 1011,
     "mnic_ops/core/config.py": 748,
     "mnic_ops/core/safefs.py": 601,
-    "mnic_ops/engines/compress.py": 1043,
-    "mnic_ops/engines/retention.py": 933,
 }
 
 # Private names used across modules today: (user file, "module._name"). Make the name

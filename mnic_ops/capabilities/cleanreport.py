@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from mnic_ops.core import metrics
 from mnic_ops.core.errors import EXIT_OK, InputError
-from mnic_ops.engines import compress
+from mnic_ops.engines import inplace
 from mnic_ops.engines.cleanjobs import printable
 from mnic_ops.engines.cleanpass import MAX_COLLISIONS, MAX_EXAMPLES, KindReport, ProjectReport
 from mnic_ops.facts import policy
@@ -171,7 +171,7 @@ def text(reports: list[ProjectReport], totals: dict[str, Any], check: bool,
                 ex = k.examples.get(reason, [])
                 shown = ", ".join(ex[: (MAX_EXAMPLES if verbose else 3)])
                 more = "" if n <= len(ex[: (MAX_EXAMPLES if verbose else 3)]) else ", ..."
-                lines.append(f"    skipped {n}: {compress.REASONS.get(reason, reason)}: "
+                lines.append(f"    skipped {n}: {inplace.REASONS.get(reason, reason)}: "
                              f"{shown}{more}")
             for c in k.collision_files[: (MAX_COLLISIONS if verbose else 3)]:
                 lines.append(f"    {c['file']}.gz had other content: kept as "

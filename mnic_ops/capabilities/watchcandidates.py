@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from mnic_ops.capabilities.watchroots import WATCHING, WatchRoot, dur, wanted
 from mnic_ops.core.errors import EXIT_OK, InputError
-from mnic_ops.engines import cleanjobs, compress, datatree
+from mnic_ops.engines import cleanjobs, datatree, dirlock, inplace, tempfiles
 from mnic_ops.facts import policy
 from mnic_ops.facts.projects import Project
 
@@ -237,7 +237,7 @@ class Candidates:
             for reldir, _dparts, _ident, entries in datatree.walk(top, r.dev):
                 rd = f"{sub}/{reldir}".strip("/") if sub else reldir
                 for name, st in entries:
-                    if compress.is_ours(name):
+                    if tempfiles.is_ours(name):
                         if recover:
                             stale.setdefault(rd, []).append(name)
                         continue
@@ -263,7 +263,7 @@ class Candidates:
             self._recover(r, stale)
 
     def _recover(self, r: WatchRoot, stale: dict[str, list[str]]) -> None:
-        with compress.project_lock(self.app.root, r.project.host_path) as got:
+        with dirlock.project_lock(self.app.root, r.project.host_path) as got:
             if not got:
                 return  # clean holds the lock: it recovers them itself
             for rd, names in stale.items():
@@ -274,8 +274,8 @@ class Candidates:
                     continue
                 try:
                     for n in names:
-                        o = compress.recover_stale(dfd, n, compress.Options(dev=r.dev))
-                        if o.state in (compress.RECOVERED, compress.FINISHED):
+                        o = tempfiles.recover_stale(dfd, n, inplace.Options(dev=r.dev))
+                        if o.state in (inplace.RECOVERED, inplace.FINISHED):
                             log.info("%s: %s", cleanjobs.printable(f"{r.host_path}/{rd}/{n}"),
                                      o.detail)
                 finally:

@@ -17,7 +17,7 @@ from typing import Any
 from mnic_ops.capabilities.watchobservers import Observers
 from mnic_ops.capabilities.watchroots import READ_ONLY, WatchRoot, dur
 from mnic_ops.capabilities.watchunit import UNIT_NAME
-from mnic_ops.engines import cleanjobs, compress
+from mnic_ops.engines import cleanjobs, compress, dirlock, inplace
 from mnic_ops.engines.cleanjobs import printable
 from mnic_ops.facts.projects import human
 
@@ -73,7 +73,7 @@ class Compressing(Observers):
             heapq.heapify(self.heap)
 
     def _compress_group(self, r: WatchRoot, reldir: str, names: list[str]) -> None:
-        with compress.project_lock(self.app.root, r.project.host_path) as got:
+        with dirlock.project_lock(self.app.root, r.project.host_path) as got:
             if not got:
                 log.info("%s: another pass holds the lock; retrying in %gs",
                          printable(r.project.host_path), LOCK_RETRY)
@@ -107,7 +107,7 @@ class Compressing(Observers):
 
     def _batch(self, r: WatchRoot, reldir: str, dfd: int, names: list[str]) -> None:
         now = time.time()
-        opts = compress.Options(level=self.engine.level, compressor=self.engine.compressor,
+        opts = inplace.Options(level=self.engine.level, compressor=self.engine.compressor,
                           dev=r.dev, max_mtime=now - r.settle if r.settle > 0 else None)
         try:
             self.interruptible = True
@@ -125,12 +125,12 @@ class Compressing(Observers):
         for o in outcomes:
             self._outcome(r, reldir, dfd, o)
 
-    def _outcome(self, r: WatchRoot, reldir: str, dfd: int, o: compress.Outcome) -> None:
+    def _outcome(self, r: WatchRoot, reldir: str, dfd: int, o: inplace.Outcome) -> None:
         rel = f"{reldir}/{o.name}" if reldir else o.name
         shown = printable(f"{r.host_path}/{rel}")
         key = (r.real, reldir, o.name)
         now = time.time()
-        if o.state in (compress.COMPRESSED, compress.FINISHED):
+        if o.state in (inplace.COMPRESSED, inplace.FINISHED):
             self.compressed += 1
             self.last_compressed = round(now, 3)
             saved = o.before - o.after
@@ -151,8 +151,8 @@ class Compressing(Observers):
             st: os.stat_result | None = os.stat(o.name, dir_fd=dfd, follow_symlinks=False)
         except OSError:
             st = None
-        reason = compress.REASONS.get(o.reason, o.reason) + (f" ({o.detail})" if o.detail else "")
-        if o.state == compress.FAILED:
+        reason = inplace.REASONS.get(o.reason, o.reason) + (f" ({o.detail})" if o.detail else "")
+        if o.state == inplace.FAILED:
             if o.reason == "read_only":
                 self._read_only(r)
                 return

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mnic_ops.core import installfail, safefs
-from mnic_ops.engines import cleanjobs, compress, datatree
+from mnic_ops.engines import cleanjobs, datatree, tempfiles
 from mnic_ops.facts import linkrecords, policy
 from mnic_ops.facts.projects import DATA_KINDS, Project
 
@@ -183,7 +183,7 @@ def count_dirs(app: AppContext, r: WatchRoot) -> int:
 def wanted(r: WatchRoot, name: str, rel: str) -> bool:
     """Is this name, ``rel`` below the data folder, one the watcher compresses (the
     clean policy's own rule, :func:`mnic_ops.facts.policy.compress_wanted`)?"""
-    if compress.is_ours(name) or safefs.is_tmp_name(name):
+    if tempfiles.is_ours(name) or safefs.is_tmp_name(name):
         return False
     return policy.compress_wanted(r.policy, name, rel)
 

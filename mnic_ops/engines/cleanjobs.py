@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 from mnic_ops.core import installroot
 from mnic_ops.core.errors import InputError
 from mnic_ops.core.hostroot import HostRoot
-from mnic_ops.engines import compress
-from mnic_ops.engines.compress import Options
+from mnic_ops.engines import archives, compress, dirlock, gzipformat, inplace, tempfiles
+from mnic_ops.engines.inplace import Options
 
 if TYPE_CHECKING:
     from mnic_ops.core.config import Config
@@ -78,7 +78,7 @@ def engine(cfg: Config) -> Engine:
     if not 1 <= level <= 9:
         raise InputError(f"clean.level: expected 1-9, got {level}")
     compressor = str(cfg.get("clean.compressor", "auto"))
-    compress.codec(compressor)  # fail early (input error) when not installed
+    gzipformat.codec(compressor)  # fail early (input error) when not installed
     warn_follow_links_under(cfg)
     return Engine(level, compressor, int(cfg.get("clean.batch_files", 256)))
 
@@ -113,7 +113,7 @@ def open_tree(root: HostRoot, prefix: str, parts: tuple[str, ...] = (),
                  | os.O_CLOEXEC)
     try:
         installroot.check(fd, base_ident, prefix)
-        return compress.open_dir_nofollow(fd, parts)
+        return dirlock.open_dir_nofollow(fd, parts)
     finally:
         os.close(fd)
 
@@ -135,29 +135,29 @@ def _job_dir(job: Job) -> int:
     return fd
 
 
-def run_job(job: Job) -> list[compress.Outcome]:
+def run_job(job: Job) -> list[inplace.Outcome]:
     """Compress, expire and recover one directory's names; outcome per name."""
     try:
         dfd = _job_dir(job)
     except OSError as exc:
         reason = "changed" if exc.errno in (2, 20, 40, errno.ESTALE) else "unreadable_dir"
-        return [compress.Outcome(n, compress.SKIPPED, reason, exc.strerror or "")
+        return [inplace.Outcome(n, inplace.SKIPPED, reason, exc.strerror or "")
                 for n in [*job.stale, *job.compress, *job.expire]]
-    out = [compress.recover_stale(dfd, n, job.copts) for n in job.stale]
+    out = [tempfiles.recover_stale(dfd, n, job.copts) for n in job.stale]
     if job.compress:
         out.extend(compress.compress_batch(dfd, job.compress, job.copts))
-    out.extend(compress.expire_at(dfd, n, job.eopts) for n in job.expire)
+    out.extend(archives.expire_at(dfd, n, job.eopts) for n in job.expire)
     return out
 
 
-def check_job(job: Job) -> list[compress.Outcome]:
+def check_job(job: Job) -> list[inplace.Outcome]:
     """``--check``: what :func:`run_job` would do with the batch's files to compress,
     from the same per-file checks (open files included), with nothing written."""
     try:
         dfd = _job_dir(job)
     except OSError as exc:
         reason = "changed" if exc.errno in (2, 20, 40) else "unreadable_dir"
-        return [compress.Outcome(n, compress.SKIPPED, reason, exc.strerror or "")
+        return [inplace.Outcome(n, inplace.SKIPPED, reason, exc.strerror or "")
                 for n in job.compress]
     return compress.check_batch(dfd, job.compress, job.copts)
 

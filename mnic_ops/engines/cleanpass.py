@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mnic_ops.core import installroot, patterns, progress
-from mnic_ops.engines import compress, datatree, retention
+from mnic_ops.engines import compress, datatree, dirlock, inplace, retention, tempfiles
 from mnic_ops.engines.cleanjobs import Job, check_job, engine, printable, run_job, worker_init
 from mnic_ops.facts import linkrecords, policy
 from mnic_ops.facts.policy import DAY, Policy, resolve_policy
@@ -70,7 +70,7 @@ class KindReport:
         if len(ex) < MAX_EXAMPLES:
             ex.append(printable(rel))
 
-    def add(self, o: compress.Outcome, rel: str) -> None:
+    def add(self, o: inplace.Outcome, rel: str) -> None:
         if o.kept_as:
             self.collisions += 1
             kept = posixpath.join(posixpath.dirname(rel), o.kept_as)
@@ -79,20 +79,20 @@ class KindReport:
             if len(self.collision_files) < MAX_COLLISIONS:
                 self.collision_files.append({"file": printable(rel),
                                              "kept_as": printable(kept)})
-        if o.state == compress.COMPRESSED:
+        if o.state == inplace.COMPRESSED:
             self.compressed += 1
             self.bytes_before += o.before
             self.bytes_after += o.after
-        elif o.state == compress.FINISHED:
+        elif o.state == inplace.FINISHED:
             self.finished += 1
             self.bytes_before += o.before
             self.bytes_after += o.after
-        elif o.state == compress.EXPIRED:
+        elif o.state == inplace.EXPIRED:
             self.expired += 1
             self.expired_bytes += o.before
-        elif o.state == compress.RECOVERED:
+        elif o.state == inplace.RECOVERED:
             self.recovered += 1
-        elif o.state == compress.FAILED:
+        elif o.state == inplace.FAILED:
             self.failed += 1
             self.skip(o.reason, rel + (f" ({o.detail})" if o.detail else ""))
         else:
@@ -158,7 +158,7 @@ class Pass:
         n = int(cfg.get("clean.workers", 0)) or min(8, 2 * len(os.sched_getaffinity(0)))
         self.workers = max(1, n)
         self.pool: ProcessPoolExecutor | None = None
-        self.inflight: dict[Future[list[compress.Outcome]], tuple[KindReport, str]] = {}
+        self.inflight: dict[Future[list[inplace.Outcome]], tuple[KindReport, str]] = {}
         self.now = time.time()
         self.wait = 0.0  # seconds to wait for a project's lock (clean --wait)
         # progress: files handed over (found) and done, bytes in and out
@@ -188,11 +188,11 @@ class Pass:
             rep, reldir = self.inflight.pop(fut)
             self._collect(fut.result(), rep, reldir)
 
-    def _collect(self, outcomes: list[compress.Outcome], rep: KindReport, reldir: str) -> None:
+    def _collect(self, outcomes: list[inplace.Outcome], rep: KindReport, reldir: str) -> None:
         for o in outcomes:
-            if o.reason == "vanished" and compress.is_ours(o.name):
+            if o.reason == "vanished" and tempfiles.is_ours(o.name):
                 continue  # a temporary its own pass finished meanwhile: no news
-            if not compress.is_ours(o.name) and o.state != compress.RECOVERED:
+            if not tempfiles.is_ours(o.name) and o.state != inplace.RECOVERED:
                 self.done += 1
                 self.bytes_in += o.before
                 self.bytes_out += o.after
@@ -209,7 +209,7 @@ class Pass:
     def own_temporary(self, name: str) -> bool:
         """A temporary of this pass (its own process or one of its workers): it is
         being worked on right now, neither stale nor anything to report."""
-        parsed = compress.parse_stale(name)
+        parsed = tempfiles.parse_stale(name)
         if parsed is None:
             return False
         pid = parsed[2]
@@ -257,7 +257,7 @@ class Pass:
             self.root, project, decl, check=self.check, now=self.now,
             restore_max_bytes=int(self.app.config.get("clean.restore_max_mib", 256)) << 20) \
             if self.only != "compress" else None
-        with compress.project_lock(self.root, project.host_path, self.wait,
+        with dirlock.project_lock(self.root, project.host_path, self.wait,
                              probe=self.check) as got:
             if not got:
                 rep.status = "locked"
@@ -325,15 +325,15 @@ class Pass:
             only = self.only
             cut_c = self.now - pol.compress_after_days * DAY
             cut_e = self.now - pol.delete_after_days * DAY
-            copts = compress.Options(level=self.level, compressor=self.compressor, dev=dev,
+            copts = inplace.Options(level=self.level, compressor=self.compressor, dev=dev,
                                max_mtime=cut_c)
-            eopts = compress.Options(dev=dev, max_mtime=cut_e)
+            eopts = inplace.Options(dev=dev, max_mtime=cut_e)
             for reldir, dparts, ident, entries in datatree.walk(top, dev, rep.skip):
                 batch = Job(self.root, prefix, parts + dparts, ident, [], [], [], copts, eopts,
                             where.base_ident)
                 for name, st in entries:
                     rel = f"{reldir}/{name}" if reldir else name
-                    if compress.is_ours(name):
+                    if tempfiles.is_ours(name):
                         if not self.own_temporary(name):
                             batch.stale.append(name)
                         continue

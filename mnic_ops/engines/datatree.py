@@ -18,7 +18,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 
-from mnic_ops.engines.compress import open_dir_nofollow
+from mnic_ops.engines.dirlock import open_dir_nofollow
 
 # skip(reason, rel, error): reason is "symlink", "unreadable_dir", "other_filesystem" or
 # "not_regular"; rel the path below the top ("." for the top, a folder ends in "/" when

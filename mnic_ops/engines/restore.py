@@ -12,7 +12,7 @@ all of these hold:
   rule: the histories, the metadata of ids the index lists, ``daily/<date>.json``, the
   results ``state.json`` lists) and is absent;
 - the archive is shaped exactly as mnic-ops's engine writes one: its gzip header names
-  ``NAME`` with the archive's own mtime (:func:`mnic_ops.engines.compress.is_engine_archive`);
+  ``NAME`` with the archive's own mtime (:func:`mnic_ops.engines.gzipformat.is_engine_archive`);
 - it was created (``ctime``, which no user can set back) before the first pass of a
   mnic-ops that no longer compresses such files on this host (``restore-since.json``
   in mnic-ops's root-owned state): an archive made later is not one of ours;
@@ -26,7 +26,7 @@ fsuid; hence the bounds above.)
 
 ``NAME`` and an older ``NAME.gz`` with other content (the framework wrote the file
 again after an earlier pass archived it) are a collision: the archive is kept once as
-``NAME.N.gz`` (:func:`mnic_ops.engines.compress.keep_numbered`) and reported, so the same line
+``NAME.N.gz`` (:func:`mnic_ops.engines.archives.keep_numbered`) and reported, so the same line
 does not come back every run.
 """
 
@@ -39,7 +39,7 @@ import time
 from typing import TYPE_CHECKING
 
 from mnic_ops.core import safefs
-from mnic_ops.engines import compress
+from mnic_ops.engines import archives, gzipformat, inplace
 
 if TYPE_CHECKING:
     from mnic_ops.core.hostroot import HostRoot
@@ -122,15 +122,15 @@ class Restorer:
         if self.check:
             rep.restored.append(rel)
             return
-        o = compress.gunzip_at(dirfd, name, compress.Options(dev=dev),
-                         limit=min(compress.RESTORE_LIMIT, size))
-        if o.state == compress.RESTORED:
+        o = archives.gunzip_at(dirfd, name, inplace.Options(dev=dev),
+                         limit=min(archives.RESTORE_LIMIT, size))
+        if o.state == archives.RESTORED:
             rep.restored.append(rel)
             return
         self.used -= size
         if o.reason == "no_space":
             self.stopped = f"no space left ({o.detail or 'ENOSPC/EDQUOT'})"
-        rep.errors.append(f"{rel}.gz not restored: {compress.REASONS.get(o.reason, o.reason)}"
+        rep.errors.append(f"{rel}.gz not restored: {inplace.REASONS.get(o.reason, o.reason)}"
                           + (f" ({o.detail})" if o.detail else "")
                           + ("; no more restores in this run" if self.stopped else ""))
 
@@ -153,14 +153,14 @@ class Restorer:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != (lst.st_dev, lst.st_ino):
                 return "changed during the pass", 0
-            if not compress.is_engine_archive(fd, name, st):
+            if not gzipformat.is_engine_archive(fd, name, st):
                 return ("its gzip header is not the one mnic-ops writes for this name: not "
                         "one of its archives; left as it is"), 0
-            size = compress.gzip_size(fd, st)
+            size = gzipformat.gzip_size(fd, st)
         finally:
             os.close(fd)
-        if size > compress.RESTORE_LIMIT:
-            return f"would make {size} bytes (at most {compress.RESTORE_LIMIT} are restored)", 0
+        if size > archives.RESTORE_LIMIT:
+            return f"would make {size} bytes (at most {archives.RESTORE_LIMIT} are restored)", 0
         return "", size
 
     def _collision(self, dirfd: int, name: str, rel: str, dev: int, lst: os.stat_result,
@@ -170,18 +170,18 @@ class Restorer:
         if self.check:
             rep.kept.append({"file": f"{rel}.gz", "kept_as": f"{rel}.N.gz"})
             return
-        o = compress.gunzip_at(dirfd, name, compress.Options(dev=dev))  # same content: archive goes
-        if o.state == compress.RESTORED or o.reason == "vanished":
+        o = archives.gunzip_at(dirfd, name, inplace.Options(dev=dev))  # same content: archive goes
+        if o.state == archives.RESTORED or o.reason == "vanished":
             return
         if o.reason != "archive_exists" or "other content" not in o.detail:
-            rep.errors.append(f"{rel}.gz beside {rel}: {compress.REASONS.get(o.reason, o.reason)}"
+            rep.errors.append(f"{rel}.gz beside {rel}: {inplace.REASONS.get(o.reason, o.reason)}"
                               + (f" ({o.detail})" if o.detail else ""))
             return
         try:
-            kept = compress.keep_numbered(dirfd, name + ".gz", lst)
-        except compress.Skip as s:
+            kept = archives.keep_numbered(dirfd, name + ".gz", lst)
+        except inplace.Skip as s:
             rep.errors.append(f"{rel}.gz beside {rel}: not renamed: "
-                              f"{compress.REASONS.get(s.reason, s.reason)}")
+                              f"{inplace.REASONS.get(s.reason, s.reason)}")
             return
         parent = rel[: len(rel) - len(name)]
         rep.kept.append({"file": f"{rel}.gz", "kept_as": parent + kept})

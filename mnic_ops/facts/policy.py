@@ -88,7 +88,7 @@ _NUMBERED = re.compile(r"^(?P<base>.+)\.(?P<n>[1-9][0-9]{0,5})\.gz$", re.S)
 
 def match_expire(patterns: tuple[str, ...] | list[str], name: str, rel: str) -> bool:
     """Like :func:`match`, and a numbered archive (``NAME.N.gz``, kept when a collision
-    was resolved, see :mod:`mnic_ops.engines.compress`) expires like ``NAME.gz``."""
+    was resolved, see :func:`mnic_ops.engines.archives.keep_numbered`) expires like ``NAME.gz``."""
     if match(patterns, name, rel):
         return True
     m = _NUMBERED.match(name)

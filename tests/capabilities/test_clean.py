@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mnic_ops.core.config import load
 from mnic_ops.core.hostroot import HostRoot
-from mnic_ops.engines import cleanjobs, compress
+from mnic_ops.engines import cleanjobs, dirlock, tempfiles
 from mnic_ops.facts.policy import resolve_policy
 from mnic_ops.facts.projects import PROTECTED_NAMES, load_project
 from tests.cleanhelp import (
@@ -199,7 +199,7 @@ def test_textfile_labels_survive_hostile_install_names(fake_root: Path) -> None:
 def test_second_pass_skips_while_the_lock_is_held(fake_root: Path) -> None:
     files = make_project(fake_root, files=5)
     write_config(fake_root)
-    lock = compress.lock_path(HostRoot.open(fake_root), PROJECT)
+    lock = dirlock.lock_path(HostRoot.open(fake_root), PROJECT)
     os.makedirs(os.path.dirname(lock), exist_ok=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -234,7 +234,7 @@ def test_check_writes_nothing(fake_root: Path) -> None:
     assert r.code == 3, r.out + r.err
     assert _tree(fake_root) == before
     assert not (fake_root / "var/lib/mnic-ops").exists()
-    lock = compress.lock_path(HostRoot.open(fake_root), PROJECT)
+    lock = dirlock.lock_path(HostRoot.open(fake_root), PROJECT)
     os.makedirs(os.path.dirname(lock), exist_ok=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -256,7 +256,7 @@ def test_two_passes_at_once_one_works_one_skips(fake_root: Path) -> None:
     cmd = [sys.executable, "-m", "mnic_ops", "--root", str(fake_root), "clean", "--json"]
     # the first pass has the lock for well over a second; the second starts meanwhile
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
-    lock = compress.lock_path(HostRoot.open(fake_root), PROJECT)
+    lock = dirlock.lock_path(HostRoot.open(fake_root), PROJECT)
     deadline = time.time() + 30
     while time.time() < deadline:
         if os.path.exists(lock):
@@ -458,7 +458,7 @@ import json, sys
 sys.path.insert(0, {repo!r})
 from pathlib import Path
 from tests.cleanhelp import assert_nothing_lost
-from mnic_ops.engines.compress import is_ours
+from mnic_ops.engines.tempfiles import is_ours
 import os
 root = Path(sys.argv[1])
 files = {{k: bytes.fromhex(v) for k, v in json.load(open(sys.argv[2])).items()}}
@@ -518,7 +518,7 @@ def _group_running(pgid: int) -> bool:
 
 def _tmp_names(root: Path) -> Iterator[str]:
     for _d, _, fs in os.walk(root / "home"):
-        yield from (n for n in fs if compress.is_ours(n))
+        yield from (n for n in fs if tempfiles.is_ours(n))
 
 
 @pytest.mark.slow

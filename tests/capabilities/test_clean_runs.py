@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mnic_ops.core.hostroot import HostRoot
-from mnic_ops.engines import compress
+from mnic_ops.engines import dirlock, tempfiles
 from mnic_ops.facts import passstate
 from tests.cleanhelp import PROJECT, content_of, make_project, write_config
 from tests.conftest import REPO, run_mnic
@@ -80,10 +80,10 @@ def test_own_temporaries_are_never_reported(fake_root: Path,
 
     _setup(fake_root, files=20, extra="workers = 1\n")
     sessions = fake_root / PROJECT.lstrip("/") / "project_archive/sessions"
-    mine = sessions / f".f00000.json.gz{compress.TMP_MARK}.{os.getpid()}.abc1"
+    mine = sessions / f".f00000.json.gz{tempfiles.TMP_MARK}.{os.getpid()}.abc1"
     mine.write_bytes(b"partial")
     child = subprocess.Popen(["sleep", "60"])  # stands for a worker of the pass
-    theirs = sessions / f".f00005.json.gz{compress.TMP_MARK}.{child.pid}.abc2"
+    theirs = sessions / f".f00005.json.gz{tempfiles.TMP_MARK}.{child.pid}.abc2"
     theirs.write_bytes(b"partial")
     try:
         with pytest.raises(SystemExit) as ex:
@@ -109,7 +109,7 @@ def test_many_files_in_one_folder_no_temporary_reported(fake_root: Path) -> None
     for p in doc["projects"]:
         for k in p["kinds"].values():
             for reason, ex in k["skipped_examples"].items():
-                assert not any(compress.TMP_MARK in e or compress.ASIDE_MARK in e for e in ex), \
+                assert not any(tempfiles.TMP_MARK in e or tempfiles.ASIDE_MARK in e for e in ex), \
                     (reason, ex)
     assert all(content_of(fake_root, h)[1] == d for h, d in made.items()
                if h.endswith(".json") and "/f0" in h)
@@ -169,7 +169,7 @@ def test_check_and_run_agree_with_a_writer_that_leases_cannot_see(fake_root: Pat
 # --- waiting for the lock ------------------------------------------------------------------
 
 def _hold_lock(root: Path, seconds: float) -> threading.Thread:
-    lock = compress.lock_path(HostRoot.open(root), PROJECT)
+    lock = dirlock.lock_path(HostRoot.open(root), PROJECT)
     os.makedirs(os.path.dirname(lock), exist_ok=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from mnic_ops.engines import compress
+from mnic_ops.engines import tempfiles
 from tests.cleanhelp import (
     DAY,
     PROJECT,
@@ -145,7 +145,7 @@ def payload(i: int, size: int = 3000) -> bytes:
 
 
 def no_temporaries(base: Path) -> list[str]:
-    return [str(p) for p in base.rglob("*") if compress.is_ours(p.name)]
+    return [str(p) for p in base.rglob("*") if tempfiles.is_ours(p.name)]
 
 
 # --- behaviour ------------------------------------------------------------------------

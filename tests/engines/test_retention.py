@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from mnic_ops.core.hostroot import HostRoot
-from mnic_ops.engines import retention
+from mnic_ops.engines import checkpointstore, retention
 from mnic_ops.facts import policy
 from mnic_ops.facts.projects import Project, load_project
 from tests.conftest import write_tree
@@ -170,7 +170,7 @@ def test_a_killed_pass_is_finished_from_its_journal(fake_root: Path) -> None:
     idx["categories"]["unknown"] = [c]
     idx["timeline"] = [e for e in idx["timeline"] if e["checkpoint_id"] == c]
     (base / "checkpoint_index.json").write_text(json.dumps(idx, indent=2))
-    jpath = Path(retention.journal_path(HostRoot.open(fake_root), f"{PROJECT}/{STORE}"))
+    jpath = Path(checkpointstore.journal_path(HostRoot.open(fake_root), f"{PROJECT}/{STORE}"))
     jpath.parent.mkdir(parents=True)
     st = os.stat(base)
     jpath.write_text(json.dumps({"store": f"{PROJECT}/{STORE}", "ident": [st.st_dev,
@@ -197,24 +197,6 @@ def test_owner_and_mode_of_the_index_are_kept(fake_root: Path) -> None:
     assert run(fake_root, p).count == 1
     st = path.stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (4321, 4322, 0o640)
-
-
-@pytest.mark.parametrize(("index", "refs", "want", "removed"), [
-    ({"logs": [{"path": ".claude/thinking-logs/core/a/x.json"}, {"path": "core/a/y.json"}]},
-     {"core/a/x.json"}, {"logs": [{"path": "core/a/y.json"}]}, 1),
-    (["core/a/x.json", "core/a/y.json"], {"core/a/x.json"}, ["core/a/y.json"], 1),
-    ({"core/a/x.json": {"c": 1}, "other": {"by_agent": {"a": ["core/a/x.json"]}}},
-     {"core/a/x.json"}, {"other": {"by_agent": {"a": []}}}, 2),
-    ({"entries": {"id1": {"file": "core/a/x.json"}, "id2": {"file": "core/b/z.json"}}},
-     {"core/a/x.json"}, {"entries": {"id2": {"file": "core/b/z.json"}}}, 1),
-    ({"logs": []}, {"core/a/x.json"}, {"logs": []}, 0),
-    # a suffix counts only after a "/": xcore/a/x.json is another file
-    (["xcore/a/x.json", "/abs/p/core/a/x.json", "core/a/x.json/"], {"core/a/x.json"},
-     ["xcore/a/x.json", "core/a/x.json/"], 1),
-])
-def test_thinking_index_references_are_removed(index: Any, refs: set[str], want: Any,
-                                               removed: int) -> None:
-    assert retention.prune_refs(index, refs) == (want, removed)
 
 
 def test_thinking_logs_cost_records_and_task_results(fake_root: Path) -> None:
@@ -267,11 +249,11 @@ def test_thinking_logs_cost_records_and_task_results(fake_root: Path) -> None:
 
 def _engine_gzip(path: Path) -> None:
     """NAME -> NAME.gz as mnic-ops's engine (an earlier pass) made it."""
-    from mnic_ops.engines import compress
+    from mnic_ops.engines import compress, inplace
 
     dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        o = compress.compress_at(dfd, path.name, compress.Options(dev=os.fstat(dfd).st_dev))
+        o = compress.compress_at(dfd, path.name, inplace.Options(dev=os.fstat(dfd).st_dev))
     finally:
         os.close(dfd)
     assert o.state == "compressed", o

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mnic_ops.core import safefs
-from mnic_ops.engines import compress
+from mnic_ops.engines import dirlock
 from mnic_ops.engines.treewatch import TreeWatch
 
 Hint = tuple[str, str, str, float]
@@ -26,7 +26,7 @@ def _opener(top: Path):  # type: ignore[no-untyped-def]
     def opener(parts: tuple[str, ...]) -> int:
         fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            return compress.open_dir_nofollow(fd, parts)
+            return dirlock.open_dir_nofollow(fd, parts)
         finally:
             os.close(fd)
     return opener
@@ -168,7 +168,7 @@ def test_a_link_as_the_top_is_refused(tmp_path: Path,
     def opener(parts: tuple[str, ...]) -> int:
         fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            return compress.open_dir_nofollow(fd, ("top", *parts))
+            return dirlock.open_dir_nofollow(fd, ("top", *parts))
         finally:
             os.close(fd)
 

@@ -268,7 +268,7 @@ def test_what_an_earlier_pass_gzipped_is_readable_again(fw_host: Host) -> None:
     """An earlier mnic-ops gzipped files the framework reads by name (metadata/<id>.json,
     quality_gate_history.json, daily/<date>.json, results/<id>.json): the checkpoints
     were unreadable and the histories empty. clean makes them again from the archives."""
-    from mnic_ops.engines import compress
+    from mnic_ops.engines import compress, inplace
 
     h = fw_host
     with plain_user("healed") as user:
@@ -286,10 +286,10 @@ def test_what_an_earlier_pass_gzipped_is_readable_again(fw_host: Host) -> None:
         for v in victims:  # what the old pass did: its own engine made NAME.gz
             dfd = os.open(v.parent, os.O_RDONLY | os.O_DIRECTORY)
             try:
-                o = compress.compress_at(dfd, v.name, compress.Options(dev=os.fstat(dfd).st_dev))
+                o = compress.compress_at(dfd, v.name, inplace.Options(dev=os.fstat(dfd).st_dev))
             finally:
                 os.close(dfd)
-            assert o.state == compress.COMPRESSED and not v.exists(), o
+            assert o.state == inplace.COMPRESSED and not v.exists(), o
         broken = inst.inspect()
         assert not all(c["readable"] for c in broken["checkpoints"].values())
         r = h.mnic("clean", "--check")
