@@ -26,7 +26,7 @@ from mnic_ops.capabilities import tiers
 from mnic_ops.capabilities.protocol import ProvisionContext, ProvisionStep
 from mnic_ops.changes.model import SKIPPED, Item, Plan, failed_item
 from mnic_ops.core import installfail, quoting, safefs, userjson
-from mnic_ops.core.config import HOST_CLASSES
+from mnic_ops.core.configschema import HOST_CLASSES
 from mnic_ops.core.errors import EXIT_CODES_HELP, InputError, OpsError
 from mnic_ops.engines import datatree, jsonedit
 from mnic_ops.facts import linkrecords, projects
