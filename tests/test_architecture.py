@@ -38,7 +38,6 @@ KNOWN_LARGE: dict[str, int] = {
     "mnic_ops/capabilities/fstab.py": 1039,
     "mnic_ops/capabilities/relocate.py": 1011,
     "mnic_ops/capabilities/watch.py": 1935,
-    "mnic_ops/core/safefs.py": 601,
     "mnic_ops/engines/compress.py": 1043,
     "mnic_ops/engines/retention.py": 933,
     "mnic_ops/engines/treemove.py": 1621,

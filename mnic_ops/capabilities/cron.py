@@ -31,7 +31,7 @@ from mnic_ops.capabilities.protocol import (
     no_installs,
 )
 from mnic_ops.changes.model import OK, ApplyContext, Item, Plan, Undo, undo_handler, unified_diff
-from mnic_ops.core import quoting, safefs
+from mnic_ops.core import beneathfs, quoting, safefs
 from mnic_ops.core.errors import EXIT_CODES_HELP, EXIT_OK, InputError, OpsError
 from mnic_ops.core.hostroot import HostRoot
 
@@ -368,7 +368,7 @@ def host_timezone(root: HostRoot) -> tuple[dt.tzinfo, str]:
             pass
     host = "/etc/localtime"
     try:
-        real = safefs.resolve_beneath(root.root, host)
+        real = beneathfs.resolve_beneath(root.root, host)
     except (OSError, OpsError):
         real = host
     name = ""

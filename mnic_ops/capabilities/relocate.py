@@ -30,7 +30,7 @@ import click
 from mnic_ops.capabilities.protocol import ProvisionContext, ProvisionStep
 from mnic_ops.changes.model import OK, SKIPPED, ApplyContext, Item, Plan, Undo, undo_handler
 from mnic_ops.changes.run import run_plan
-from mnic_ops.core import installroot, progress, safefs
+from mnic_ops.core import beneathfs, installroot, progress, safefs
 from mnic_ops.core.app import AppContext, emit
 from mnic_ops.core.errors import EXIT_CODES_HELP, EXIT_OK, InputError, OpsError
 from mnic_ops.core.hostroot import HostRoot
@@ -275,7 +275,7 @@ def _rel_in_project(p: Project, d: DataDir) -> str:
     parent = os.path.dirname(rel)
     if parent:
         try:
-            os.close(safefs.open_beneath(p.path, parent, os.O_RDONLY | os.O_DIRECTORY))
+            os.close(beneathfs.open_beneath(p.path, parent, os.O_RDONLY | os.O_DIRECTORY))
         except FileNotFoundError:
             pass
         except OpsError as exc:

@@ -42,7 +42,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from mnic_ops.core import framework_map, safefs, userjson
+from mnic_ops.core import beneathfs, framework_map, safefs, userjson
 from mnic_ops.core.errors import OpsError
 from mnic_ops.core.hostroot import HostRoot
 from mnic_ops.engines import compress, restore
@@ -764,7 +764,7 @@ class Retention:
             state_rel = framework_map.TASK_STATE[1]
         state_dir, _, state_name = state_rel.rpartition("/")
         try:
-            sfd: int | None = safefs.open_beneath(self.project.path, state_dir or ".",
+            sfd: int | None = beneathfs.open_beneath(self.project.path, state_dir or ".",
                                                   os.O_RDONLY | os.O_DIRECTORY,
                                                   base_ident=self.project.ident)
         except FileNotFoundError:

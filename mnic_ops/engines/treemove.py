@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from mnic_ops.core import safefs
+from mnic_ops.core import beneathfs, safefs
 from mnic_ops.core.errors import OpsError
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,8 @@ class Place:
 
     def open_parent(self) -> int:
         """A descriptor of the parent folder, reached without following symlinks from
-        the base (checked against ``ident``: :class:`~mnic_ops.core.safefs.BaseReplaced`)."""
-        return safefs.open_beneath(self.base, posixpath.dirname(self.rel),
+        the base (checked against ``ident``: :class:`~mnic_ops.core.beneathfs.BaseReplaced`)."""
+        return beneathfs.open_beneath(self.base, posixpath.dirname(self.rel),
                                    os.O_RDONLY | os.O_DIRECTORY, base_ident=self.ident)
 
     def state(self) -> tuple[str, str | None, int | None]:
