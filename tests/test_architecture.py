@@ -35,8 +35,6 @@ MAX_LINES = 600
 KNOWN_LARGE: dict[str, int] = {
     "mnic_ops/capabilities/fstab.py": 1039,
     "mnic_ops/capabilities/relocate.py": 1011,
-    "mnic_ops/core/config.py": 748,
-    "mnic_ops/core/safefs.py": 601,
 }
 
 # Private names used across modules today: (user file, "module._name"). Make the name

@@ -41,7 +41,7 @@ from mnic_ops.changes.model import (
     undo_handler,
     unified_diff,
 )
-from mnic_ops.core import execute, safefs
+from mnic_ops.core import beneathfs, execute, safefs
 from mnic_ops.core.errors import EXIT_CODES_HELP, EXIT_FAILURE, CommandError, InputError, OpsError
 from mnic_ops.core.hostroot import HostRoot
 from mnic_ops.facts import hostfacts
@@ -357,7 +357,7 @@ class Resolver:
 
     def _device(self, host: str) -> tuple[set[str], str | None]:
         """Identities of a device path and the path it resolves to (None: missing)."""
-        resolved = safefs.resolve_beneath(self.root.root, host)
+        resolved = beneathfs.resolve_beneath(self.root.root, host)
         ids = {"path:" + resolved}
         try:
             st = os.stat(self.root.path(resolved))
@@ -614,7 +614,7 @@ def locate(root: HostRoot, fstab_file: str | None) -> Target:
         real = Path(os.path.realpath(fstab_file))
         display, host = shown(fstab_file), None
     else:
-        host = safefs.resolve_beneath(root.root, FSTAB)
+        host = beneathfs.resolve_beneath(root.root, FSTAB)
         real, display = root.path(host), FSTAB
     try:
         st = os.stat(real)
@@ -652,7 +652,7 @@ def data_mount_points(root: HostRoot, cfg: Any, mounts: Sequence[hostfacts.Mount
                 os.close(linkrecords.open_location(root, loc))
             except OSError:
                 continue  # gone meanwhile, or a link in the way: not followed
-            base = safefs.resolve_beneath(root.root, loc.prefix)
+            base = beneathfs.resolve_beneath(root.root, loc.prefix)
             real = posixpath.join(base, *loc.parts)
             m = hostfacts.mount_for(real, list(mounts))
             if m is not None:

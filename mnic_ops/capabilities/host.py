@@ -9,7 +9,7 @@ import click
 
 from mnic_ops import capabilities
 from mnic_ops.core.app import AppContext, emit
-from mnic_ops.core.config import HOST_CLASSES
+from mnic_ops.core.configschema import HOST_CLASSES
 from mnic_ops.core.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, EXIT_PENDING, InputError
 from mnic_ops.facts import hostfacts
 from mnic_ops.facts.hostclass import detect
@@ -89,10 +89,10 @@ def detect_cmd(app: AppContext, host_class: str | None) -> int:
 @click.pass_obj
 def config_cmd(app: AppContext, schema: bool) -> int:
     """Validate and print the effective configuration."""
-    from mnic_ops.core import config
+    from mnic_ops.core import configschema
 
     if schema:
-        rows = config.schema_doc()
+        rows = configschema.schema_doc()
         emit(app, {"keys": [dict(zip(("key", "type", "default", "doc"), r, strict=True))
                             for r in rows]},
              lambda: "\n".join(f"{k:<34} {t:<30} {d:<24} {doc}" for k, t, d, doc in rows))

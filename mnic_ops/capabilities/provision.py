@@ -19,7 +19,7 @@ from mnic_ops.changes.model import FAILED, OK, PENDING, SKIPPED, Item, Plan
 from mnic_ops.changes.run import run_plan
 from mnic_ops.core import installfail, userjson
 from mnic_ops.core.app import AppContext, emit
-from mnic_ops.core.config import HOST_CLASSES
+from mnic_ops.core.configschema import HOST_CLASSES
 from mnic_ops.core.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, OpsError
 
 log = logging.getLogger(__name__)

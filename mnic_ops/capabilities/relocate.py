@@ -30,7 +30,7 @@ import click
 from mnic_ops.capabilities.protocol import ProvisionContext, ProvisionStep
 from mnic_ops.changes.model import OK, SKIPPED, ApplyContext, Item, Plan, Undo, undo_handler
 from mnic_ops.changes.run import run_plan
-from mnic_ops.core import installroot, progress, safefs
+from mnic_ops.core import beneathfs, installroot, progress, safefs
 from mnic_ops.core.app import AppContext, emit
 from mnic_ops.core.errors import EXIT_CODES_HELP, EXIT_OK, InputError, OpsError
 from mnic_ops.core.hostroot import HostRoot
@@ -201,7 +201,7 @@ def _kinds(app: AppContext) -> list[str]:
     if bad:
         where = "config"
         if app.config.loaded and app.config.path is not None:
-            from mnic_ops.core.config import line_of
+            from mnic_ops.core.configvalidate import line_of
 
             try:
                 line = line_of(app.config.path.read_text(), ["relocate", "kinds"])
@@ -275,7 +275,7 @@ def _rel_in_project(p: Project, d: DataDir) -> str:
     parent = os.path.dirname(rel)
     if parent:
         try:
-            os.close(safefs.open_beneath(p.path, parent, os.O_RDONLY | os.O_DIRECTORY))
+            os.close(beneathfs.open_beneath(p.path, parent, os.O_RDONLY | os.O_DIRECTORY))
         except FileNotFoundError:
             pass
         except OpsError as exc:
@@ -896,7 +896,7 @@ def relocate_cmd(app: AppContext, check: bool, diff: bool, to: str | None, undo:
     PROJECT is an install's path or folder name; all found installs when none is given.
     An interrupted move is finished first, for the installs of this run only.
     """
-    from mnic_ops.core.config import SCHEMA, Key
+    from mnic_ops.core.configschema import SCHEMA, Key
 
     jdir = app.root.path(JOURNAL_DIR)
     if list_pending or forget_id:
@@ -986,7 +986,7 @@ PROVISION = ProvisionStep(20, "relocate", "relocate")
 def provision_plan(ctx: ProvisionContext) -> list[Item]:
     """Sessions and checkpoints onto the SSD, when a target that passes relocate's
     checks exists; otherwise a skipped item saying why."""
-    from mnic_ops.core.config import SCHEMA, Key
+    from mnic_ops.core.configschema import SCHEMA, Key
     from mnic_ops.core.errors import InputError
     from mnic_ops.facts import hostfacts
 

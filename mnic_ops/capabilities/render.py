@@ -25,8 +25,8 @@ import click
 from mnic_ops.capabilities import tiers
 from mnic_ops.capabilities.protocol import ProvisionContext, ProvisionStep
 from mnic_ops.changes.model import SKIPPED, Item, Plan, failed_item
-from mnic_ops.core import installfail, quoting, safefs, userjson
-from mnic_ops.core.config import HOST_CLASSES
+from mnic_ops.core import beneathfs, installfail, quoting, userjson
+from mnic_ops.core.configschema import HOST_CLASSES
 from mnic_ops.core.errors import EXIT_CODES_HELP, InputError, OpsError
 from mnic_ops.engines import datatree, jsonedit
 from mnic_ops.facts import linkrecords, projects
@@ -200,7 +200,7 @@ def plan_project(app: AppContext, proj: projects.Project, tpl: Templates, ctx: C
     try:
         for template, rel in OVERLAYS:
             host = f"{proj.host_path}/{rel}"
-            got = safefs.read_beneath(proj.path, rel, max_bytes=userjson.MAX_BYTES,
+            got = beneathfs.read_beneath(proj.path, rel, max_bytes=userjson.MAX_BYTES,
                                       source=host, base_ident=proj.ident)
             if got is None:
                 items.append(Item(id=f"file:{host}", description=f"merge tier into {host}",
@@ -214,7 +214,7 @@ def plan_project(app: AppContext, proj: projects.Project, tpl: Templates, ctx: C
             new = jsonedit.merge(text, overlay, host)
             item = _file_item(root, host, new, proj, existing=True,
                               description=f"merge {ctx.tier} tier into {host}")
-            again = safefs.read_beneath(proj.path, rel, max_bytes=userjson.MAX_BYTES,
+            again = beneathfs.read_beneath(proj.path, rel, max_bytes=userjson.MAX_BYTES,
                                         source=host, base_ident=proj.ident)
             if again is None or again[0] != old:
                 raise OpsError(f"{host}: changed while planning; run again")
@@ -227,7 +227,7 @@ def plan_project(app: AppContext, proj: projects.Project, tpl: Templates, ctx: C
                                   "folder in this install"))
                 continue
             text, _ = tpl.render_json(template, pctx)
-            exists = safefs.read_beneath(proj.path, rel, max_bytes=userjson.MAX_BYTES,
+            exists = beneathfs.read_beneath(proj.path, rel, max_bytes=userjson.MAX_BYTES,
                                          source=host, base_ident=proj.ident) is not None
             items.append(_file_item(root, host, text, proj, existing=exists))
     except TemplateError:

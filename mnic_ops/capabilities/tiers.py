@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnic_ops.core.config import HOST_CLASSES, Config, line_of
+from mnic_ops.core.config import Config
+from mnic_ops.core.configschema import HOST_CLASSES
+from mnic_ops.core.configvalidate import line_of
 from mnic_ops.core.errors import InputError
 from mnic_ops.core.hostroot import HostRoot
 from mnic_ops.facts import inotify

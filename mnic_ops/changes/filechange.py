@@ -14,7 +14,7 @@ from contextlib import suppress
 from typing import Any
 
 from mnic_ops.changes.model import OK, ApplyContext, Item, Undo, undo_handler, unified_diff
-from mnic_ops.core import safefs
+from mnic_ops.core import beneathfs, safefs
 from mnic_ops.core.errors import OpsError
 from mnic_ops.core.hostroot import HostRoot
 
@@ -57,8 +57,8 @@ def file_item(
     item_id: str | None = None,
     beneath: str | None = None,
     make_parents: bool = False,
-    beneath_ident: safefs.Ident | None = None,
-    max_bytes: int = safefs.MAX_READ,
+    beneath_ident: beneathfs.Ident | None = None,
+    max_bytes: int = beneathfs.MAX_READ,
 ) -> Item:
     """Plan writing ``new`` to ``host_path``: ``ok`` when it already holds exactly that
     (and the requested mode/owner), else a pending item with a unified diff.
@@ -125,14 +125,14 @@ def file_item(
 
 def _file_item_beneath(root: HostRoot, host_path: str, new: bytes | str, beneath: str, *,
                        description: str | None, mode: int | None, uid: int | None,
-                       gid: int | None, item_id: str | None, ident: safefs.Ident | None,
+                       gid: int | None, item_id: str | None, ident: beneathfs.Ident | None,
                        max_bytes: int) -> Item:
     data = new.encode() if isinstance(new, str) else new
     base = root.path(beneath)
     rel = os.path.relpath(os.path.normpath(host_path), os.path.normpath(beneath))
     if rel.startswith("..") or os.path.isabs(rel):
         raise ValueError(f"{host_path} is not below {beneath}")
-    got = safefs.read_beneath(base, rel, max_bytes=max_bytes, source=host_path,
+    got = beneathfs.read_beneath(base, rel, max_bytes=max_bytes, source=host_path,
                               base_ident=ident)
     old, st = (b"", None) if got is None else got
     found = _compare(host_path, old, st, data, mode=mode, uid=uid, gid=gid,
@@ -143,7 +143,7 @@ def _file_item_beneath(root: HostRoot, host_path: str, new: bytes | str, beneath
     before = _sha(old) if st is not None else None
 
     def action(ctx: ApplyContext) -> Undo:
-        cur = safefs.read_beneath(base, rel, max_bytes=max_bytes, source=host_path,
+        cur = beneathfs.read_beneath(base, rel, max_bytes=max_bytes, source=host_path,
                                   base_ident=ident)
         if (None if cur is None else _sha(cur[0])) != before:
             raise OpsError(f"{host_path}: changed since the plan was made; run again")
@@ -158,7 +158,7 @@ def _file_item_beneath(root: HostRoot, host_path: str, new: bytes | str, beneath
         else:
             rec["created"] = True
         with FolderTimes(rec, base, os.path.dirname(rel), ident=ident):
-            safefs.atomic_write_beneath(base, rel, data, mode=mode, uid=uid, gid=gid,
+            beneathfs.atomic_write_beneath(base, rel, data, mode=mode, uid=uid, gid=gid,
                                         base_ident=ident)
         return Undo("file", rec)
 
@@ -185,7 +185,7 @@ class FolderTimes:
 
     def __init__(self, rec: dict[str, Any], base: str | os.PathLike[str],
                  rel: str = "", *, restore: bool = False, key: str = "folder",
-                 ident: safefs.Ident | None = None) -> None:
+                 ident: beneathfs.Ident | None = None) -> None:
         self.rec, self.base, self.rel, self.restore = rec, base, rel, restore
         self.before, self.after = f"{key}_before", f"{key}_after"
         self.ident = ident
@@ -194,7 +194,7 @@ class FolderTimes:
 
     def __enter__(self) -> FolderTimes:
         try:
-            self.fd = safefs.open_beneath(self.base, self.rel or ".",
+            self.fd = beneathfs.open_beneath(self.base, self.rel or ".",
                                           os.O_RDONLY | os.O_DIRECTORY,
                                           base_ident=self.ident)
         except (OSError, OpsError):
@@ -224,12 +224,12 @@ class FolderTimes:
 def _undo_beneath(rec: dict[str, Any]) -> str:
     base, rel = rec["beneath"], rec["rel"]
     raw = rec.get("beneath_ident")
-    ident: safefs.Ident | None = None
+    ident: beneathfs.Ident | None = None
     if isinstance(raw, list) and len(raw) == 3 and all(isinstance(x, int) for x in raw):
         ident = (raw[0], raw[1], raw[2])
     try:
-        cur = safefs.read_beneath(base, rel, source=rec["path"], base_ident=ident)
-    except safefs.BaseReplaced as exc:
+        cur = beneathfs.read_beneath(base, rel, source=rec["path"], base_ident=ident)
+    except beneathfs.BaseReplaced as exc:
         raise OpsError(f"{rec['path']}: not reverting: {exc.strerror} (the install at "
                        f"{base} is not the folder mnic-ops wrote into; backup: "
                        f"{rec.get('backup', 'none')})") from None
@@ -238,14 +238,14 @@ def _undo_beneath(rec: dict[str, Any]) -> str:
                        f"(backup: {rec.get('backup', 'none')})")
     if rec.get("created"):
         with FolderTimes(rec, base, os.path.dirname(rel), restore=True, ident=ident):
-            safefs.unlink_beneath(base, rel, base_ident=ident)
+            beneathfs.unlink_beneath(base, rel, base_ident=ident)
         return f"removed {rec['path']}"
-    bak = safefs.read_beneath(os.path.dirname(rec["backup"]), os.path.basename(rec["backup"]))
+    bak = beneathfs.read_beneath(os.path.dirname(rec["backup"]), os.path.basename(rec["backup"]))
     if bak is None:
         raise OpsError(f"{rec['path']}: backup {rec['backup']} is gone; not reverting")
     data, st = bak
     with FolderTimes(rec, base, os.path.dirname(rel), restore=True, ident=ident):
-        safefs.atomic_write_beneath(base, rel, data, mode=stat.S_IMODE(st.st_mode),
+        beneathfs.atomic_write_beneath(base, rel, data, mode=stat.S_IMODE(st.st_mode),
                                     uid=st.st_uid, gid=st.st_gid,
                                     times_ns=(st.st_atime_ns, st.st_mtime_ns),
                                     base_ident=ident)

@@ -30,17 +30,17 @@ refusal: the identity no longer matches.
 
 from __future__ import annotations
 
-from mnic_ops.core import safefs
-from mnic_ops.core.safefs import Ident
+from mnic_ops.core import beneathfs
+from mnic_ops.core.beneathfs import Ident
 
 __all__ = ["Ident", "Replaced", "check", "ident_of"]
 
-Replaced = safefs.BaseReplaced
-ident_of = safefs.ident_of
+Replaced = beneathfs.BaseReplaced
+ident_of = beneathfs.ident_of
 WHAT = "the install's folder"
 
 
 def check(fd: int, ident: Ident | None, host_path: str) -> None:
     """:class:`Replaced` when the folder open at ``fd`` is not the install root found as
     ``ident`` (the message names ``host_path``, the install)."""
-    safefs.check_base(fd, ident, host_path, WHAT)
+    beneathfs.check_base(fd, ident, host_path, WHAT)

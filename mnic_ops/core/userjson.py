@@ -315,12 +315,12 @@ def read_beneath(base: str | os.PathLike[str], rel: str, source: str | None = No
                  max_bytes: int = MAX_BYTES, **limits: int) -> Any:
     """Parse ``base/rel`` reached without following any symlink below ``base``; None
     when it (or a folder on the way) does not exist."""
-    from mnic_ops.core import safefs
+    from mnic_ops.core import beneathfs
 
     src = source or f"{os.fspath(base).rstrip('/')}/{rel}"
     parent, _, name = rel.strip("/").rpartition("/")
     try:
-        dfd = safefs.open_beneath(base, parent or ".", os.O_RDONLY | os.O_DIRECTORY)
+        dfd = beneathfs.open_beneath(base, parent or ".", os.O_RDONLY | os.O_DIRECTORY)
     except FileNotFoundError:
         return None
     except OpsError:

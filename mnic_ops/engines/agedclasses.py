@@ -14,7 +14,7 @@ import re
 import stat
 from typing import TYPE_CHECKING, Any
 
-from mnic_ops.core import framework_map, safefs, userjson
+from mnic_ops.core import beneathfs, framework_map, safefs, userjson
 from mnic_ops.engines import dirlock, inplace, tempfiles
 from mnic_ops.engines.expiry import (
     ID_RE,
@@ -155,7 +155,7 @@ def expire_task_results(ret: Retention, store: Store, rep: Report) -> None:
         state_rel = framework_map.TASK_STATE[1]
     state_dir, _, state_name = state_rel.rpartition("/")
     try:
-        sfd: int | None = safefs.open_beneath(ret.project.path, state_dir or ".",
+        sfd: int | None = beneathfs.open_beneath(ret.project.path, state_dir or ".",
                                               os.O_RDONLY | os.O_DIRECTORY,
                                               base_ident=ret.project.ident)
     except FileNotFoundError:

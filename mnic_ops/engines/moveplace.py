@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mnic_ops.core import safefs
+from mnic_ops.core import beneathfs, safefs
 from mnic_ops.core.errors import OpsError
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -103,7 +103,7 @@ class Place:
     def open_parent(self) -> int:
         """A descriptor of the parent folder, reached without following symlinks from
         the base (checked against ``ident``: :class:`~mnic_ops.core.safefs.BaseReplaced`)."""
-        return safefs.open_beneath(self.base, posixpath.dirname(self.rel),
+        return beneathfs.open_beneath(self.base, posixpath.dirname(self.rel),
                                    os.O_RDONLY | os.O_DIRECTORY, base_ident=self.ident)
 
     def state(self) -> tuple[str, str | None, int | None]:

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from mnic_ops.core import safefs, userjson
+from mnic_ops.core import beneathfs, safefs, userjson
 from mnic_ops.core.errors import OpsError
 
 # The framework's own front-matter rule (.ai-tools/core/discovery/dynamic_agent_discovery.py):
@@ -130,7 +130,7 @@ def agents(base_fd: int, rel: str, big: int) -> dict[str, Any]:
     sizes: list[tuple[int, str]] = []
     t0 = time.perf_counter()
     try:
-        top = safefs.open_beneath_at(base_fd, rel, os.O_RDONLY | os.O_DIRECTORY)
+        top = beneathfs.open_beneath_at(base_fd, rel, os.O_RDONLY | os.O_DIRECTORY)
     except FileNotFoundError:
         out["seconds"] = time.perf_counter() - t0
         out["missing"] = True  # the /opt layout may carry no agents of its own
@@ -216,7 +216,7 @@ def _open_dir(base_fd: int, spec: dict[str, Any], roots: dict[str, int]) -> int:
         if fd < 0:  # opening the relocated folder failed: -errno
             raise OSError(-fd, os.strerror(-fd))
         return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
-    return safefs.open_beneath_at(base_fd, spec["rel"], os.O_RDONLY | os.O_DIRECTORY)
+    return beneathfs.open_beneath_at(base_fd, spec["rel"], os.O_RDONLY | os.O_DIRECTORY)
 
 
 def context(base_fd: int, req: dict[str, Any], roots: dict[str, int]) -> dict[str, Any]:
@@ -358,7 +358,7 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
     try:
         base_fd = os.open(req["base"], flags | os.O_NOFOLLOW)
         # the install root the data map found, not whatever its path leads to now
-        safefs.check_base(base_fd, _ident(req.get("ident")), label, "the install's folder")
+        beneathfs.check_base(base_fd, _ident(req.get("ident")), label, "the install's folder")
     except OSError as exc:
         return {"fatal": f"{label}: {_err(exc)}", "seconds": None}
     roots: dict[str, int] = {}

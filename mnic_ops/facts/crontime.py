@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from mnic_ops.core import safefs
+from mnic_ops.core import beneathfs
 from mnic_ops.core.errors import OpsError
 from mnic_ops.core.hostroot import HostRoot
 
@@ -109,7 +109,7 @@ def host_timezone(root: HostRoot) -> tuple[dt.tzinfo, str]:
             pass
     host = "/etc/localtime"
     try:
-        real = safefs.resolve_beneath(root.root, host)
+        real = beneathfs.resolve_beneath(root.root, host)
     except (OSError, OpsError):
         real = host
     name = ""

@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mnic_ops.core import safefs
+from mnic_ops.core import beneathfs
 from mnic_ops.core.errors import OpsError
 from mnic_ops.core.hostroot import HostRoot
 
@@ -89,7 +89,7 @@ def measure(d: DataDir, project: Project | None = None) -> tuple[int, int]:
         try:
             if project is not None:  # below the install root it found, checked to be it
                 rel = os.path.relpath(d.host_path, project.host_path)
-                fd = safefs.open_beneath(project.path, rel, os.O_RDONLY | os.O_DIRECTORY,
+                fd = beneathfs.open_beneath(project.path, rel, os.O_RDONLY | os.O_DIRECTORY,
                                          base_ident=project.ident)
             else:
                 fd = os.open(d.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW

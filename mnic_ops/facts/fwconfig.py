@@ -78,11 +78,11 @@ def _read_raw(base: str | os.PathLike[str], parent: str, name: str, host: str,
               base_ident: tuple[int, int, int] | None = None) -> bytes | None:
     import stat
 
-    from mnic_ops.core import safefs
+    from mnic_ops.core import beneathfs
     from mnic_ops.core.errors import OpsError
 
     try:
-        dfd = safefs.open_beneath(base, parent or ".", os.O_RDONLY | os.O_DIRECTORY,
+        dfd = beneathfs.open_beneath(base, parent or ".", os.O_RDONLY | os.O_DIRECTORY,
                                   base_ident=base_ident)
     except FileNotFoundError:
         return None

@@ -12,14 +12,14 @@ import re
 import stat
 from pathlib import Path
 
-from mnic_ops.core import framework_map, safefs
+from mnic_ops.core import beneathfs, framework_map
 from mnic_ops.core.errors import OpsError
 
 
 def _read_beneath(base: Path, rel: str, limit: int = 1 << 20,
-                  ident: safefs.Ident | None = None) -> bytes | None:
+                  ident: beneathfs.Ident | None = None) -> bytes | None:
     try:
-        fd = safefs.open_beneath(base, rel, base_ident=ident)
+        fd = beneathfs.open_beneath(base, rel, base_ident=ident)
     except (OSError, OpsError):
         return None
     with os.fdopen(fd, "rb") as fh:
@@ -49,7 +49,7 @@ def _newest(versions: list[str]) -> str | None:
     return max(keyed)[1] if keyed else None
 
 
-def read_versions(path: Path, ident: safefs.Ident | None = None
+def read_versions(path: Path, ident: beneathfs.Ident | None = None
                   ) -> tuple[str | None, dict[str, str]]:
     """The framework version of an install and what each source says.
 

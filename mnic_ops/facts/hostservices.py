@@ -21,7 +21,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from mnic_ops.core import safefs
+from mnic_ops.core import beneathfs
 from mnic_ops.core.errors import OpsError
 from mnic_ops.core.hostroot import HostRoot
 
@@ -42,7 +42,7 @@ def _executable(root: HostRoot, host_path: str) -> str | None:
     """The host path ``host_path`` resolves to (links followed inside the tree) when it
     is an executable regular file there, else None."""
     try:
-        real = safefs.resolve_beneath(root.root, host_path)
+        real = beneathfs.resolve_beneath(root.root, host_path)
         st = os.stat(root.path(real))
     except (OSError, OpsError):
         return None

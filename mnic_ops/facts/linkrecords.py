@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mnic_ops.changes.model import JOURNAL, STATE_DIR
-from mnic_ops.core import installroot, safefs
+from mnic_ops.core import beneathfs, installroot, safefs
 from mnic_ops.core.errors import OpsError
 from mnic_ops.core.hostroot import HostRoot
 
@@ -421,7 +421,7 @@ def _link_at(project: Project, public: str) -> tuple[str, str | None]:
     rel = os.path.relpath(public, project.host_path)
     parent, name = os.path.split(rel)
     try:
-        pfd = safefs.open_beneath(project.path, parent or ".", os.O_RDONLY | os.O_DIRECTORY,
+        pfd = beneathfs.open_beneath(project.path, parent or ".", os.O_RDONLY | os.O_DIRECTORY,
                                   base_ident=project.ident)
     except (OSError, OpsError):
         return "other", None

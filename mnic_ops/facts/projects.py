@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mnic_ops.core import framework_map, safefs
+from mnic_ops.core import beneathfs, framework_map
 from mnic_ops.core.errors import InputError, OpsError
 from mnic_ops.core.hostroot import HostRoot
 from mnic_ops.core.installfail import INSTALL_ERRORS, reason, usable
@@ -81,7 +81,7 @@ class Project:
     notes: list[str] = field(default_factory=list)
     # The install root as found: (device, inode, owner). Every later open of the install
     # checks it (mnic_ops.core.installroot): its path may lead elsewhere by then.
-    ident: safefs.Ident | None = None
+    ident: beneathfs.Ident | None = None
     _configs: dict[str, fwconfig.FrameworkConfig] = field(default_factory=dict, repr=False)
 
     @property
@@ -239,7 +239,7 @@ def load_project(root: HostRoot, host_path: str, layout: str,
     st = os.lstat(real)
     if not stat.S_ISDIR(st.st_mode):
         raise OpsError(f"{host_path}: not a folder (a symlink?) any more; not an install")
-    ident = safefs.ident_of(st)
+    ident = beneathfs.ident_of(st)
     version, sources = read_versions(real, ident)
     p = Project(host_path=host_path, path=real, uid=st.st_uid, gid=st.st_gid,
                 user=names.user(st.st_uid), group=names.group(st.st_gid),

@@ -353,17 +353,17 @@ def test_source_resolution_through_dev_disk_links(fake_root: Path) -> None:
 
 
 def test_resolve_beneath_stays_inside_root(tmp_path: Path) -> None:
-    from mnic_ops.core import safefs
+    from mnic_ops.core import beneathfs
 
     write_tree(tmp_path, {"etc/real/fstab": "x", "outside": ""})
     (tmp_path / "etc/fstab").symlink_to("/etc/real/fstab")
     (tmp_path / "etc/up").symlink_to("../../../../../etc/real")
     (tmp_path / "etc/loop").symlink_to("loop")
-    assert safefs.resolve_beneath(tmp_path, "/etc/fstab") == "/etc/real/fstab"
-    assert safefs.resolve_beneath(tmp_path, "/etc/up/fstab") == "/etc/real/fstab"
-    assert safefs.resolve_beneath(tmp_path, "/etc/missing/x") == "/etc/missing/x"
+    assert beneathfs.resolve_beneath(tmp_path, "/etc/fstab") == "/etc/real/fstab"
+    assert beneathfs.resolve_beneath(tmp_path, "/etc/up/fstab") == "/etc/real/fstab"
+    assert beneathfs.resolve_beneath(tmp_path, "/etc/missing/x") == "/etc/missing/x"
     with pytest.raises(OpsError, match="too many levels"):
-        safefs.resolve_beneath(tmp_path, "/etc/loop")
+        beneathfs.resolve_beneath(tmp_path, "/etc/loop")
 
 
 def test_parse_verify_and_new_errors() -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from mnic_ops.capabilities import tiers
-from mnic_ops.core.config import HOST_CLASSES, load
+from mnic_ops.core.config import load
+from mnic_ops.core.configschema import HOST_CLASSES
 from mnic_ops.core.errors import InputError
 from mnic_ops.core.hostroot import HostRoot
 from tests.conftest import write_tree

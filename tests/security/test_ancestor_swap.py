@@ -178,7 +178,7 @@ def test_every_open_of_a_replaced_install_is_refused(host: NsHost,
     refuse (ESTALE, "replaced"), and Bob's install is byte for byte as it was."""
     from mnic_ops.capabilities import doctor, watchroots
     from mnic_ops.changes import filechange
-    from mnic_ops.core import installroot, safefs
+    from mnic_ops.core import beneathfs, installroot
     from mnic_ops.core.app import AppContext
     from mnic_ops.core.hostroot import HostRoot
     from mnic_ops.engines import cleanjobs, cleanpass, moveplace, retention
@@ -229,7 +229,7 @@ def test_every_open_of_a_replaced_install_is_refused(host: NsHost,
         finally:
             os.close(store.fd)
         assert rep.status == "failed" and "replaced" in rep.reason, rep
-        refused("render read", lambda: safefs.read_beneath(
+        refused("render read", lambda: beneathfs.read_beneath(
             proj.path, ".claude/agents/a.md", base_ident=proj.ident))
         refused("render write", lambda: filechange.file_item(
             root, f"{proj.host_path}/.claude/config/x.json", "{}", beneath=proj.host_path,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mnic_ops.core import config
+from mnic_ops.core import config, configvalidate
 from mnic_ops.core.errors import InputError
 from mnic_ops.core.hostroot import HostRoot
 from tests.conftest import run_mnic
@@ -120,7 +120,7 @@ def test_checks_after_the_schema_pass_name_file_and_line(
         fake_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The place for cross-key checks (config.CHECKS): they report through
     Problems.add and get the key's file:line, or its environment variable."""
-    def no_index(cfg: config.Config, problems: config.Problems) -> None:
+    def no_index(cfg: config.Config, problems: configvalidate.Problems) -> None:
         for kind in ("sessions", "checkpoints"):
             if "index.json" in (cfg.get(f"clean.{kind}.patterns") or []):
                 problems.add(f"clean.{kind}.patterns", "covers a file the framework "
@@ -140,8 +140,8 @@ def test_checks_after_the_schema_pass_name_file_and_line(
 def test_line_of_finds_quoted_dotted_and_inline_keys() -> None:
     text = ('a = 1\n[clean]\n"level" = 3\nsessions.patterns = ["x"]\n'
             '[ "tiers" . server ]\nmax_agents = 2\nclean = { sessions = 5 }\n')
-    assert config.line_of(text, ["clean", "level"]) == 3
-    assert config.line_of(text, ["clean", "sessions", "patterns"]) == 4
-    assert config.line_of(text, ["tiers", "server", "max_agents"]) == 6
-    assert config.line_of(text, ["tiers", "server", "clean", "sessions"]) == 7
-    assert config.line_of(text, ["nosuch"]) is None
+    assert configvalidate.line_of(text, ["clean", "level"]) == 3
+    assert configvalidate.line_of(text, ["clean", "sessions", "patterns"]) == 4
+    assert configvalidate.line_of(text, ["tiers", "server", "max_agents"]) == 6
+    assert configvalidate.line_of(text, ["tiers", "server", "clean", "sessions"]) == 7
+    assert configvalidate.line_of(text, ["nosuch"]) is None

@@ -19,25 +19,25 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mnic_ops.core import config, quoting
+from mnic_ops.core import config, configschema, quoting
 from mnic_ops.core.errors import InputError
 from mnic_ops.core.hostroot import HostRoot
 from tests.security.inputs_support import mnic_inprocess, snapshot
 from tests.testhost import write_project
 
 
-def _leaves(schema: config.Schema, prefix: tuple[str, ...] = ()
-            ) -> list[tuple[tuple[str, ...], config.Key | None]]:
-    out: list[tuple[tuple[str, ...], config.Key | None]] = []
+def _leaves(schema: configschema.Schema, prefix: tuple[str, ...] = ()
+            ) -> list[tuple[tuple[str, ...], configschema.Key | None]]:
+    out: list[tuple[tuple[str, ...], configschema.Key | None]] = []
     for name, spec in schema.items():
-        if isinstance(spec, config.Section):
+        if isinstance(spec, configschema.Section):
             out.extend(_leaves(spec.keys, (*prefix, name)))
         else:
             out.append(((*prefix, name), spec))
     return out
 
 
-KEYS = [*_leaves(config.SCHEMA), (("tiers", "server", "max_agents"), None),
+KEYS = [*_leaves(configschema.SCHEMA), (("tiers", "server", "max_agents"), None),
         (("tiers", "laptop", "caching"), None), (("nosuch",), None), (("clean", "nosuch"), None)]
 SPECIAL = list("\n\r\t\x00\x1b\x7f\x85\u2028%\\\"'$#; /*.")
 TEXT = st.text(st.one_of(st.characters(exclude_categories=["Cs"]), st.sampled_from(SPECIAL)),

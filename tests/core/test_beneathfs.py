@@ -10,26 +10,46 @@ import pytest
 from mnic_ops.changes import model
 from mnic_ops.changes.filechange import file_item
 from mnic_ops.changes.model import Plan
-from mnic_ops.core import safefs
+from mnic_ops.core import beneathfs
 from mnic_ops.core.errors import OpsError
 from mnic_ops.core.hostroot import HostRoot
 from tests.conftest import require
 
 
+def test_open_beneath_refuses_symlinked_components(tmp_path: Path) -> None:
+    base = tmp_path / "tree"
+    (base / "a").mkdir(parents=True)
+    (base / "a" / "f").write_text("inside")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f").write_text("secret")
+    (base / "b").symlink_to(outside)
+    fd = beneathfs.open_beneath(base, "a/f")
+    assert os.read(fd, 100) == b"inside"
+    os.close(fd)
+    with pytest.raises(OpsError, match="symlink"):
+        beneathfs.open_beneath(base, "b/f")
+    with pytest.raises(OpsError, match=r"\.\."):
+        beneathfs.open_beneath(base, "a/../../outside/f")
+    (base / "a" / "l").symlink_to(outside / "f")
+    with pytest.raises(OpsError):
+        beneathfs.open_beneath(base, "a/l")
+
+
 def test_write_and_read_beneath(tmp_path: Path) -> None:
     (tmp_path / "p/a").mkdir(parents=True)
-    safefs.atomic_write_beneath(tmp_path / "p", "a/f", "one")
-    got = safefs.read_beneath(tmp_path / "p", "a/f")
+    beneathfs.atomic_write_beneath(tmp_path / "p", "a/f", "one")
+    got = beneathfs.read_beneath(tmp_path / "p", "a/f")
     assert got is not None and got[0] == b"one"
     assert (got[1].st_mode & 0o777) == 0o644
     os.chmod(tmp_path / "p/a/f", 0o600)
-    safefs.atomic_write_beneath(tmp_path / "p", "a/f", "two")
+    beneathfs.atomic_write_beneath(tmp_path / "p", "a/f", "two")
     assert (tmp_path / "p/a/f").read_text() == "two"
     assert (tmp_path / "p/a/f").stat().st_mode & 0o777 == 0o600
-    assert safefs.read_beneath(tmp_path / "p", "a/missing") is None
-    assert safefs.read_beneath(tmp_path / "p", "nope/missing") is None
-    assert safefs.unlink_beneath(tmp_path / "p", "a/f") is True
-    assert safefs.unlink_beneath(tmp_path / "p", "a/f") is False
+    assert beneathfs.read_beneath(tmp_path / "p", "a/missing") is None
+    assert beneathfs.read_beneath(tmp_path / "p", "nope/missing") is None
+    assert beneathfs.unlink_beneath(tmp_path / "p", "a/f") is True
+    assert beneathfs.unlink_beneath(tmp_path / "p", "a/f") is False
     assert os.listdir(tmp_path / "p/a") == []
 
 
@@ -45,9 +65,9 @@ def test_no_symlink_anywhere_below_is_followed(tmp_path: Path, link: str) -> Non
     node.parent.mkdir(parents=True, exist_ok=True)
     node.symlink_to(dest)
     with pytest.raises(OpsError, match="symlink"):
-        safefs.atomic_write_beneath(real / "p", "a/f", "evil")
+        beneathfs.atomic_write_beneath(real / "p", "a/f", "evil")
     with pytest.raises(OpsError, match="symlink"):
-        safefs.read_beneath(real / "p", "a/f")
+        beneathfs.read_beneath(real / "p", "a/f")
     assert (target / "a/f").read_text() == "victim"
 
 
