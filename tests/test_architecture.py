@@ -36,7 +36,6 @@ KNOWN_LARGE: dict[str, int] = {
     "mnic_ops/capabilities/clean.py": 930,
     "mnic_ops/capabilities/cron.py": 663,
     "mnic_ops/capabilities/doctor.py": 1121,
-    "mnic_ops/capabilities/relocate.py": 1011,
     "mnic_ops/capabilities/watch.py": 1935,
     "mnic_ops/core/config.py": 748,
     "mnic_ops/core/safefs.py": 601,
