@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mnic_ops.capabilities import fstab  # noqa: E402
+from mnic_ops.facts import fstabfile  # noqa: E402
 
 FSTAB = (REPO / "tests/fixtures/fstab/framework-ssd-guide.fstab").read_text()
 
@@ -80,7 +80,7 @@ def main() -> int:
         lm: list[float] = []
         for _ in range(args.runs):
             t = time.perf_counter()
-            parsed = fstab.parse(text)
+            parsed = fstabfile.parse(text)
             assert parsed.render() == text
             py.append(time.perf_counter() - t)
             lm.append(once(["findmnt", "--tab-file", str(big), "-J"]))

@@ -22,9 +22,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mnic_ops.capabilities import fstab
+from mnic_ops.capabilities import fstab, fstabapply, fstabplan
 from mnic_ops.changes.model import unified_diff
 from mnic_ops.core.errors import InputError
+from mnic_ops.facts import fstabfile
 from tests.conftest import REPO
 
 HAVE_FINDMNT = shutil.which("findmnt") is not None
@@ -92,32 +93,35 @@ _bad_line = st.one_of(
 )
 
 
-def _mount_points(t: fstab.Fstab) -> dict[str, list[str]]:
-    return {fstab.norm_target(e.target): ["test"] for e in t.entries if e.target.startswith("/")}
+def _mount_points(t: fstabfile.Fstab) -> dict[str, list[str]]:
+    return {fstabfile.norm_target(e.target): ["test"] for e in t.entries
+            if e.target.startswith("/")}
 
 
-def _check_only_options_changed(old: fstab.Fstab, new: fstab.Fstab) -> int:
+def _check_only_options_changed(old: fstabfile.Fstab, new: fstabfile.Fstab) -> int:
     """Byte for byte: every line that is not a changed entry is identical; a changed
     entry differs only inside its options field (or gains one after its type)."""
     assert len(old.lines) == len(new.lines)
     changed = 0
     for a, b in zip(old.lines, new.lines, strict=True):
-        ab, bb = fstab.encode(a.render()), fstab.encode(b.render())
+        ab, bb = fstabfile.encode(a.render()), fstabfile.encode(b.render())
         if ab == bb:
             continue
         changed += 1
         assert a.is_entry and b.is_entry
         f = a.fields
         if len(f) >= 4:
-            head, tail = fstab.encode(a.text[:f[3].start]), fstab.encode(a.text[f[3].end:] + a.eol)
-            middle = fstab.encode(b.options_raw or "")
+            head = fstabfile.encode(a.text[:f[3].start])
+            tail = fstabfile.encode(a.text[f[3].end:] + a.eol)
+            middle = fstabfile.encode(b.options_raw or "")
         else:
-            head, tail = fstab.encode(a.text[:f[2].end]), fstab.encode(a.text[f[2].end:] + a.eol)
-            middle = fstab.encode(b.text[f[2].end:b.fields[3].end])
-            assert middle.lstrip(b" \t") == fstab.encode(b.options_raw or "")
+            head = fstabfile.encode(a.text[:f[2].end])
+            tail = fstabfile.encode(a.text[f[2].end:] + a.eol)
+            middle = fstabfile.encode(b.text[f[2].end:b.fields[3].end])
+            assert middle.lstrip(b" \t") == fstabfile.encode(b.options_raw or "")
         assert bb.startswith(head) and bb.endswith(tail), (ab, bb)
         assert bb == head + middle + tail, (ab, bb)
-        assert "noatime" in fstab.option_names(b.options)
+        assert "noatime" in fstabfile.option_names(b.options)
     return changed
 
 
@@ -131,14 +135,15 @@ def _printable(text: str) -> None:
 @settings(max_examples=400, deadline=None)
 @given(fstab_bytes())
 def test_hypothesis_bytes_round_trip_and_only_options_change(data: bytes) -> None:
-    t = fstab.parse(fstab.decode(data))
-    assert fstab.encode(t.render()) == data
-    decisions, new = fstab.plan_noatime(t, _mount_points(t), [])
+    t = fstabfile.parse(fstabfile.decode(data))
+    assert fstabfile.encode(t.render()) == data
+    decisions, new = fstabplan.plan_noatime(t, _mount_points(t), [])
     n = _check_only_options_changed(t, new)
     assert n == sum(d.state == "change" for d in decisions)
-    diff = unified_diff(fstab.shown(fstab.decode(data)), fstab.shown(new.render()), "/etc/fstab")
+    diff = unified_diff(fstabfile.shown(fstabfile.decode(data)), fstabfile.shown(new.render()),
+                        "/etc/fstab")
     _printable(diff)
-    _printable(fstab.report_text(fstab.Target("/etc/fstab", Path("/x"), None), decisions, []))
+    _printable(fstab.report_text(fstabapply.Target("/etc/fstab", Path("/x"), None), decisions, []))
     _printable(json.dumps([d.to_json() for d in decisions], ensure_ascii=False))
 
 
@@ -147,16 +152,16 @@ def test_hypothesis_bytes_round_trip_and_only_options_change(data: bytes) -> Non
                                                               + b"\n" + t[2]))
 def test_hypothesis_refused_lines_are_input_errors_with_their_number(data: bytes) -> None:
     with pytest.raises(InputError) as exc:
-        fstab.parse(fstab.decode(data), "etc/fstab")
+        fstabfile.parse(fstabfile.decode(data), "etc/fstab")
     msg = exc.value.message
     assert msg.startswith("etc/fstab:") and msg.split(":")[1].isdigit()
     _printable(msg)
 
 
 def test_shown_bytes_and_controls() -> None:
-    assert fstab.shown(fstab.decode(b"/caf\xe9\t# \x1b[31m\r\x0b\xff")) == \
+    assert fstabfile.shown(fstabfile.decode(b"/caf\xe9\t# \x1b[31m\r\x0b\xff")) == \
         "/caf\\xe9\t# \\x1b[31m\\r\\x0b\\xff"
-    assert fstab.shown("é日本") == "é日本"
+    assert fstabfile.shown("é日本") == "é日本"
 
 
 # --- the command, as an admin runs it --------------------------------------------------------
@@ -222,7 +227,7 @@ def test_hypothesis_the_command_on_any_bytes(tmp_path: Path, data: bytes, bad: b
         data = data + (b"\n" if data and not data.endswith(b"\n") else b"") + bad + b"\n"
     root = _host(tmp_path, data)
     try:
-        t = fstab.parse(fstab.decode(data))
+        t = fstabfile.parse(fstabfile.decode(data))
     except InputError:
         t = None
     mps = sorted(_mount_points(t)) if t is not None else ["/x"]
@@ -245,15 +250,15 @@ def test_hypothesis_the_command_on_any_bytes(tmp_path: Path, data: bytes, bad: b
             assert "ambiguous" in out, out
         return
     assert t is not None
-    new = fstab.parse(fstab.decode((root / "etc/fstab").read_bytes()))
+    new = fstabfile.parse(fstabfile.decode((root / "etc/fstab").read_bytes()))
     _check_only_options_changed(t, new)
 
 
 def test_unbalanced_quote_in_options_is_left_alone() -> None:
     """Found by the byte fuzzer: `noatime` added after an unterminated quote would land
     inside the quoted text, where libmount's option parser never sees it."""
-    t = fstab.parse('/dev/a /a ext4 x,"y 0 2\n/dev/b /b ext4 context="a,b",relatime 0 2\n')
-    ds, new = fstab.plan_noatime(t, {"/a": ["x"], "/b": ["x"]}, [])
+    t = fstabfile.parse('/dev/a /a ext4 x,"y 0 2\n/dev/b /b ext4 context="a,b",relatime 0 2\n')
+    ds, new = fstabplan.plan_noatime(t, {"/a": ["x"], "/b": ["x"]}, [])
     by = {d.mount_point: d for d in ds}
     assert by["/a"].state == "skip" and "unbalanced double quote" in by["/a"].reason
     assert by["/b"].state == "change"

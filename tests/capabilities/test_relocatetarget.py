@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mnic_ops.capabilities.relocate import choose_target, mount_refusal, project_dirname
+from mnic_ops.capabilities.relocatetarget import choose_target, mount_refusal, project_dirname
 from mnic_ops.core.errors import InputError
 from mnic_ops.core.hostroot import HostRoot
 from mnic_ops.facts.hostfacts import Mount
