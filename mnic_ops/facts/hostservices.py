@@ -74,16 +74,19 @@ def systemd(root: HostRoot) -> Presence:
 
 def cron_daemon_tz(proc: str = "/proc") -> str | None:
     """The ``TZ`` the running cron daemon was started with (its jobs' times follow it),
-    when exactly one cron daemon runs and it has one; else None (cron then runs in the
-    zone of ``/etc/localtime``). Whoever runs mnic-ops has a ``TZ`` of their own that
-    cron never sees: it does not count."""
-    found: list[str | None] = []
+    when the root-owned cron processes (the daemon and the children it forks for jobs)
+    all have the same one; else None (cron then runs in the zone of ``/etc/localtime``).
+    Whoever runs mnic-ops has a ``TZ`` of their own that cron never sees, and a plain
+    user's process that calls itself cron is not cron: neither counts."""
+    found: set[str | None] = set()
     try:
         pids = [n for n in os.listdir(proc) if n.isdigit()]
     except OSError:
         return None
     for pid in pids:
         try:
+            if os.stat(f"{proc}/{pid}").st_uid != 0:
+                continue
             with open(f"{proc}/{pid}/comm", "rb") as fh:
                 if fh.read(64).strip().decode(errors="replace") not in CRON_NAMES:
                     continue
@@ -91,7 +94,6 @@ def cron_daemon_tz(proc: str = "/proc") -> str | None:
                 env = fh.read(1 << 16).split(b"\0")
         except OSError:
             continue
-        tz = next((e[3:].decode(errors="replace") for e in env if e.startswith(b"TZ=")),
-                  None)
-        found.append(tz)
-    return found[0] if len(found) == 1 else None
+        found.add(next((e[3:].decode(errors="replace") for e in env
+                        if e.startswith(b"TZ=")), None))
+    return found.pop() if len(found) == 1 else None

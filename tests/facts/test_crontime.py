@@ -86,6 +86,18 @@ def test_show_uses_the_cron_daemons_tz_not_the_callers(monkeypatch: pytest.Monke
         proc.kill()
         proc.wait()
     assert name == "Asia/Tokyo"
+    # a plain user's process that names itself cron is not cron: its TZ does not count
+    code = "open('/proc/self/comm', 'w').write('cron'); print('in', flush=True); " \
+        "import time; time.sleep(30)"
+    user = subprocess.Popen(["/usr/bin/python3", "-c", code], env={"TZ": "Asia/Tokyo"},
+                            user=65534, group=65534, extra_groups=[], cwd="/",
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert user.stdout is not None and user.stdout.readline().strip() == "in"
+        assert crontime.host_timezone(live)[1] != "Asia/Tokyo"
+    finally:
+        user.kill()
+        user.wait()
     from crontab import CronTab
 
     job = next(iter(CronTab(tab="30 2 * * * /bin/true\n")))
