@@ -59,6 +59,10 @@ def build(root: Path, folders: int) -> list[Path]:
                   ".ai-tools/checkpoint/storage/metadata", ".claude/checkpoints/manual",
                   "project_archive/sessions", "project_archive/logs"):
             (p / d).mkdir(parents=True, exist_ok=True)
+        # thinking logs are compressed only where the framework's own config declares
+        # it (as since the framework's contract): declare it, as the guide recommends
+        (p / ".claude/config/extended-thinking-config.json").write_text(
+            '{"logging": {"compression": "gzip_after_7_days", "retention_days": 30}}\n')
         for i in range(per - 8):
             group = ("core", "enterprise", "custom")[i % 3]
             a = p / ".claude/thinking-logs" / group / f"agent{i:04d}"
