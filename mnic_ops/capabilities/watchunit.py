@@ -14,7 +14,8 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mnic_ops.capabilities.watchroots import REFUSED, build_roots
-from mnic_ops.changes.model import OK, ApplyContext, Item, Undo, undo_handler, unified_diff
+from mnic_ops.changes import filechange
+from mnic_ops.changes.model import OK, ApplyContext, Item, Undo, undo_handler
 from mnic_ops.core import quoting, safefs
 from mnic_ops.core.errors import OpsError
 from mnic_ops.engines import cleanjobs
@@ -305,39 +306,16 @@ def _undo_service(root: HostRoot, rec: dict[str, Any]) -> str:
     return f"{verb} {UNIT_NAME}"
 
 
-def _remove_file_item(root: HostRoot, old: bytes) -> Item:
-    real = root.path(unit_path)
+def _daemon_reload(root: HostRoot) -> None:
+    if systemd_running(root):
+        from mnic_ops.core import execute
 
-    def action(ctx: ApplyContext) -> Undo:
-        from mnic_ops.changes.filechange import FolderTimes
-
-        bak = ctx.backup_dir() / real.name
-        safefs.backup(real, bak)
-        rec = {"path": unit_path, "real": str(real), "backup": str(bak)}
-        with FolderTimes(rec, real.parent):
-            os.unlink(real)
-            safefs.fsync_dir(real.parent)
-        if systemd_running(root):
-            from mnic_ops.core import execute
-
-            execute.run(["systemctl", "daemon-reload"], check=False)
-        return Undo("watch-file-removed", rec)
-
-    return Item(id=f"file:{unit_path}", description=f"remove {unit_path}",
-                diff=unified_diff(old.decode(errors="replace"), "", unit_path),
-                action=action, data={"path": unit_path})
+        execute.run(["systemctl", "daemon-reload"], check=False)
 
 
 @undo_handler("watch-file-removed")
 def _undo_removed(root: HostRoot, rec: dict[str, Any]) -> str:
-    from mnic_ops.changes.filechange import FolderTimes
-
-    if os.path.lexists(rec["real"]):
-        raise OpsError(f"{rec['path']}: exists again; not restoring (backup: "
-                       f"{rec['backup']})")
-    with FolderTimes(rec, os.path.dirname(rec["real"]), restore=True):
-        safefs.copy_verified(rec["backup"], rec["real"])
-    return f"restored {rec['path']}"
+    return filechange.restore_removed(rec)
 
 
 def plan_unit(app: AppContext, projects: Sequence[Project],
@@ -377,5 +355,6 @@ def plan_remove_unit(app: AppContext) -> list[Item]:
         items.append(Item(id=f"file:{unit_path}", description=f"remove {unit_path}",
                           state=OK, reason="not installed"))
     else:
-        items.append(_remove_file_item(app.root, old))
+        items.append(filechange.removal_item(app.root, unit_path, old, "watch-file-removed",
+                                             after=lambda: _daemon_reload(app.root)))
     return items

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -272,4 +273,45 @@ def _undo_file(root: HostRoot, rec: dict[str, Any]) -> str:
                     os.rmdir(d)
             return f"removed {rec['path']}"
         safefs.copy_verified(rec["backup"], real)
+    return f"restored {rec['path']}"
+
+
+def removal_item(root: HostRoot, host_path: str, old: bytes, kind: str, *,
+                 after: Callable[[], None] | None = None) -> Item:
+    """Remove a root-owned file mnic-ops wrote (its cron file, its unit): a verified
+    backup first, the folder's times kept, journalled as ``kind`` (whose undo handler
+    calls :func:`restore_removed`). A file that changed since the plan was made is left
+    alone, as :func:`file_item` does. ``after`` runs once the file is gone."""
+    real = root.path(host_path)
+
+    def action(ctx: ApplyContext) -> Undo:
+        try:
+            now = safefs.read_bytes_nofollow(real)
+        except FileNotFoundError:
+            now = None
+        if now != old:
+            raise OpsError(f"{host_path} changed since the plan was made; run again")
+        bak = ctx.backup_dir() / real.name
+        safefs.backup(real, bak)
+        rec = {"path": host_path, "real": str(real), "backup": str(bak)}
+        with FolderTimes(rec, real.parent):
+            os.unlink(real)
+            safefs.fsync_dir(real.parent)
+        if after is not None:
+            after()
+        return Undo(kind, rec)
+
+    return Item(id=f"file:{host_path}", description=f"remove {host_path}",
+                diff=unified_diff(old.decode(errors="replace"), "", host_path),
+                action=action, data={"path": host_path})
+
+
+def restore_removed(rec: dict[str, Any]) -> str:
+    """Undo of :func:`removal_item`: the verified backup copied back, unless something
+    is at the path again."""
+    if os.path.lexists(rec["real"]):
+        raise OpsError(f"{rec['path']}: exists again; not restoring (backup: "
+                       f"{rec['backup']})")
+    with FolderTimes(rec, os.path.dirname(rec["real"]), restore=True):
+        safefs.copy_verified(rec["backup"], rec["real"])
     return f"restored {rec['path']}"

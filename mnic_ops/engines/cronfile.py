@@ -7,13 +7,13 @@ written, with undo. python-crontab is imported only when a crontab is parsed."""
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from mnic_ops.changes import filechange
 from mnic_ops.changes.model import OK, ApplyContext, Item, Undo, undo_handler, unified_diff
 from mnic_ops.core import quoting, safefs
 from mnic_ops.core.errors import InputError, OpsError
@@ -187,34 +187,12 @@ def write_user_crontab(user: str, text: str) -> None:
 
 
 def remove_file_item(root: HostRoot, host_path: str, old: str) -> Item:
-    real = root.path(host_path)
-
-    def action(ctx: ApplyContext) -> Undo:
-        from mnic_ops.changes.filechange import FolderTimes
-
-        bak = ctx.backup_dir() / real.name
-        safefs.backup(real, bak)
-        rec = {"path": host_path, "real": str(real), "backup": str(bak)}
-        with FolderTimes(rec, real.parent):
-            os.unlink(real)
-            safefs.fsync_dir(real.parent)
-        return Undo("cron-file-removed", rec)
-
-    return Item(id=f"file:{host_path}", description=f"remove {host_path}",
-                diff=unified_diff(old, "", host_path), action=action,
-                data={"path": host_path})
+    return filechange.removal_item(root, host_path, old.encode(), "cron-file-removed")
 
 
 @undo_handler("cron-file-removed")
 def _undo_removed(root: HostRoot, rec: dict[str, Any]) -> str:
-    from mnic_ops.changes.filechange import FolderTimes
-
-    if os.path.lexists(rec["real"]):
-        raise OpsError(f"{rec['path']}: exists again; not restoring (backup: "
-                       f"{rec['backup']})")
-    with FolderTimes(rec, os.path.dirname(rec["real"]), restore=True):
-        safefs.copy_verified(rec["backup"], rec["real"])
-    return f"restored {rec['path']}"
+    return filechange.restore_removed(rec)
 
 
 def user_item(user: str, old: str, new: str, description: str) -> Item:

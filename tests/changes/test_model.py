@@ -195,3 +195,35 @@ def test_config_from_reads_the_settings_but_written_files_name_the_config(
     r = run_mnic("--root", str(fake_root), "--config-from", str(bad), "cron", "install",
                  "--check")
     assert r.code == 2 and f"{bad}:2" in r.err and "bogus" in r.err
+
+
+def test_removal_item_backs_up_removes_and_undo_restores(fake_root: Path) -> None:
+    from mnic_ops.changes.filechange import removal_item
+    from mnic_ops.engines import cronfile  # registers "cron-file-removed"
+
+    root = HostRoot.open(fake_root)
+    f = fake_root / "etc" / "cron.d" / "mnic-ops"
+    f.parent.mkdir()
+    f.write_text("# ours\n")
+    gone: list[bool] = []
+    item = removal_item(root, "/etc/cron.d/mnic-ops", b"# ours\n", "cron-file-removed",
+                        after=lambda: gone.append(not f.exists()))
+    assert item.diff and "-# ours" in item.diff
+    model.apply_plan(Plan([item]), root)
+    assert item.state == "changed" and not f.exists() and gone == [True]
+    assert cronfile.SYSTEM_FILE == "/etc/cron.d/mnic-ops"
+    model.undo_entries(root, model.read_journal(root))
+    assert f.read_text() == "# ours\n"
+
+
+def test_removal_item_leaves_a_file_changed_since_the_plan(fake_root: Path) -> None:
+    from mnic_ops.changes.filechange import removal_item
+
+    root = HostRoot.open(fake_root)
+    f = fake_root / "etc" / "gone-soon"
+    f.write_text("planned\n")
+    item = removal_item(root, "/etc/gone-soon", b"planned\n", "cron-file-removed")
+    f.write_text("admin edited\n")
+    model.apply_plan(Plan([item]), root)
+    assert item.state == "failed" and "changed since the plan" in item.error
+    assert f.read_text() == "admin edited\n"
