@@ -41,7 +41,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,16 +72,11 @@ from mnic_ops.engines.movesteps import (
 log = logging.getLogger(__name__)
 
 
-def link_out(public: Place, dest: Place, link_text: str, journal_dir: str | os.PathLike[str],
-             *, owner: tuple[int, int] | None = None, progress: Progress | None = None,
-             verify_from_disk: bool = True, meta: dict[str, Any] | None = None,
-             source_owner: int | None = None) -> MoveResult:
-    """Move the folder ``public`` to ``dest`` (whose parent must exist; ``dest`` must
-    not) and leave at ``public`` a symlink whose text is ``link_text``, owned by
-    ``owner``. With ``source_owner`` the folder must belong to that uid, checked on its
-    own descriptor (and it must still be that folder when it moves). Resumable with
-    :func:`recover` after a crash; ``meta`` is kept in the journal for the caller (what
-    to record once a recovery completes the move)."""
+@contextmanager
+def _begin(public: Place, dest: Place, journal_dir: str | os.PathLike[str]
+           ) -> Iterator[tuple[Path, int, int]]:
+    """What every move starts with: its journal locked (a recorded interrupted move is
+    finished first, never started over), and both parent folders open."""
     jpath = journal_path(journal_dir, public)
     with locked_journal(jpath):
         if load_journal(jpath) is not None:
@@ -93,32 +89,46 @@ def link_out(public: Place, dest: Place, link_text: str, journal_dir: str | os.P
             os.close(pdir)
             raise
         try:
-            kind, _ = what(pdir, public.name)
-            if kind != "dir":
-                raise MoveError(f"{public.path}: not a folder ({kind})")
-            source = _source_ident(pdir, public, source_owner)
-            if what(ddir, dest.name)[0] != "absent":
-                raise MoveError(f"{dest.path}: already exists; refusing to overwrite it")
-            j = new_journal(jpath, "out", public, dest, link_text, owner, meta)
-            j.data["source"] = list(source)
-            same = os.fstat(pdir).st_dev == os.fstat(ddir).st_dev
-            t0 = time.monotonic()
-            if same:
-                j.save(phase="swap", method="rename")
-                try:
-                    res = out_rename(j, pdir, ddir)
-                    res.seconds = time.monotonic() - t0
-                    return res
-                except CrossDevice:
-                    log.info("%s and %s are on different mounts of one filesystem; copying",
-                             public.path, dest.path)
-            j.save(phase="copy", method="copy")
-            res = out_copy(j, pdir, ddir, progress, verify_from_disk)
-            res.seconds = time.monotonic() - t0
-            return res
+            yield jpath, pdir, ddir
         finally:
             os.close(pdir)
             os.close(ddir)
+
+
+def link_out(public: Place, dest: Place, link_text: str, journal_dir: str | os.PathLike[str],
+             *, owner: tuple[int, int] | None = None, progress: Progress | None = None,
+             verify_from_disk: bool = True, meta: dict[str, Any] | None = None,
+             source_owner: int | None = None) -> MoveResult:
+    """Move the folder ``public`` to ``dest`` (whose parent must exist; ``dest`` must
+    not) and leave at ``public`` a symlink whose text is ``link_text``, owned by
+    ``owner``. With ``source_owner`` the folder must belong to that uid, checked on its
+    own descriptor (and it must still be that folder when it moves). Resumable with
+    :func:`recover` after a crash; ``meta`` is kept in the journal for the caller (what
+    to record once a recovery completes the move)."""
+    with _begin(public, dest, journal_dir) as (jpath, pdir, ddir):
+        kind, _ = what(pdir, public.name)
+        if kind != "dir":
+            raise MoveError(f"{public.path}: not a folder ({kind})")
+        source = _source_ident(pdir, public, source_owner)
+        if what(ddir, dest.name)[0] != "absent":
+            raise MoveError(f"{dest.path}: already exists; refusing to overwrite it")
+        j = new_journal(jpath, "out", public, dest, link_text, owner, meta)
+        j.data["source"] = list(source)
+        same = os.fstat(pdir).st_dev == os.fstat(ddir).st_dev
+        t0 = time.monotonic()
+        if same:
+            j.save(phase="swap", method="rename")
+            try:
+                res = out_rename(j, pdir, ddir)
+                res.seconds = time.monotonic() - t0
+                return res
+            except CrossDevice:
+                log.info("%s and %s are on different mounts of one filesystem; copying",
+                         public.path, dest.path)
+        j.save(phase="copy", method="copy")
+        res = out_copy(j, pdir, ddir, progress, verify_from_disk)
+        res.seconds = time.monotonic() - t0
+        return res
 
 
 def _source_ident(pdir: int, public: Place, owner: int | None) -> tuple[int, int]:
@@ -142,43 +152,29 @@ def link_back(public: Place, dest: Place, link_text: str,
               ) -> MoveResult:
     """``public`` is a symlink (text ``link_text``) to the folder ``dest``: bring the
     data back into a folder at ``public`` and remove ``dest``."""
-    jpath = journal_path(journal_dir, public)
-    with locked_journal(jpath):
-        if load_journal(jpath) is not None:
-            raise MoveError(f"{public.path}: an interrupted move is recorded in {jpath}; "
-                            "run again to finish it first")
-        pdir = public.open_parent()
-        try:
-            ddir = dest.open_parent()
-        except BaseException:
-            os.close(pdir)
-            raise
-        try:
-            kind, text = what(pdir, public.name)
-            if kind != "link" or text != link_text:
-                raise MoveError(f"{public.path}: not the link to {link_text} any more")
-            if what(ddir, dest.name)[0] != "dir":
-                raise MoveError(f"{dest.path}: not a folder; cannot bring it back")
-            j = new_journal(jpath, "back", public, dest, link_text, None, meta)
-            t0 = time.monotonic()
-            if os.fstat(pdir).st_dev == os.fstat(ddir).st_dev:
-                j.save(phase="swap", method="rename")
-                try:
-                    res = back_rename(j, pdir, ddir)
-                    res.seconds = time.monotonic() - t0
-                    return res
-                except CrossDevice:
-                    pass
-            j.save(phase="copy", method="copy")
-            cp = copy_to_staging(j, ddir, dest.name, pdir, progress, verify_from_disk)
-            res = back_finish(j, pdir, ddir)
-            res.files, res.bytes, res.dirs = cp.size.files, cp.size.bytes, cp.size.dirs
-            res.others, res.hardlinked = cp.size.others, cp.size.hardlinked
-            res.seconds = time.monotonic() - t0
-            return res
-        finally:
-            os.close(pdir)
-            os.close(ddir)
+    with _begin(public, dest, journal_dir) as (jpath, pdir, ddir):
+        kind, text = what(pdir, public.name)
+        if kind != "link" or text != link_text:
+            raise MoveError(f"{public.path}: not the link to {link_text} any more")
+        if what(ddir, dest.name)[0] != "dir":
+            raise MoveError(f"{dest.path}: not a folder; cannot bring it back")
+        j = new_journal(jpath, "back", public, dest, link_text, None, meta)
+        t0 = time.monotonic()
+        if os.fstat(pdir).st_dev == os.fstat(ddir).st_dev:
+            j.save(phase="swap", method="rename")
+            try:
+                res = back_rename(j, pdir, ddir)
+                res.seconds = time.monotonic() - t0
+                return res
+            except CrossDevice:
+                pass
+        j.save(phase="copy", method="copy")
+        cp = copy_to_staging(j, ddir, dest.name, pdir, progress, verify_from_disk)
+        res = back_finish(j, pdir, ddir)
+        res.files, res.bytes, res.dirs = cp.size.files, cp.size.bytes, cp.size.dirs
+        res.others, res.hardlinked = cp.size.others, cp.size.hardlinked
+        res.seconds = time.monotonic() - t0
+        return res
 
 
 # --- recovery ---------------------------------------------------------------------------
