@@ -39,16 +39,26 @@ _LOG_TIME_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})-(\d{2})(\d{2})(\d{2})")
 _DAILY_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})\.json(?:\.gz|\.[1-9]\d{0,5}\.gz)?$")
 
 
+def _declared_days(ret: Retention, rep: Report, kind: str, config: str, key: str
+                   ) -> tuple[float, str] | None:
+    """The retention in days the framework declares for ``kind`` and how to name that
+    rule in reports; None (and the report says why) when it declares none."""
+    days = ret.decl.values.get(kind, {}).get("retention_days")
+    if days is None:
+        rep.reason = f"no retention declared ({config} absent or without {key})"
+        return None
+    rep.rules = {"retention_days": days}
+    return days, rule_text(ret.decl, kind, "retention_days", days)
+
+
 # --- thinking logs -------------------------------------------------------------------
 
 def expire_thinking_logs(ret: Retention, store: Store, rep: Report) -> None:
-    days = ret.decl.values.get("thinking_logs", {}).get("retention_days")
-    if days is None:
-        rep.reason = (f"no retention declared ({framework_map.THINKING_CONFIG} absent or "
-                      "without logging.retention_days)")
+    declared = _declared_days(ret, rep, "thinking_logs", framework_map.THINKING_CONFIG,
+                              "logging.retention_days")
+    if declared is None:
         return
-    rep.rules = {"retention_days": days}
-    rule = rule_text(ret.decl, "thinking_logs", "retention_days", days)
+    days, rule = declared
     has_index = lstat(store.fd, THINKING_INDEX) is not None
     if has_index and ret.skip_if_busy(store, rep, THINKING_INDEX):
         return
@@ -102,13 +112,11 @@ def _delete_rels(store: Store, rels: list[str]) -> None:
 # --- cost records ---------------------------------------------------------------------
 
 def expire_cost_records(ret: Retention, store: Store, rep: Report) -> None:
-    days = ret.decl.values.get("cost_records", {}).get("retention_days")
-    if days is None:
-        rep.reason = (f"no retention declared ({framework_map.COST_CONFIG} absent or without "
-                      "costTracking.retentionDays)")
+    declared = _declared_days(ret, rep, "cost_records", framework_map.COST_CONFIG,
+                              "costTracking.retentionDays")
+    if declared is None:
         return
-    rep.rules = {"retention_days": days}
-    rule = rule_text(ret.decl, "cost_records", "retention_days", days)
+    days, rule = declared
     rep.status = "done"
     fd = open_sub(store.fd, "daily")
     if fd is None:
@@ -143,13 +151,11 @@ def expire_cost_records(ret: Retention, store: Store, rep: Report) -> None:
 
 def expire_task_results(ret: Retention, store: Store, rep: Report) -> None:
     vals = ret.decl.values.get("task_results", {})
-    days = vals.get("retention_days")
-    if days is None:
-        rep.reason = (f"no retention declared ({framework_map.BACKGROUND_CONFIG} absent or "
-                      "without storage.retention_days)")
+    declared = _declared_days(ret, rep, "task_results", framework_map.BACKGROUND_CONFIG,
+                              "storage.retention_days")
+    if declared is None:
         return
-    rep.rules = {"retention_days": days}
-    rule = rule_text(ret.decl, "task_results", "retention_days", days)
+    days, rule = declared
     state_rel = os.path.normpath(vals.get("state_file") or framework_map.TASK_STATE[1])
     if state_rel.startswith("../") or state_rel.startswith("/") or state_rel == "..":
         state_rel = framework_map.TASK_STATE[1]
